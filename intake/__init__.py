@@ -1,0 +1,1 @@
+"""The edges: HTTP API, request schemas, org and CSV file readers."""

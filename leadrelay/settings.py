@@ -1,0 +1,67 @@
+"""Typed settings, read from ``LEADRELAY_*`` environment variables and a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADRELAY_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "test", "production"] = "dev"
+    data_dir: Path = Path(".leadrelay")
+    # Unset means a SQLite file in data_dir: the embedded default that needs no server.
+    database_url: str | None = None
+    # Unset means kombu's filesystem transport in data_dir: a broker that needs no server.
+    broker_url: str | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    sms_gateway: Literal["log", "twilio"] = "log"
+    smtp_url: str | None = None
+    intake_rate_per_key: float = 200.0
+    intake_max_body_bytes: int = 256 * 1024
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    # Queue names are prefixed so several installations (or test runs) can share one Redis.
+    queue_prefix: str = ""
+    task_max_retries: int = Field(default=5, ge=0)
+    db_pool_size: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _production_needs_servers(self) -> Settings:
+        if self.env == "production" and (self.database_url is None or self.broker_url is None):
+            raise ValueError(
+                "LEADRELAY_DATABASE_URL and LEADRELAY_BROKER_URL must be set in production; "
+                "the embedded SQLite and filesystem broker are for development only"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'leadrelay.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.effective_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests and ``leadrelay dev`` clear the cache after changing the environment."""
+    return Settings()

@@ -1,0 +1,64 @@
+"""Engines and sessions, built on first use per process (never at import time)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from leadrelay.settings import get_settings
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_session_factory: sessionmaker[Session] | None = None
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` so that
+    concurrent writers (the API and the worker processes) queue instead of failing mid-transaction."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event emit BEGIN
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+
+
+def get_engine() -> Engine:
+    global _engine, _session_factory
+    with _lock:
+        if _engine is None:
+            settings = get_settings()
+            _engine = make_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+            _session_factory = sessionmaker(_engine, expire_on_commit=False)
+        return _engine
+
+
+def session_factory() -> sessionmaker[Session]:
+    get_engine()
+    assert _session_factory is not None
+    return _session_factory
+
+
+def dispose_engine() -> None:
+    """Forget this process's engine: prefork children must not share the parent's sockets."""
+    global _engine, _session_factory
+    with _lock:
+        if _engine is not None:
+            _engine.dispose(close=False)
+        _engine = None
+        _session_factory = None

@@ -1,0 +1,343 @@
+"""The tables of the whole contract: organisation, credentials, routing, leads and their history, intakes.
+
+Entity and user ids in the API are slugs unique within an account; rows are joined on integer keys.
+Leads, intakes and timeline events have UUIDs because they are handed to outsiders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as the value in a VARCHAR with a CHECK, so adding a member is a small migration on every backend.
+    return Enum(cls, name=name, native_enum=False, values_callable=lambda e: [m.value for m in e], length=20)
+
+
+class EntityKind(enum.StrEnum):
+    COMPANY = "company"
+    OFFICE = "office"
+    TEAM = "team"
+    AGENT = "agent"
+
+
+class LeadStatus(enum.StrEnum):
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    MERGED = "merged"
+    DELETED = "deleted"
+
+
+class IntakeStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    PROCESSING = "processing"
+    DONE = "done"
+    REJECTED = "rejected"
+    DEAD = "dead"
+
+
+class IntakeSource(enum.StrEnum):
+    REGISTRATION = "registration"
+    PROVIDER = "provider"
+    SMS = "sms"
+    ACTIVITY = "activity"
+    IMPORT = "import"
+    EVENTS = "events"
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # D1 when true, D3 when false. Fixed once the account has leads (keys would change meaning).
+    duplication: Mapped[bool] = mapped_column(Boolean, default=True)
+    sms_provider: Mapped[str | None] = mapped_column(String(20))
+    sms_account_sid: Mapped[str | None] = mapped_column(String(64))
+    # Twilio auth tokens must be usable to compute HMACs, so they are named by environment
+    # variable (auth_tokens_env) rather than stored; see issue 4.
+    sms_auth_token_envs: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Entity(Base):
+    __tablename__ = "entities"
+    __table_args__ = (UniqueConstraint("account_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[EntityKind] = mapped_column(_enum(EntityKind, "entity_kind"))
+    name: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id"))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    # Agents only: routing skips inactive and paused agents (A2) and V1 honours privacy.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    hide_from_team: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The cursor of the entity's implicit default rule (round robin over connected agents).
+    default_cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Membership(Base):
+    """An agent connected to an office, team or company."""
+
+    __tablename__ = "memberships"
+
+    agent_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"), primary_key=True)
+    joined_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "group_id"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("account_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    # Set when the user is an agent (an agent is a user with the agent's id).
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id", ondelete="SET NULL"), unique=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AdminRole(Base):
+    __tablename__ = "admin_roles"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"), primary_key=True)
+
+
+class SiteDomain(Base):
+    """A host that produces leads for an entity; one account only (CONTRACT: a domain belongs to one account)."""
+
+    __tablename__ = "site_domains"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(253), unique=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+
+
+class SmartNumber(Base):
+    __tablename__ = "smart_numbers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    e164: Mapped[str] = mapped_column(String(20), unique=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+
+
+class ApiConnection(Base):
+    __tablename__ = "api_connections"
+    __table_args__ = (UniqueConstraint("account_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class IntakeKey(Base):
+    __tablename__ = "intake_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class RoutingRule(Base):
+    """One ordered routing rule of an entity (A2). ``cursor`` is the round-robin position; it moves
+    in the transaction that inserts the lead, so a rolled-back task never skips an agent."""
+
+    __tablename__ = "routing_rules"
+    __table_args__ = (UniqueConstraint("entity_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    conditions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    strategy: Mapped[str] = mapped_column(String(20), default="round_robin")
+    # True: every active agent connected to the entity ("agents: connected"); else the members below.
+    all_connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    campaign: Mapped[str | None] = mapped_column(String(200))
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RoutingRuleMember(Base):
+    __tablename__ = "routing_rule_members"
+
+    rule_id: Mapped[int] = mapped_column(ForeignKey("routing_rules.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+    __table_args__ = (
+        # D1/D3/D9: the rule computes the key (rules.uniqueness.unique_key); the database enforces it.
+        # NULL (a merged or deleted lead) frees the key for the next signup.
+        UniqueConstraint("account_id", "unique_key"),
+        Index(None, "account_id", "email_normalized"),
+        Index(None, "account_id", "phone_e164"),
+        Index(None, "assigned_agent_id"),
+        Index(None, "owner_entity_id", "created_at"),
+        Index(None, "account_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    owner_entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id"))
+    assigned_agent_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id"))
+    # The entity whose routing rules assigned the lead: an office for an office site (V1).
+    routed_via_entity_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id"))
+    unique_key: Mapped[str | None] = mapped_column(String(400))
+    status: Mapped[LeadStatus] = mapped_column(_enum(LeadStatus, "lead_status"), default=LeadStatus.ACTIVE)
+    in_pond: Mapped[bool] = mapped_column(Boolean, default=False)
+    email: Mapped[str | None] = mapped_column(String(320))
+    email_normalized: Mapped[str | None] = mapped_column(String(320))
+    phone_e164: Mapped[str | None] = mapped_column(String(20))
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    lead_type: Mapped[str | None] = mapped_column(String(20))
+    price_min: Mapped[int | None] = mapped_column(BigInteger)
+    price_max: Mapped[int | None] = mapped_column(BigInteger)
+    zip: Mapped[str | None] = mapped_column(String(10))
+    source_kind: Mapped[str] = mapped_column(String(20))
+    source_detail: Mapped[str | None] = mapped_column(String(500))
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leads.id"))
+    email_unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False)
+    sms_unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # X4: a deleted lead keeps a tombstone.
+    deleted_at: Mapped[dt.datetime | None]
+    deleted_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_by_intake_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LeadShare(Base):
+    __tablename__ = "lead_shares"
+
+    lead_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(10))
+    shared_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "user_id"),)
+
+
+class LeadCampaign(Base):
+    __tablename__ = "lead_campaigns"
+
+    lead_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TimelineEvent(Base):
+    __tablename__ = "timeline_events"
+    __table_args__ = (
+        Index(None, "lead_id", "at", "id"),
+        # One event of a kind per intake and lead: running an intake again adds nothing.
+        UniqueConstraint("lead_id", "intake_id", "kind"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    lead_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    summary: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    intake_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class Message(Base):
+    """A text to or from a lead. Outbound rows are what S1 reads ("who texted this phone last")."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index(None, "account_id", "lead_phone", "direction", "created_at"),
+        Index(None, "lead_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    lead_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
+    direction: Mapped[str] = mapped_column(String(10))
+    lead_phone: Mapped[str] = mapped_column(String(20))
+    smart_number: Mapped[str | None] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text)
+    # The agent the text counts for (S1) and, for a shared user's text, who really sent it (SH4).
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id"))
+    sent_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    provider_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Intake(Base):
+    """A request accepted at the edge, kept verbatim. It is the system of record; the broker only carries its id."""
+
+    __tablename__ = "intakes"
+    __table_args__ = (
+        UniqueConstraint("account_id", "source", "idempotency_key"),
+        Index(None, "status", "updated_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    source: Mapped[IntakeSource] = mapped_column(_enum(IntakeSource, "intake_source"))
+    intake_key_id: Mapped[int | None] = mapped_column(ForeignKey("intake_keys.id"))
+    api_connection_id: Mapped[int | None] = mapped_column(ForeignKey("api_connections.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    raw_body: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[IntakeStatus] = mapped_column(_enum(IntakeStatus, "intake_status"), default=IntakeStatus.ACCEPTED)
+    reason: Mapped[str | None] = mapped_column(Text)
+    lead_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    processed_at: Mapped[dt.datetime | None]

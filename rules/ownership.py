@@ -1,0 +1,74 @@
+"""Who owns a lead, and whose routing assigns it, from where it came (O1-O5, O9)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from rules.entities import EntityRef, Kind
+
+
+@dataclass(frozen=True)
+class Ownership:
+    owner: EntityRef
+    # The entity whose routing rules choose the assignee; None when the owner is an agent (it is the assignee).
+    routing_entity: EntityRef | None
+    assignee: EntityRef | None
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unclaimed:
+    """O9: no entity claims the source. The intake is kept, rejected, and can be replayed later."""
+
+    reason: str
+
+
+def host_of(page_url: str) -> str:
+    """The host a page URL was served from, lower-case, without port or trailing dot."""
+    url = page_url.strip()
+    if "://" not in url:
+        url = "//" + url
+    return (urlsplit(url).hostname or "").rstrip(".").lower()
+
+
+def candidate_hosts(host: str) -> list[str]:
+    """The host and every parent domain with at least two labels, most specific first:
+    ``a.b.example.com`` -> ``a.b.example.com``, ``b.example.com``, ``example.com``."""
+    labels = host.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)] or ([host] if host else [])
+
+
+def owner_for_entity(entity: EntityRef, rule_hint: str) -> Ownership:
+    """O2-O4 given the entity that claims the source."""
+    if entity.kind is Kind.AGENT:
+        return Ownership(entity, None, entity, "O2", f"{rule_hint} belongs to agent {entity.slug}: the agent owns and is assigned")
+    if entity.kind is Kind.TEAM:
+        return Ownership(entity, entity, None, "O4", f"{rule_hint} belongs to team {entity.slug}: the team owns, team routing assigns")
+    if entity.kind is Kind.OFFICE:
+        company = entity.parent
+        if company is None:
+            # An office outside a company has nobody above it to own its site's leads; it owns them itself.
+            return Ownership(entity, entity, None, "O3", f"{rule_hint} belongs to office {entity.slug} (no company): the office owns")
+        return Ownership(
+            company, entity, None, "O3",
+            f"{rule_hint} belongs to office {entity.slug}: company {company.slug} owns, the office's routing assigns",
+        )
+    return Ownership(entity, entity, None, "O3", f"{rule_hint} belongs to company {entity.slug}: the company owns, its routing assigns")
+
+
+def decide_site_owner(page_url: str, claims: Mapping[str, EntityRef]) -> Ownership | Unclaimed:
+    """O1-O4, O9 for a registration: the most specific registered domain of the page's host decides.
+
+    ``claims`` maps registered hosts (any of ``candidate_hosts``) to the entity that registered them.
+    """
+    host = host_of(page_url)
+    if not host:
+        return Unclaimed(f"O9: page_url {page_url!r} has no host")
+    for candidate in candidate_hosts(host):
+        entity = claims.get(candidate)
+        if entity is not None:
+            return owner_for_entity(entity, f"site {candidate}")
+    return Unclaimed(f"O9: no entity of this account claims the host {host!r}; register the domain and replay the intake")
