@@ -20,7 +20,8 @@ def normalize_phone(raw: str, default_region: str = "US") -> str:
         parsed = phonenumbers.parse(raw.strip(), default_region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhone(f"not a phone number: {exc}") from exc
-    if not phonenumbers.is_possible_number(parsed):
+    # IS_POSSIBLE_LOCAL_ONLY (a 7-digit number without its area code) has no E.164 form.
+    if phonenumbers.is_possible_number_with_reason(parsed) != phonenumbers.ValidationResult.IS_POSSIBLE:
         raise InvalidPhone("not a possible phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 

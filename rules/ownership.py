@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from rules.entities import EntityRef, Kind
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Unclaimed:
 def host_of(page_url: str) -> str:
     """The host a page URL was served from, lower-case, without port or trailing dot."""
     url = page_url.strip()
-    if "://" not in url:
+    if not _SCHEME.match(url) and not url.startswith("//"):
         url = "//" + url
     return (urlsplit(url).hostname or "").rstrip(".").lower()
 

@@ -130,18 +130,19 @@ def route(rules: Sequence[Rule], default: Rule, lead: LeadSignup) -> Decision:
     a rule that matches but whose agents are all skipped passes the lead on (recorded), and the
     routing entity's default rule comes last. No eligible agent anywhere leaves the lead unassigned."""
     tried: list[Tried] = []
-    skipped: list[Skip] = []
+    skipped: dict[str, Skip] = {}  # an agent skipped by two rules is reported once
     for rule in [*rules, default]:
         failed = failed_conditions(rule.conditions, lead)
         if failed:
             tried.append(Tried(rule.name, failed))
             continue
         agent, cursor, passed = next_agent(rule)
-        skipped.extend(passed)
+        for skip in passed:
+            skipped.setdefault(skip.agent, skip)
         if agent is not None:
             why = f"rule {rule.name!r} matched; {rule.strategy} chose {agent.slug}"
             if passed:
                 why += " after skipping " + ", ".join(f"{s.agent} ({s.reason})" for s in passed)
-            return Decision(agent, rule, cursor, tuple(skipped), tuple(tried), why)
+            return Decision(agent, rule, cursor, tuple(skipped.values()), tuple(tried), why)
         tried.append(Tried(rule.name, ("no eligible agent",)))
-    return Decision(None, None, None, tuple(skipped), tuple(tried), "no rule had an eligible agent: the lead is unassigned")
+    return Decision(None, None, None, tuple(skipped.values()), tuple(tried), "no rule had an eligible agent: the lead is unassigned")
