@@ -54,11 +54,12 @@ def session_factory() -> sessionmaker[Session]:
     return _session_factory
 
 
-def dispose_engine() -> None:
-    """Forget this process's engine: prefork children must not share the parent's sockets."""
+def dispose_engine(*, close: bool = True) -> None:
+    """Forget this process's engine. A forked child passes ``close=False``: it must neither use nor
+    close the parent's sockets, only drop its references to them."""
     global _engine, _session_factory
     with _lock:
         if _engine is not None:
-            _engine.dispose(close=False)
+            _engine.dispose(close=close)
         _engine = None
         _session_factory = None

@@ -1,0 +1,34 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from intake import problems, routes_intake, routes_leads
+from leadrelay.settings import get_settings
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="leadrelay", version="0.1.0",
+        description="Lead intake for real-estate brokerages: accepted means kept; owners, routing and de-duplication by rule.",
+    )
+    problems.install(app)
+
+    @app.middleware("http")
+    async def _bounded_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.intake_max_body_bytes:
+            return problems.problem_response(413, "Request too large", f"bodies are limited to {settings.intake_max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(routes_intake.router)
+    app.include_router(routes_leads.router)
+    return app

@@ -1,0 +1,87 @@
+"""FastAPI dependencies as types: a unit of work per request, and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from intake.problems import Problem
+from models.repositories import Caller
+from models.security import hash_secret
+from models.uow import UnitOfWork
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _uow() -> Iterator[UnitOfWork]:
+    with UnitOfWork() as uow:
+        yield uow
+
+
+UoW = Annotated[UnitOfWork, Depends(_uow)]
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+UNAUTHORIZED = Problem(401, "Unauthorized", "a valid credential is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class IntakeCaller:
+    account_id: int
+    intake_key_id: int
+
+
+def _intake_key(uow: UoW, creds: BearerCredentials) -> IntakeCaller:
+    if creds is None:
+        raise UNAUTHORIZED
+    key = uow.orgs.intake_key_by_hash(hash_secret(creds.credentials))
+    # Read what we need before ending the transaction: rollback expires loaded rows.
+    caller = IntakeCaller(key.account_id, key.id) if key is not None else None
+    uow.end_read()
+    if caller is None:
+        raise UNAUTHORIZED
+    return caller
+
+
+def _user(uow: UoW, creds: BearerCredentials) -> Caller:
+    if creds is None:
+        raise UNAUTHORIZED
+    caller = uow.orgs.caller_by_token_hash(hash_secret(creds.credentials))
+    uow.end_read()
+    if caller is None:
+        raise UNAUTHORIZED
+    return caller
+
+
+def _account_credential(
+    uow: UoW, creds: BearerCredentials, x_api_key: Annotated[str | None, Header()] = None
+) -> int:
+    """Any credential of an account (its intake key, a connection key, an admin's user token): the account id."""
+    try:
+        return _account_of(uow, creds, x_api_key)
+    finally:
+        uow.end_read()
+
+
+def _account_of(uow: UnitOfWork, creds: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> int:
+    if x_api_key:
+        connection = uow.orgs.api_connection_by_hash(hash_secret(x_api_key))
+        if connection is not None:
+            return connection.account_id
+    if creds is not None:
+        digest = hash_secret(creds.credentials)
+        key = uow.orgs.intake_key_by_hash(digest)
+        if key is not None:
+            return key.account_id
+        caller = uow.orgs.caller_by_token_hash(digest)
+        if caller is not None and caller.admin_of:
+            return caller.account_id
+    raise UNAUTHORIZED
+
+
+IntakeKeyCaller = Annotated[IntakeCaller, Depends(_intake_key)]
+CurrentUser = Annotated[Caller, Depends(_user)]
+AccountCredential = Annotated[int, Depends(_account_credential)]

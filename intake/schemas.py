@@ -1,0 +1,177 @@
+"""Request and response bodies of the HTTP API, and their mapping into the canonical lead event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+from rules.contact import InvalidPhone, normalize_email, normalize_phone
+from rules.events import LeadSignup
+from rules.ownership import host_of
+
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+Price = Annotated[int, Field(ge=0, le=10**12)]
+
+
+class RegistrationIn(BaseModel):
+    """A signup on a site, squeeze page or landing page. Unknown fields are ignored (kept in the raw request)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    page_url: Annotated[str, Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4).")]
+    email: EmailStr | None = None
+    phone: Annotated[str | None, Field(max_length=40, description="Any format; stored in E.164 (D9).")] = None
+    first_name: Name | None = None
+    last_name: Name | None = None
+    kind: Literal["site", "squeeze_page", "landing_page"] = "site"
+    lead_type: Literal["buyer", "seller", "renter"] | None = None
+    price_min: Price | None = None
+    price_max: Price | None = None
+    zip: Annotated[str | None, Field(pattern=r"^\d{5}(-\d{4})?$")] = None
+    message: Annotated[str | None, Field(max_length=5000)] = None
+    existing_lead_id: uuid.UUID | None = Field(default=None, description="The duplicate prompt's answer (D5).")
+    occurred_at: AwareDatetime | None = None
+
+    @field_validator("page_url")
+    @classmethod
+    def _page_url_has_host(cls, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        if not host_of(value):
+            raise ValueError("has no host")
+        return value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_is_possible(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return normalize_phone(value)
+        except InvalidPhone as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _reachable_and_consistent(self) -> RegistrationIn:
+        if self.email is None and self.phone is None:
+            raise ValueError("email or phone is required")
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min is above price_max")
+        return self
+
+    def to_signup(self) -> LeadSignup:
+        return LeadSignup(
+            source_kind=self.kind, page_url=self.page_url, host=host_of(self.page_url),
+            email=self.email, email_normalized=normalize_email(self.email) if self.email else None,
+            phone=self.phone, first_name=self.first_name, last_name=self.last_name, lead_type=self.lead_type,
+            price_min=self.price_min, price_max=self.price_max, zip=self.zip, message=self.message,
+            existing_lead_id=str(self.existing_lead_id) if self.existing_lead_id else None,
+            occurred_at=self.occurred_at,
+        )
+
+
+class Accepted(BaseModel):
+    intake_id: uuid.UUID
+    status: Literal["accepted"] = "accepted"
+    status_url: str
+
+
+class IntakeOut(BaseModel):
+    id: uuid.UUID
+    status: Literal["accepted", "processing", "done", "rejected", "dead"]
+    lead_id: uuid.UUID | None
+    reason: str | None
+
+
+class EntityOut(BaseModel):
+    id: str
+    kind: str
+    name: str
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+
+
+class SourceOut(BaseModel):
+    kind: str
+    detail: str | None
+
+
+class ShareOut(BaseModel):
+    user_id: str
+    permission: str
+
+
+class LeadOut(BaseModel):
+    id: uuid.UUID
+    account: str
+    email: str | None
+    phone: str | None
+    first_name: str | None
+    last_name: str | None
+    status: str
+    in_pond: bool
+    tags: list[str]
+    campaigns: list[str]
+    owner: EntityOut
+    assigned_agent: AgentOut | None
+    source: SourceOut
+    shares: list[ShareOut]
+    merged_into: uuid.UUID | None
+    created_at: dt.datetime
+
+
+class LeadPage(BaseModel):
+    items: list[LeadOut]
+    next: str | None
+
+
+class TimelineEventOut(BaseModel):
+    id: int
+    at: dt.datetime
+    kind: str
+    actor: str
+    summary: str
+    data: dict[str, Any]
+
+
+class TimelinePage(BaseModel):
+    items: list[TimelineEventOut]
+    next: str | None
+
+
+class SimulateIn(RegistrationIn):
+    """A sample lead: the same fields as a registration; only ``page_url`` is required."""
+
+    @model_validator(mode="after")
+    def _reachable_and_consistent(self) -> SimulateIn:
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min is above price_max")
+        return self
+
+
+class SkipOut(BaseModel):
+    agent: str
+    reason: str
+
+
+class NotMatchedOut(BaseModel):
+    rule: str
+    failed: list[str]
+
+
+class SimulateOut(BaseModel):
+    outcome: Literal["assigned", "unassigned", "rejected"]
+    ownership_rule: str | None
+    owner: EntityOut | None
+    routing_entity: str | None
+    rule: str | None
+    agent: AgentOut | None
+    skipped: list[SkipOut]
+    rules_not_matched: list[NotMatchedOut]
+    explanation: str

@@ -1,0 +1,119 @@
+"""The ``leadrelay`` command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from leadrelay.logging import configure_logging
+from leadrelay.settings import get_settings
+
+app = typer.Typer(help="leadrelay: lead intake for real-estate brokerages.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+org_app = typer.Typer(help="Accounts and their organisation.", no_args_is_help=True)
+intake_app = typer.Typer(help="Kept intakes.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
+app.add_typer(intake_app, name="intake")
+console = Console()
+
+
+@app.callback()
+def _setup() -> None:
+    settings = get_settings()
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Run the Alembic migrations up to REVISION (head by default)."""
+    from models.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url, revision)
+    console.print(f"[green]database at {revision}[/green]")
+
+
+@org_app.command("apply")
+def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+    """Create or update an account from an org file. Applying the same file twice changes nothing;
+    an invalid file is refused whole."""
+    from intake.orgfile import OrgFileError, load_org_file
+    from models.org import apply_org
+    from models.uow import UnitOfWork
+
+    try:
+        spec = load_org_file(file)
+        with UnitOfWork() as uow:
+            report = apply_org(uow.session, spec)
+            uow.commit()
+    except OrgFileError as exc:
+        console.print(f"[red]{file}: refused, nothing was changed[/red]")
+        for error in exc.errors:
+            console.print(f"  {error}", markup=False)
+        raise typer.Exit(1) from exc
+    console.print(f"account {spec.account}: {'changed' if report.changed else 'unchanged'}")
+    console.print(report.summary(), markup=False)
+
+
+@app.command("api")
+def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("intake.api:create_app", factory=True, host=host, port=port, workers=workers, log_config=None)
+
+
+@app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(ctx: typer.Context, concurrency: int = 2, loglevel: str = "INFO") -> None:
+    """A Celery worker (``celery -A workers worker`` works too). Extra options go to Celery."""
+    from workers import app as celery_app
+
+    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+    if get_settings().broker_is_embedded:
+        # The filesystem transport has no fanout exchange for gossip, mingle and heartbeats.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    celery_app.worker_main(argv=[*argv, *ctx.args])
+
+
+@intake_app.command("replay")
+def intake_replay(
+    status: Annotated[str, typer.Option(help="rejected or dead")] = "dead",
+    since: Annotated[dt.datetime | None, typer.Option(help="only intakes accepted since then (UTC)")] = None,
+) -> None:
+    """Send kept intakes through the pipeline again (after registering a domain, say: O9)."""
+    from models.tables import IntakeStatus
+    from models.uow import UnitOfWork
+    from workers.services import reopen_intakes
+    from workers.tasks import process_intake
+
+    if status not in ("rejected", "dead"):
+        raise typer.BadParameter("rejected or dead", param_hint="--status")
+    with UnitOfWork() as uow:
+        ids = reopen_intakes(uow, IntakeStatus(status), since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since)
+    for intake_id in ids:
+        process_intake.apply_async(args=[str(intake_id)])
+    console.print(f"replayed {len(ids)} {status} intake(s)")
+
+
+@app.command("dev")
+def dev(
+    port: int = 8000,
+    exit_after_demo: Annotated[bool, typer.Option("--exit-after-demo", help="stop once the demo leads are printed")] = False,
+) -> None:
+    """The whole pipeline on the embedded defaults: API, a real Celery worker, the demo org and a few
+    sample registrations, printed as a table. Ctrl-C stops all."""
+    from leadrelay.dev import run_dev
+
+    sys.exit(run_dev(port=port, exit_after_demo=exit_after_demo, env=dict(os.environ)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""One logging setup for the API, the workers and the CLI: structlog, with stdlib records
+(Celery, uvicorn) rendered through the same processors, and emails and phones masked."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import structlog
+
+from rules.contact import mask_email, mask_phone
+
+EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# E.164 (+15551234567) and North American forms ((555) 010-2233, 555.010.2233); not dates or times.
+PHONE_RE = re.compile(r"\+\d{8,15}\b|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b")
+# Fields the logging setup itself writes; they hold no personal data and must stay readable.
+_META = frozenset({"timestamp", "level", "logger", "correlation_id", "intake_id", "lead_id"})
+
+
+def mask_text(text: str) -> str:
+    text = EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
+    return PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+def mask_pii(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Masks every email and phone number in every field of every line, whoever wrote it."""
+    return {k: v if k in _META else _mask(v) for k, v in event_dict.items()}
+
+
+def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_pii,
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,347 @@
+"""Every query of the application, named for what it answers. Repositories never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from models.tables import (
+    Account,
+    AdminRole,
+    ApiConnection,
+    Entity,
+    EntityKind,
+    Intake,
+    IntakeKey,
+    IntakeSource,
+    Lead,
+    LeadCampaign,
+    LeadShare,
+    LeadStatus,
+    Membership,
+    RoutingRule,
+    RoutingRuleMember,
+    SiteDomain,
+    TimelineEvent,
+    User,
+)
+from rules.entities import AgentState, EntityRef, Kind
+from rules.routing import Member, Rule
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite both do)."""
+    name = session.get_bind().dialect.name
+    return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
+
+
+def to_ref(entity: Entity, parent: Entity | None = None) -> EntityRef:
+    return EntityRef(entity.id, entity.slug, Kind(entity.kind.value), entity.name, to_ref(parent) if parent else None)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A user as the read API's visibility filter (V1) needs it."""
+
+    user_id: int
+    account_id: int
+    slug: str
+    agent_id: int | None
+    admin_of: frozenset[int]  # entity ids
+
+
+class IntakeRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, intake: Intake) -> Intake:
+        self.session.add(intake)
+        self.session.flush()
+        return intake
+
+    def add_idempotent(self, values: dict[str, Any]) -> tuple[uuid.UUID, bool]:
+        """Insert unless (account, source, idempotency key) exists; the id and whether it is new."""
+        new_id = uuid.uuid4()
+        stmt = (
+            _insert(self.session, Intake)
+            .values(id=new_id, **values)
+            .on_conflict_do_nothing(index_elements=["account_id", "source", "idempotency_key"])
+            .returning(Intake.id)
+        )
+        inserted = self.session.execute(stmt).scalar_one_or_none()
+        if inserted is not None:
+            return inserted, True
+        existing = self.session.execute(
+            select(Intake.id).where(
+                Intake.account_id == values["account_id"],
+                Intake.source == values["source"],
+                Intake.idempotency_key == values["idempotency_key"],
+            )
+        ).scalar_one()
+        return existing, False
+
+    def get(self, intake_id: uuid.UUID) -> Intake | None:
+        return self.session.get(Intake, intake_id)
+
+    def get_for_update(self, intake_id: uuid.UUID) -> Intake | None:
+        """The intake, locked: a redelivered task waits for the first run and then sees it done."""
+        return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
+
+    def ids_with_status(self, statuses: Iterable[str], *, since: dt.datetime | None = None, limit: int = 1000) -> list[uuid.UUID]:
+        stmt = select(Intake.id).where(Intake.status.in_(list(statuses))).order_by(Intake.created_at).limit(limit)
+        if since is not None:
+            stmt = stmt.where(Intake.created_at >= since)
+        return list(self.session.execute(stmt).scalars())
+
+
+class OrgRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def account(self, account_id: int) -> Account:
+        account = self.session.get(Account, account_id)
+        assert account is not None
+        return account
+
+    def account_by_slug(self, slug: str) -> Account | None:
+        return self.session.execute(select(Account).where(Account.slug == slug)).scalar_one_or_none()
+
+    def intake_key_by_hash(self, key_hash: str) -> IntakeKey | None:
+        return self.session.execute(
+            select(IntakeKey).where(IntakeKey.key_hash == key_hash, IntakeKey.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
+    def api_connection_by_hash(self, key_hash: str) -> ApiConnection | None:
+        return self.session.execute(
+            select(ApiConnection).where(ApiConnection.key_hash == key_hash, ApiConnection.revoked_at.is_(None))
+        ).scalar_one_or_none()
+
+    def caller_by_token_hash(self, token_hash: str) -> Caller | None:
+        user = self.session.execute(
+            select(User).where(User.token_hash == token_hash, User.active.is_(True))
+        ).scalar_one_or_none()
+        if user is None:
+            return None
+        admin_of = self.session.execute(select(AdminRole.entity_id).where(AdminRole.user_id == user.id)).scalars()
+        return Caller(user.id, user.account_id, user.slug, user.agent_id, frozenset(admin_of))
+
+    def entity(self, entity_id: int) -> Entity:
+        entity = self.session.get(Entity, entity_id)
+        assert entity is not None
+        return entity
+
+    def entity_by_slug(self, account_id: int, slug: str) -> Entity | None:
+        return self.session.execute(
+            select(Entity).where(Entity.account_id == account_id, Entity.slug == slug)
+        ).scalar_one_or_none()
+
+    def entity_ref(self, entity_id: int) -> EntityRef:
+        entity = self.entity(entity_id)
+        parent = self.entity(entity.parent_id) if entity.parent_id else None
+        return to_ref(entity, parent)
+
+    def entities_by_ids(self, ids: Iterable[int]) -> dict[int, Entity]:
+        wanted = set(ids)
+        if not wanted:
+            return {}
+        return {e.id: e for e in self.session.execute(select(Entity).where(Entity.id.in_(wanted))).scalars()}
+
+    def domain_claims(self, account_id: int, hosts: Sequence[str]) -> dict[str, EntityRef]:
+        """The entities of the account that registered any of ``hosts`` (one index lookup)."""
+        if not hosts:
+            return {}
+        parent = aliased(Entity)
+        rows = self.session.execute(
+            select(SiteDomain.host, Entity, parent)
+            .join(Entity, Entity.id == SiteDomain.entity_id)
+            .outerjoin(parent, parent.id == Entity.parent_id)
+            .where(SiteDomain.account_id == account_id, SiteDomain.host.in_(list(hosts)))
+        ).all()
+        return {host: to_ref(entity, par) for host, entity, par in rows}
+
+    def _agent_states(self, group_id: int, agent_ids: Sequence[int] | None) -> dict[int, AgentState]:
+        """Agents (all connected to ``group_id`` when ``agent_ids`` is None) with their eligibility."""
+        connected = select(Membership.agent_id).where(Membership.group_id == group_id)
+        stmt = select(Entity, Entity.id.in_(connected).label("connected")).where(Entity.kind == EntityKind.AGENT)
+        stmt = stmt.where(Entity.id.in_(connected)) if agent_ids is None else stmt.where(Entity.id.in_(list(agent_ids)))
+        return {
+            e.id: AgentState(e.id, e.slug, e.name, active=e.active, paused=e.paused, connected=bool(conn))
+            for e, conn in self.session.execute(stmt.order_by(Entity.slug)).all()
+        }
+
+    def routing_rules(self, entity: EntityRef, *, lock: bool) -> tuple[list[Rule], Rule]:
+        """The entity's ordered rules and its default rule, as values. With ``lock`` the cursors are
+        locked (entity row first, then its rules, always in that order) until the transaction ends."""
+        entity_stmt = select(Entity).where(Entity.id == entity.id)
+        rules_stmt = select(RoutingRule).where(RoutingRule.entity_id == entity.id).order_by(RoutingRule.position)
+        if lock:
+            entity_stmt = entity_stmt.with_for_update()
+            rules_stmt = rules_stmt.with_for_update()
+        row = self.session.execute(entity_stmt).scalar_one()
+        rule_rows = list(self.session.execute(rules_stmt).scalars())
+        members: dict[int, list[RoutingRuleMember]] = {r.id: [] for r in rule_rows}
+        if rule_rows:
+            for m in self.session.execute(
+                select(RoutingRuleMember).where(RoutingRuleMember.rule_id.in_(list(members))).order_by(RoutingRuleMember.position)
+            ).scalars():
+                members[m.rule_id].append(m)
+        listed_ids = {m.agent_id for ms in members.values() for m in ms}
+        connected = self._agent_states(entity.id, None)
+        listed = self._agent_states(entity.id, sorted(listed_ids)) if listed_ids else {}
+        rules: list[Rule] = []
+        for r in rule_rows:
+            if r.all_connected:
+                weights = {m.agent_id: m.weight for m in members[r.id]}
+                rule_members = tuple(Member(a, weights.get(a.id, 1)) for a in connected.values())
+            else:
+                rule_members = tuple(Member(listed[m.agent_id], m.weight) for m in members[r.id])
+            rules.append(Rule(r.id, r.name, rule_members, dict(r.conditions), r.strategy, r.cursor, r.campaign))
+        default_agents = list(connected.values())
+        default_name = "Default: round robin over connected agents"
+        if entity.kind is Kind.TEAM:
+            admins = self._team_admin_agents(entity.id, connected)
+            if admins:
+                default_agents, default_name = admins, "Default: the team's admin (O4)"
+        default = Rule(None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", row.default_cursor)
+        return rules, default
+
+    def _team_admin_agents(self, team_id: int, connected: dict[int, AgentState]) -> list[AgentState]:
+        agent_ids = self.session.execute(
+            select(User.agent_id).join(AdminRole, AdminRole.user_id == User.id).where(
+                AdminRole.entity_id == team_id, User.agent_id.is_not(None)
+            )
+        ).scalars()
+        states = self._agent_states(team_id, [a for a in agent_ids if a is not None])
+        return [states[a] for a in sorted(states, key=lambda i: states[i].slug)]
+
+    def move_cursor(self, entity_id: int, rule: Rule, cursor: int) -> None:
+        if rule.id is None:
+            self.session.execute(update(Entity).where(Entity.id == entity_id).values(default_cursor=cursor))
+        else:
+            self.session.execute(update(RoutingRule).where(RoutingRule.id == rule.id).values(cursor=cursor))
+
+
+class LeadRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def insert_if_absent(self, values: dict[str, Any]) -> uuid.UUID | None:
+        """INSERT ... ON CONFLICT DO NOTHING on (account, unique key): the new lead's id, or None
+        when a concurrent or earlier signup already made the unique lead (D1, D3, D4)."""
+        new_id = uuid.uuid4()
+        stmt = (
+            _insert(self.session, Lead)
+            .values(id=new_id, **values)
+            .on_conflict_do_nothing(index_elements=["account_id", "unique_key"])
+            .returning(Lead.id)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def get(self, lead_id: uuid.UUID) -> Lead | None:
+        return self.session.get(Lead, lead_id)
+
+    def by_unique_key(self, account_id: int, key: str) -> Lead | None:
+        return self.session.execute(
+            select(Lead).where(Lead.account_id == account_id, Lead.unique_key == key)
+        ).scalar_one_or_none()
+
+    def add_event(
+        self, *, account_id: int, lead_id: uuid.UUID, kind: str, summary: str,
+        data: dict[str, Any] | None = None, actor: str = "system",
+        intake_id: uuid.UUID | None = None, at: dt.datetime | None = None,
+    ) -> None:
+        """Append a timeline event; with an intake id, at most one event of a kind per intake."""
+        values: dict[str, Any] = {
+            "account_id": account_id, "lead_id": lead_id, "kind": kind,
+            "summary": summary, "data": data or {}, "actor": actor, "intake_id": intake_id,
+            "at": at or dt.datetime.now(dt.UTC),
+        }
+        stmt = _insert(self.session, TimelineEvent).values(**values)
+        if intake_id is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
+        self.session.execute(stmt)
+
+    def visible_to(self, caller: Caller) -> ColumnElement[bool]:
+        """V1 as one SQL condition, used by every read: owner (and its admins), assignee, shares,
+        an office admin for company leads routed through the office, a team or company admin for
+        leads owned by or assigned to its connected agents unless private and hidden from the team."""
+        admin_of = list(caller.admin_of)
+        conds: list[ColumnElement[bool]] = [
+            Lead.id.in_(select(LeadShare.lead_id).where(LeadShare.user_id == caller.user_id)),
+        ]
+        if caller.agent_id is not None:
+            conds += [Lead.owner_entity_id == caller.agent_id, Lead.assigned_agent_id == caller.agent_id]
+        if admin_of:
+            conds += [Lead.owner_entity_id.in_(admin_of), Lead.routed_via_entity_id.in_(admin_of)]
+            groups = select(Entity.id).where(Entity.id.in_(admin_of), Entity.kind.in_([EntityKind.TEAM, EntityKind.COMPANY]))
+            agents = (
+                select(Membership.agent_id)
+                .join(Entity, Entity.id == Membership.agent_id)
+                .where(Membership.group_id.in_(groups), ~and_(Entity.private, Entity.hide_from_team))
+            )
+            conds += [Lead.owner_entity_id.in_(agents), Lead.assigned_agent_id.in_(agents)]
+        return and_(Lead.account_id == caller.account_id, Lead.status != LeadStatus.DELETED, or_(false(), *conds))
+
+    def visible(self, caller: Caller, lead_id: uuid.UUID) -> Lead | None:
+        return self.session.execute(select(Lead).where(Lead.id == lead_id, self.visible_to(caller))).scalar_one_or_none()
+
+    def list_visible(
+        self, caller: Caller, *, filters: dict[str, Any], after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> list[Lead]:
+        """Newest first, keyset-paginated on (created_at, id)."""
+        stmt: Select[tuple[Lead]] = select(Lead).where(self.visible_to(caller))
+        for column, value in filters.items():
+            stmt = stmt.where(getattr(Lead, column) == value)
+        if after is not None:
+            at, last_id = after
+            stmt = stmt.where(or_(Lead.created_at < at, and_(Lead.created_at == at, Lead.id < last_id)))
+        stmt = stmt.order_by(Lead.created_at.desc(), Lead.id.desc()).limit(limit)
+        return list(self.session.execute(stmt).scalars())
+
+    def timeline(self, lead_id: uuid.UUID, *, after: tuple[dt.datetime, int] | None, limit: int) -> list[TimelineEvent]:
+        """Oldest first, keyset-paginated on (at, id)."""
+        stmt = select(TimelineEvent).where(TimelineEvent.lead_id == lead_id)
+        if after is not None:
+            at, last_id = after
+            stmt = stmt.where(or_(TimelineEvent.at > at, and_(TimelineEvent.at == at, TimelineEvent.id > last_id)))
+        return list(self.session.execute(stmt.order_by(TimelineEvent.at, TimelineEvent.id).limit(limit)).scalars())
+
+    def shares_of(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+        out: dict[uuid.UUID, list[tuple[str, str]]] = {i: [] for i in lead_ids}
+        if lead_ids:
+            rows = self.session.execute(
+                select(LeadShare.lead_id, User.slug, LeadShare.permission)
+                .join(User, User.id == LeadShare.user_id)
+                .where(LeadShare.lead_id.in_(list(lead_ids)))
+                .order_by(User.slug)
+            ).all()
+            for lead_id, slug, permission in rows:
+                out[lead_id].append((slug, permission))
+        return out
+
+    def campaigns_of(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+        out: dict[uuid.UUID, list[str]] = {i: [] for i in lead_ids}
+        if lead_ids:
+            rows = self.session.execute(
+                select(LeadCampaign.lead_id, LeadCampaign.name)
+                .where(LeadCampaign.lead_id.in_(list(lead_ids)))
+                .order_by(LeadCampaign.started_at)
+            ).all()
+            for lead_id, name in rows:
+                out[lead_id].append(name)
+        return out
+
+    def start_campaign(self, lead_id: uuid.UUID, name: str) -> None:
+        self.session.execute(
+            _insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()
+        )
+
+
+__all__ = ["Caller", "IntakeRepository", "IntakeSource", "LeadRepository", "OrgRepository", "to_ref"]

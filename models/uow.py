@@ -1,0 +1,42 @@
+"""The unit of work: one transaction per request or task, committed once, rolled back by default."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import session_factory
+from models.repositories import IntakeRepository, LeadRepository, OrgRepository
+
+
+class UnitOfWork:
+    session: Session
+    intakes: IntakeRepository
+    orgs: OrgRepository
+    leads: LeadRepository
+
+    def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
+        self._factory = factory
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = (self._factory or session_factory())()
+        self.intakes = IntakeRepository(self.session)
+        self.orgs = OrgRepository(self.session)
+        self.leads = LeadRepository(self.session)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        # Whatever was not committed is rolled back, so no session is left in PendingRollbackError.
+        self.session.rollback()
+        self.session.close()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def end_read(self) -> None:
+        """End a read-only transaction now, returning its connection to the pool. A FastAPI
+        dependency calls this before the endpoint runs in another threadpool slot; holding a
+        connection across that wait starves the pool under load (every slot waiting on a connection
+        held by a request that waits for a slot)."""
+        self.session.rollback()

@@ -1,0 +1,84 @@
+"""The embedded mode: SQLite and kombu's filesystem transport, a real Celery worker process, no server.
+
+Everything runs in child processes with their own data directory, so this never shares settings
+with the PostgreSQL/Redis run in the same pytest session."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.client import Brokerage
+from tests.support.orgs import brokerage
+from tests.support.processes import ROOT, api_server, celery_workers, child_env, free_port
+
+pytestmark = pytest.mark.embedded
+
+
+def leadrelay(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leadrelay", *args], env=child_env(env), cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    data = tmp_path_factory.mktemp("embedded")
+    env = {"LEADRELAY_DATA_DIR": str(data), "LEADRELAY_ENV": "dev", "COLUMNS": "200"}
+    done = leadrelay(env, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    return env, data
+
+
+@pytest.fixture(scope="module")
+def embedded_brokerage(embedded: tuple[dict[str, str], Path]) -> Iterator[Brokerage]:
+    env, data = embedded
+    org = brokerage()
+    org["routing"][0]["rules"] = [{"name": "Three agents", "agents": ["john", "jill", "bob"]}]
+    org_file = data / "org.yaml"
+    org_file.write_text(yaml.safe_dump(org))
+    applied = leadrelay(env, "org", "apply", str(org_file))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    with celery_workers(env, data, count=1, concurrency=2), api_server(env, data / "api.log") as base:
+        b = Brokerage(base, org)
+        yield b
+        b.site.close()
+
+
+def test_embedded_O2_O3_D4_O9_through_a_real_worker_on_sqlite(embedded_brokerage: Brokerage) -> None:
+    b = embedded_brokerage
+    agent = b.register_and_wait("john", "ann@example.com")
+    company = b.register_and_wait("co", "ann@example.com")
+    again = b.register_and_wait("co", "Ann@Example.com")
+    unknown = b.register_and_wait("nowhere.example", "zed@example.com")
+    assert b.lead(agent["lead_id"])["owner"]["id"] == "john"
+    assert b.lead(company["lead_id"])["owner"]["id"] == "co"
+    assert again["lead_id"] == company["lead_id"]
+    assert [e["kind"] for e in b.timeline(company["lead_id"])] == ["created", "routed", "signup"]
+    assert unknown["status"] == "rejected"
+
+
+def test_embedded_A2_round_robin_is_even_on_sqlite(embedded_brokerage: Brokerage) -> None:
+    b = embedded_brokerage
+    ids = [b.register("co", f"even{i}@example.com").json()["intake_id"] for i in range(30)]
+    agents = collections.Counter(b.lead(b.wait_done(i)["lead_id"])["assigned_agent"]["id"] for i in ids)
+    assert sorted(agents.values()) == [10, 10, 10]
+
+
+def test_the_readme_demo_command_shows_routed_leads(tmp_path: Path) -> None:
+    env = {"LEADRELAY_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+    done = leadrelay(env, "dev", "--exit-after-demo", "--port", str(free_port()), timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "Leads after the sample registrations" in out
+    assert "demo-co (company)" in out
+    assert "john (agent)" in out
+    assert "sunrise (team)" in out
+    assert "rejected intake" in out

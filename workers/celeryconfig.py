@@ -1,0 +1,75 @@
+"""Celery configuration from the typed settings (RELIABILITY.md explains each choice)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.entity import Queue
+
+from leadrelay.settings import Settings
+
+# Every time limit and countdown stays well under the visibility timeout, or Redis redelivers
+# a task that is still running or waiting (kombu #337, celery #5935).
+VISIBILITY_TIMEOUT = 3600
+TASK_TIME_LIMIT = 300
+MAX_RETRY_COUNTDOWN = 600
+
+QUEUES = ("registrations", "texts", "imports", "notifications")
+# Named queues, so a flood of one kind of work never starves another.
+TASK_QUEUES = {"intake.process": "registrations"}
+
+
+def queue_name(settings: Settings, queue: str) -> str:
+    return f"{settings.queue_prefix}{queue}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    embedded = settings.broker_is_embedded
+    if embedded:
+        folder = settings.broker_folder
+        (folder / "out").mkdir(parents=True, exist_ok=True)
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        transport_options: dict[str, Any] = {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        transport_options = {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Bounded publish: a request must not hang when Redis is down (celery #4296, kombu #1221).
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+            "retry_on_timeout": True,
+        }
+        if settings.queue_prefix:
+            # Every key kombu writes (queues, the unacked hash, bindings) carries the prefix.
+            transport_options["global_keyprefix"] = settings.queue_prefix
+    return {
+        "task_queues": [Queue(queue_name(settings, q)) for q in QUEUES],  # type: ignore[no-untyped-call]
+        "task_routes": {task: {"queue": queue_name(settings, q)} for task, q in TASK_QUEUES.items()},
+        "broker_url": settings.effective_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_TIME_LIMIT - 30,
+        "task_default_queue": queue_name(settings, "registrations"),
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        # Flower needs events; the filesystem transport has no fanout exchange to carry them.
+        "worker_send_task_events": not embedded,
+        "task_send_sent_event": not embedded,
+        "task_track_started": True,
+        "worker_enable_remote_control": not embedded,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }

@@ -1,0 +1,53 @@
+"""Thin tasks: ids in, a unit of work, a service call. Stable dotted names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+from celery import Task
+
+from models.uow import UnitOfWork
+from workers import services
+from workers.app import app
+from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
+
+log = structlog.get_logger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def task(name: str, *, max_retries: int = 5) -> Callable[[F], Any]:
+    """The project's task decorator: explicit parameters, late acks, bound for retries.
+    Queues are routed by name (``celeryconfig.TASK_QUEUES``)."""
+    assert name in TASK_QUEUES, f"route {name} to a named queue in workers.celeryconfig.TASK_QUEUES"
+    return app.task(  # type: ignore[no-any-return]
+        name=name, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=max_retries,
+        ignore_result=True,
+    )
+
+
+def backoff(retries: int) -> int:
+    return int(min(2 ** (retries + 1), MAX_RETRY_COUNTDOWN))
+
+
+@task("intake.process", max_retries=5)
+def process_intake(self: Task, intake_id: str) -> str:
+    """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
+    structlog.contextvars.bind_contextvars(correlation_id=intake_id)
+    try:
+        with UnitOfWork() as uow:
+            outcome = services.process_intake(uow, uuid.UUID(intake_id))
+        return outcome.status
+    except Exception as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("intake.dead", intake_id=intake_id, error=repr(exc))
+            with UnitOfWork() as uow:
+                services.mark_dead(uow, uuid.UUID(intake_id), f"{type(exc).__name__}: {exc}")
+            return "dead"
+        log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=type(exc).__name__)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    finally:
+        structlog.contextvars.unbind_contextvars("correlation_id")
