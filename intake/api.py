@@ -13,7 +13,8 @@ from leadrelay.settings import get_settings
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(
-        title="leadrelay", version="0.1.0",
+        title="leadrelay",
+        version="0.1.0",
         description="Lead intake for real-estate brokerages: accepted means kept; owners, routing and de-duplication by rule.",
     )
     problems.install(app)
@@ -22,7 +23,9 @@ def create_app() -> FastAPI:
     async def _bounded_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.intake_max_body_bytes:
-            return problems.problem_response(413, "Request too large", f"bodies are limited to {settings.intake_max_body_bytes} bytes")
+            return problems.problem_response(
+                413, "Request too large", f"bodies are limited to {settings.intake_max_body_bytes} bytes"
+            )
         return await call_next(request)
 
     @app.get("/healthz", tags=["operations"])

@@ -56,9 +56,7 @@ def _user(uow: UoW, creds: BearerCredentials) -> Caller:
     return caller
 
 
-def _account_credential(
-    uow: UoW, creds: BearerCredentials, x_api_key: Annotated[str | None, Header()] = None
-) -> int:
+def _account_credential(uow: UoW, creds: BearerCredentials, x_api_key: Annotated[str | None, Header()] = None) -> int:
     """Any credential of an account (its intake key, a connection key, an admin's user token): the account id."""
     try:
         return _account_of(uow, creds, x_api_key)

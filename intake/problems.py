@@ -12,14 +12,26 @@ PROBLEM = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, *, errors: list[dict[str, str]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
-def problem_response(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "status": status, "title": title, "detail": detail}
     if errors is not None:
         body["errors"] = errors
@@ -48,7 +60,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, _title(exc.status_code), str(exc.detail), headers=dict(exc.headers) if exc.headers else None)
+        return problem_response(
+            exc.status_code,
+            _title(exc.status_code),
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
 
 
 def _message(error: Any) -> str:
@@ -58,5 +75,13 @@ def _message(error: Any) -> str:
 
 
 def _title(status: int) -> str:
-    return {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-            409: "Conflict", 413: "Request too large", 422: "Invalid request", 503: "Unavailable"}.get(status, "Error")
+    return {
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not found",
+        405: "Method not allowed",
+        409: "Conflict",
+        413: "Request too large",
+        422: "Invalid request",
+        503: "Unavailable",
+    }.get(status, "Error")

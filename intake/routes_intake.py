@@ -37,19 +37,33 @@ def enqueue(intake_id: uuid.UUID) -> None:
 
 
 @router.post(
-    "/registrations", status_code=202, response_model=Accepted,
-    responses={401: {"description": "Unknown or revoked intake key"}, 422: {"description": "Invalid field (problem+json)"}},
+    "/registrations",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        401: {"description": "Unknown or revoked intake key"},
+        422: {"description": "Invalid field (problem+json)"},
+    },
 )
 def post_registration(
-    body: RegistrationIn, raw: RawBody, caller: IntakeKeyCaller, uow: UoW, request: Request, response: Response,
+    body: RegistrationIn,
+    raw: RawBody,
+    caller: IntakeKeyCaller,
+    uow: UoW,
+    request: Request,
+    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Accepted:
     """A signup on a website, squeeze page or landing page. The page's host decides the owner (O2-O4);
     an unknown host is kept and ends ``rejected`` (O9). The same ``Idempotency-Key`` answers with the first intake."""
     values = {
-        "account_id": caller.account_id, "source": IntakeSource.REGISTRATION, "intake_key_id": caller.intake_key_id,
-        "idempotency_key": idempotency_key, "content_type": request.headers.get("content-type"),
-        "raw_body": raw.decode("utf-8", errors="replace"), "payload": body.to_signup().to_dict(),
+        "account_id": caller.account_id,
+        "source": IntakeSource.REGISTRATION,
+        "intake_key_id": caller.intake_key_id,
+        "idempotency_key": idempotency_key,
+        "content_type": request.headers.get("content-type"),
+        "raw_body": raw.decode("utf-8", errors="replace"),
+        "payload": body.to_signup().to_dict(),
     }
     if idempotency_key:
         intake_id, new = uow.intakes.add_idempotent(values)

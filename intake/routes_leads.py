@@ -53,13 +53,20 @@ def _decode_cursor(cursor: str | None, id_type: Callable[[str], K]) -> tuple[dt.
         at, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return dt.datetime.fromisoformat(at), id_type(row_id)
     except (ValueError, TypeError) as exc:
-        raise Problem(422, "Invalid request", "cursor: not a cursor this API gave", errors=[{"field": "cursor", "message": "invalid cursor"}]) from exc
+        raise Problem(
+            422,
+            "Invalid request",
+            "cursor: not a cursor this API gave",
+            errors=[{"field": "cursor", "message": "invalid cursor"}],
+        ) from exc
 
 
 def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
     """Leads in the contract's shape, with their owners, assignees, shares and campaigns in four queries."""
     ids = [lead.id for lead in leads]
-    entities = uow.orgs.entities_by_ids({lead.owner_entity_id for lead in leads} | {lead.assigned_agent_id for lead in leads if lead.assigned_agent_id})
+    entities = uow.orgs.entities_by_ids(
+        {lead.owner_entity_id for lead in leads} | {lead.assigned_agent_id for lead in leads if lead.assigned_agent_id}
+    )
     shares = uow.leads.shares_of(ids)
     campaigns = uow.leads.campaigns_of(ids)
     accounts = {lead.account_id: uow.orgs.account(lead.account_id).slug for lead in leads}
@@ -67,25 +74,40 @@ def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
     for lead in leads:
         owner = entities[lead.owner_entity_id]
         agent = entities.get(lead.assigned_agent_id) if lead.assigned_agent_id else None
-        out.append(LeadOut(
-            id=lead.id, account=accounts[lead.account_id], email=lead.email, phone=lead.phone_e164,
-            first_name=lead.first_name, last_name=lead.last_name, status=lead.status.value, in_pond=lead.in_pond,
-            tags=list(lead.tags), campaigns=campaigns[lead.id],
-            owner=EntityOut(id=owner.slug, kind=owner.kind.value, name=owner.name),
-            assigned_agent=AgentOut(id=agent.slug, name=agent.name) if agent else None,
-            source=SourceOut(kind=lead.source_kind, detail=lead.source_detail),
-            shares=[ShareOut(user_id=u, permission=p) for u, p in shares[lead.id]],
-            merged_into=lead.merged_into_id, created_at=lead.created_at,
-        ))
+        out.append(
+            LeadOut(
+                id=lead.id,
+                account=accounts[lead.account_id],
+                email=lead.email,
+                phone=lead.phone_e164,
+                first_name=lead.first_name,
+                last_name=lead.last_name,
+                status=lead.status.value,
+                in_pond=lead.in_pond,
+                tags=list(lead.tags),
+                campaigns=campaigns[lead.id],
+                owner=EntityOut(id=owner.slug, kind=owner.kind.value, name=owner.name),
+                assigned_agent=AgentOut(id=agent.slug, name=agent.name) if agent else None,
+                source=SourceOut(kind=lead.source_kind, detail=lead.source_detail),
+                shares=[ShareOut(user_id=u, permission=p) for u, p in shares[lead.id]],
+                merged_into=lead.merged_into_id,
+                created_at=lead.created_at,
+            )
+        )
     return out
 
 
 @router.get("/leads", response_model=LeadPage)
 def list_leads(
-    caller: CurrentUser, uow: UoW,
-    email: str | None = None, phone: str | None = None, owner: str | None = None,
-    assigned_agent: str | None = None, status: Literal["active", "archived", "merged"] | None = None,
-    limit: Limit = 100, cursor: str | None = None,
+    caller: CurrentUser,
+    uow: UoW,
+    email: str | None = None,
+    phone: str | None = None,
+    owner: str | None = None,
+    assigned_agent: str | None = None,
+    status: Literal["active", "archived", "merged"] | None = None,
+    limit: Limit = 100,
+    cursor: str | None = None,
 ) -> LeadPage:
     """The leads the caller can see (V1), newest first."""
     filters: dict[str, Any] = {}
@@ -95,18 +117,30 @@ def list_leads(
         try:
             filters["phone_e164"] = normalize_phone(phone)
         except InvalidPhone as exc:
-            raise Problem(422, "Invalid request", f"phone: {exc}", errors=[{"field": "phone", "message": str(exc)}]) from exc
-    for param, column, slug in (("owner", "owner_entity_id", owner), ("assigned_agent", "assigned_agent_id", assigned_agent)):
+            raise Problem(
+                422, "Invalid request", f"phone: {exc}", errors=[{"field": "phone", "message": str(exc)}]
+            ) from exc
+    for param, column, slug in (
+        ("owner", "owner_entity_id", owner),
+        ("assigned_agent", "assigned_agent_id", assigned_agent),
+    ):
         if slug:
             entity = uow.orgs.entity_by_slug(caller.account_id, slug)
             if entity is None:
-                raise Problem(422, "Invalid request", f"{param}: unknown entity {slug!r}", errors=[{"field": param, "message": "unknown entity"}])
+                raise Problem(
+                    422,
+                    "Invalid request",
+                    f"{param}: unknown entity {slug!r}",
+                    errors=[{"field": param, "message": "unknown entity"}],
+                )
             filters[column] = entity.id
     if status:
         filters["status"] = LeadStatus(status)
     rows = uow.leads.list_visible(caller, filters=filters, after=_decode_cursor(cursor, uuid.UUID), limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
-    return LeadPage(items=lead_views(uow, page), next=_encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+    return LeadPage(
+        items=lead_views(uow, page), next=_encode_cursor(page[-1].created_at, page[-1].id) if more else None
+    )
 
 
 @router.get("/leads/{lead_id}", response_model=LeadOut)
@@ -118,13 +152,17 @@ def get_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> LeadOut:
 
 
 @router.get("/leads/{lead_id}/timeline", response_model=TimelinePage)
-def get_timeline(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW, limit: Limit = 100, cursor: str | None = None) -> TimelinePage:
+def get_timeline(
+    lead_id: uuid.UUID, caller: CurrentUser, uow: UoW, limit: Limit = 100, cursor: str | None = None
+) -> TimelinePage:
     """The lead's events, oldest first."""
     if uow.leads.visible(caller, lead_id) is None:
         raise NOT_FOUND
     rows = uow.leads.timeline(lead_id, after=_decode_cursor(cursor, int), limit=limit + 1)
     page, more = rows[:limit], len(rows) > limit
-    items = [TimelineEventOut(id=e.id, at=e.at, kind=e.kind, actor=e.actor, summary=e.summary, data=e.data) for e in page]
+    items = [
+        TimelineEventOut(id=e.id, at=e.at, kind=e.kind, actor=e.actor, summary=e.summary, data=e.data) for e in page
+    ]
     return TimelinePage(items=items, next=_encode_cursor(page[-1].at, page[-1].id) if more else None)
 
 
@@ -137,17 +175,36 @@ def simulate_routing(body: SimulateIn, caller: CurrentUser, uow: UoW) -> Simulat
     signup = body.to_signup()
     ownership = decide_registration_owner(uow.orgs, caller.account_id, signup)
     if isinstance(ownership, Unclaimed):
-        return SimulateOut(outcome="rejected", ownership_rule="O9", owner=None, routing_entity=None, rule=None, agent=None,
-                           skipped=[], rules_not_matched=[], explanation=ownership.reason)
+        return SimulateOut(
+            outcome="rejected",
+            ownership_rule="O9",
+            owner=None,
+            routing_entity=None,
+            rule=None,
+            agent=None,
+            skipped=[],
+            rules_not_matched=[],
+            explanation=ownership.reason,
+        )
     owner = EntityOut(id=ownership.owner.slug, kind=ownership.owner.kind.value, name=ownership.owner.name)
     decision = plan_routing(uow.orgs, ownership, signup, lock=False)
     if decision is None:
         assert ownership.assignee is not None
-        return SimulateOut(outcome="assigned", ownership_rule=ownership.rule, owner=owner, routing_entity=None, rule=None,
-                           agent=AgentOut(id=ownership.assignee.slug, name=ownership.assignee.name),
-                           skipped=[], rules_not_matched=[], explanation=ownership.reason)
+        return SimulateOut(
+            outcome="assigned",
+            ownership_rule=ownership.rule,
+            owner=owner,
+            routing_entity=None,
+            rule=None,
+            agent=AgentOut(id=ownership.assignee.slug, name=ownership.assignee.name),
+            skipped=[],
+            rules_not_matched=[],
+            explanation=ownership.reason,
+        )
     return SimulateOut(
-        outcome="assigned" if decision.agent else "unassigned", ownership_rule=ownership.rule, owner=owner,
+        outcome="assigned" if decision.agent else "unassigned",
+        ownership_rule=ownership.rule,
+        owner=owner,
         routing_entity=ownership.routing_entity.slug if ownership.routing_entity else None,
         rule=decision.rule.name if decision.rule else None,
         agent=AgentOut(id=decision.agent.slug, name=decision.agent.name) if decision.agent else None,

@@ -21,7 +21,10 @@ class RegistrationIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    page_url: Annotated[str, Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4).")]
+    page_url: Annotated[
+        str,
+        Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4)."),
+    ]
     email: EmailStr | None = None
     phone: Annotated[str | None, Field(max_length=40, description="Any format; stored in E.164 (D9).")] = None
     first_name: Name | None = None
@@ -64,10 +67,19 @@ class RegistrationIn(BaseModel):
 
     def to_signup(self) -> LeadSignup:
         return LeadSignup(
-            source_kind=self.kind, page_url=self.page_url, host=host_of(self.page_url),
-            email=self.email, email_normalized=normalize_email(self.email) if self.email else None,
-            phone=self.phone, first_name=self.first_name, last_name=self.last_name, lead_type=self.lead_type,
-            price_min=self.price_min, price_max=self.price_max, zip=self.zip, message=self.message,
+            source_kind=self.kind,
+            page_url=self.page_url,
+            host=host_of(self.page_url),
+            email=self.email,
+            email_normalized=normalize_email(self.email) if self.email else None,
+            phone=self.phone,
+            first_name=self.first_name,
+            last_name=self.last_name,
+            lead_type=self.lead_type,
+            price_min=self.price_min,
+            price_max=self.price_max,
+            zip=self.zip,
+            message=self.message,
             existing_lead_id=str(self.existing_lead_id) if self.existing_lead_id else None,
             occurred_at=self.occurred_at,
         )

@@ -97,7 +97,9 @@ def intake_replay(
     if status not in ("rejected", "dead"):
         raise typer.BadParameter("rejected or dead", param_hint="--status")
     with UnitOfWork() as uow:
-        ids = reopen_intakes(uow, IntakeStatus(status), since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since)
+        ids = reopen_intakes(
+            uow, IntakeStatus(status), since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since
+        )
     for intake_id in ids:
         process_intake.apply_async(args=[str(intake_id)])
     console.print(f"replayed {len(ids)} {status} intake(s)")
@@ -106,7 +108,9 @@ def intake_replay(
 @app.command("dev")
 def dev(
     port: int = 8000,
-    exit_after_demo: Annotated[bool, typer.Option("--exit-after-demo", help="stop once the demo leads are printed")] = False,
+    exit_after_demo: Annotated[
+        bool, typer.Option("--exit-after-demo", help="stop once the demo leads are printed")
+    ] = False,
 ) -> None:
     """The whole pipeline on the embedded defaults: API, a real Celery worker, the demo org and a few
     sample registrations, printed as a table. Ctrl-C stops all."""

@@ -26,14 +26,30 @@ console = Console()
 
 # (page, email, extras): what each sample shows.
 SAMPLES: list[tuple[str, str, dict[str, object]]] = [
-    ("https://kvcore-demo.com/listings/123", "ann@example.com", {"first_name": "Ann", "price_max": 1_500_000}),   # O3 + Luxury rule
-    ("https://kvcore-demo.com/buy", "ben@example.com", {"first_name": "Ben", "price_max": 350_000}),              # O3 + default rule
-    ("https://downtown.kvcore-demo.com/sell", "cat@example.com", {"first_name": "Cat", "lead_type": "seller"}),   # O3, office routing
-    ("https://downtown.kvcore-demo.com/buy", "dan@example.com", {"first_name": "Dan"}),                           # office round robin
-    ("https://john.kvcore-demo.com/squeeze/1", "ann@example.com", {"first_name": "Ann", "kind": "squeeze_page"}),  # O2, D2
-    ("https://sunriseteam.com/landing", "eve@example.com", {"first_name": "Eve", "kind": "landing_page"}),       # O4
-    ("https://kvcore-demo.com/listings/123", "ANN@example.com ", {"first_name": "Ann"}),                          # D4: repeat signup
-    ("https://unknown-site.example/", "fay@example.com", {"first_name": "Fay"}),                                  # O9: rejected
+    (
+        "https://kvcore-demo.com/listings/123",
+        "ann@example.com",
+        {"first_name": "Ann", "price_max": 1_500_000},
+    ),  # O3 + Luxury rule
+    (
+        "https://kvcore-demo.com/buy",
+        "ben@example.com",
+        {"first_name": "Ben", "price_max": 350_000},
+    ),  # O3 + default rule
+    (
+        "https://downtown.kvcore-demo.com/sell",
+        "cat@example.com",
+        {"first_name": "Cat", "lead_type": "seller"},
+    ),  # O3, office routing
+    ("https://downtown.kvcore-demo.com/buy", "dan@example.com", {"first_name": "Dan"}),  # office round robin
+    (
+        "https://john.kvcore-demo.com/squeeze/1",
+        "ann@example.com",
+        {"first_name": "Ann", "kind": "squeeze_page"},
+    ),  # O2, D2
+    ("https://sunriseteam.com/landing", "eve@example.com", {"first_name": "Eve", "kind": "landing_page"}),  # O4
+    ("https://kvcore-demo.com/listings/123", "ANN@example.com ", {"first_name": "Ann"}),  # D4: repeat signup
+    ("https://unknown-site.example/", "fay@example.com", {"first_name": "Fay"}),  # O9: rejected
 ]
 
 
@@ -55,8 +71,11 @@ def _post_samples(base: str) -> list[str]:
     ids = []
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=10) as client:
         for page, email, extra in SAMPLES:
-            r = client.post("/v1/intake/registrations", json={"page_url": page, "email": email, **extra},
-                            headers={"Idempotency-Key": f"demo-{uuid.uuid4()}"})
+            r = client.post(
+                "/v1/intake/registrations",
+                json={"page_url": page, "email": email, **extra},
+                headers={"Idempotency-Key": f"demo-{uuid.uuid4()}"},
+            )
             r.raise_for_status()
             ids.append(r.json()["intake_id"])
     return ids
@@ -81,7 +100,9 @@ def _wait_final(base: str, ids: list[str], timeout: float = 60) -> dict[str, dic
 def _print_leads(intakes: dict[str, dict[str, object]]) -> None:
     with UnitOfWork() as uow:
         leads = uow.session.query(Lead).order_by(Lead.created_at).all()
-        entities = uow.orgs.entities_by_ids({le.owner_entity_id for le in leads} | {le.assigned_agent_id for le in leads if le.assigned_agent_id})
+        entities = uow.orgs.entities_by_ids(
+            {le.owner_entity_id for le in leads} | {le.assigned_agent_id for le in leads if le.assigned_agent_id}
+        )
         events = {le.id: len(uow.leads.timeline(le.id, after=None, limit=1000)) for le in leads}
         table = Table(title="Leads after the sample registrations")
         for column in ("email", "owner", "assigned agent", "source", "timeline events"):
@@ -89,7 +110,13 @@ def _print_leads(intakes: dict[str, dict[str, object]]) -> None:
         for le in leads:
             owner = entities[le.owner_entity_id]
             agent = entities[le.assigned_agent_id].slug if le.assigned_agent_id else "-"
-            table.add_row(le.email or le.phone_e164 or "", f"{owner.slug} ({owner.kind.value})", agent, le.source_detail or "", str(events[le.id]))
+            table.add_row(
+                le.email or le.phone_e164 or "",
+                f"{owner.slug} ({owner.kind.value})",
+                agent,
+                le.source_detail or "",
+                str(events[le.id]),
+            )
     console.print(table)
     rejected = [i for i in intakes.values() if i["status"] == "rejected"]
     for intake in rejected:

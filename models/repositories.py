@@ -94,7 +94,9 @@ class IntakeRepository:
         """The intake, locked: a redelivered task waits for the first run and then sees it done."""
         return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
 
-    def ids_with_status(self, statuses: Iterable[str], *, since: dt.datetime | None = None, limit: int = 1000) -> list[uuid.UUID]:
+    def ids_with_status(
+        self, statuses: Iterable[str], *, since: dt.datetime | None = None, limit: int = 1000
+    ) -> list[uuid.UUID]:
         stmt = select(Intake.id).where(Intake.status.in_(list(statuses))).order_by(Intake.created_at).limit(limit)
         if since is not None:
             stmt = stmt.where(Intake.created_at >= since)
@@ -189,7 +191,9 @@ class OrgRepository:
         members: dict[int, list[RoutingRuleMember]] = {r.id: [] for r in rule_rows}
         if rule_rows:
             for m in self.session.execute(
-                select(RoutingRuleMember).where(RoutingRuleMember.rule_id.in_(list(members))).order_by(RoutingRuleMember.position)
+                select(RoutingRuleMember)
+                .where(RoutingRuleMember.rule_id.in_(list(members)))
+                .order_by(RoutingRuleMember.position)
             ).scalars():
                 members[m.rule_id].append(m)
         listed_ids = {m.agent_id for ms in members.values() for m in ms}
@@ -209,14 +213,16 @@ class OrgRepository:
             admins = self._team_admin_agents(entity.id, connected)
             if admins:
                 default_agents, default_name = admins, "Default: the team's admin (O4)"
-        default = Rule(None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", row.default_cursor)
+        default = Rule(
+            None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", row.default_cursor
+        )
         return rules, default
 
     def _team_admin_agents(self, team_id: int, connected: dict[int, AgentState]) -> list[AgentState]:
         agent_ids = self.session.execute(
-            select(User.agent_id).join(AdminRole, AdminRole.user_id == User.id).where(
-                AdminRole.entity_id == team_id, User.agent_id.is_not(None)
-            )
+            select(User.agent_id)
+            .join(AdminRole, AdminRole.user_id == User.id)
+            .where(AdminRole.entity_id == team_id, User.agent_id.is_not(None))
         ).scalars()
         states = self._agent_states(team_id, [a for a in agent_ids if a is not None])
         return [states[a] for a in sorted(states, key=lambda i: states[i].slug)]
@@ -253,14 +259,26 @@ class LeadRepository:
         ).scalar_one_or_none()
 
     def add_event(
-        self, *, account_id: int, lead_id: uuid.UUID, kind: str, summary: str,
-        data: dict[str, Any] | None = None, actor: str = "system",
-        intake_id: uuid.UUID | None = None, at: dt.datetime | None = None,
+        self,
+        *,
+        account_id: int,
+        lead_id: uuid.UUID,
+        kind: str,
+        summary: str,
+        data: dict[str, Any] | None = None,
+        actor: str = "system",
+        intake_id: uuid.UUID | None = None,
+        at: dt.datetime | None = None,
     ) -> None:
         """Append a timeline event; with an intake id, at most one event of a kind per intake."""
         values: dict[str, Any] = {
-            "account_id": account_id, "lead_id": lead_id, "kind": kind,
-            "summary": summary, "data": data or {}, "actor": actor, "intake_id": intake_id,
+            "account_id": account_id,
+            "lead_id": lead_id,
+            "kind": kind,
+            "summary": summary,
+            "data": data or {},
+            "actor": actor,
+            "intake_id": intake_id,
             "at": at or dt.datetime.now(dt.UTC),
         }
         stmt = _insert(self.session, TimelineEvent).values(**values)
@@ -280,7 +298,9 @@ class LeadRepository:
             conds += [Lead.owner_entity_id == caller.agent_id, Lead.assigned_agent_id == caller.agent_id]
         if admin_of:
             conds += [Lead.owner_entity_id.in_(admin_of), Lead.routed_via_entity_id.in_(admin_of)]
-            groups = select(Entity.id).where(Entity.id.in_(admin_of), Entity.kind.in_([EntityKind.TEAM, EntityKind.COMPANY]))
+            groups = select(Entity.id).where(
+                Entity.id.in_(admin_of), Entity.kind.in_([EntityKind.TEAM, EntityKind.COMPANY])
+            )
             agents = (
                 select(Membership.agent_id)
                 .join(Entity, Entity.id == Membership.agent_id)
@@ -290,7 +310,9 @@ class LeadRepository:
         return and_(Lead.account_id == caller.account_id, Lead.status != LeadStatus.DELETED, or_(false(), *conds))
 
     def visible(self, caller: Caller, lead_id: uuid.UUID) -> Lead | None:
-        return self.session.execute(select(Lead).where(Lead.id == lead_id, self.visible_to(caller))).scalar_one_or_none()
+        return self.session.execute(
+            select(Lead).where(Lead.id == lead_id, self.visible_to(caller))
+        ).scalar_one_or_none()
 
     def list_visible(
         self, caller: Caller, *, filters: dict[str, Any], after: tuple[dt.datetime, uuid.UUID] | None, limit: int

@@ -26,7 +26,9 @@ class UnitOfWork:
         self.leads = LeadRepository(self.session)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # Whatever was not committed is rolled back, so no session is left in PendingRollbackError.
         self.session.rollback()
         self.session.close()

@@ -47,19 +47,38 @@ def candidate_hosts(host: str) -> list[str]:
 def owner_for_entity(entity: EntityRef, rule_hint: str) -> Ownership:
     """O2-O4 given the entity that claims the source."""
     if entity.kind is Kind.AGENT:
-        return Ownership(entity, None, entity, "O2", f"{rule_hint} belongs to agent {entity.slug}: the agent owns and is assigned")
+        return Ownership(
+            entity, None, entity, "O2", f"{rule_hint} belongs to agent {entity.slug}: the agent owns and is assigned"
+        )
     if entity.kind is Kind.TEAM:
-        return Ownership(entity, entity, None, "O4", f"{rule_hint} belongs to team {entity.slug}: the team owns, team routing assigns")
+        return Ownership(
+            entity,
+            entity,
+            None,
+            "O4",
+            f"{rule_hint} belongs to team {entity.slug}: the team owns, team routing assigns",
+        )
     if entity.kind is Kind.OFFICE:
         company = entity.parent
         if company is None:
             # An office outside a company has nobody above it to own its site's leads; it owns them itself.
-            return Ownership(entity, entity, None, "O3", f"{rule_hint} belongs to office {entity.slug} (no company): the office owns")
+            return Ownership(
+                entity, entity, None, "O3", f"{rule_hint} belongs to office {entity.slug} (no company): the office owns"
+            )
         return Ownership(
-            company, entity, None, "O3",
+            company,
+            entity,
+            None,
+            "O3",
             f"{rule_hint} belongs to office {entity.slug}: company {company.slug} owns, the office's routing assigns",
         )
-    return Ownership(entity, entity, None, "O3", f"{rule_hint} belongs to company {entity.slug}: the company owns, its routing assigns")
+    return Ownership(
+        entity,
+        entity,
+        None,
+        "O3",
+        f"{rule_hint} belongs to company {entity.slug}: the company owns, its routing assigns",
+    )
 
 
 def decide_site_owner(page_url: str, claims: Mapping[str, EntityRef]) -> Ownership | Unclaimed:
@@ -74,4 +93,6 @@ def decide_site_owner(page_url: str, claims: Mapping[str, EntityRef]) -> Ownersh
         entity = claims.get(candidate)
         if entity is not None:
             return owner_for_entity(entity, f"site {candidate}")
-    return Unclaimed(f"O9: no entity of this account claims the host {host!r}; register the domain and replay the intake")
+    return Unclaimed(
+        f"O9: no entity of this account claims the host {host!r}; register the domain and replay the intake"
+    )

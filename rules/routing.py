@@ -145,4 +145,6 @@ def route(rules: Sequence[Rule], default: Rule, lead: LeadSignup) -> Decision:
                 why += " after skipping " + ", ".join(f"{s.agent} ({s.reason})" for s in passed)
             return Decision(agent, rule, cursor, tuple(skipped.values()), tuple(tried), why)
         tried.append(Tried(rule.name, ("no eligible agent",)))
-    return Decision(None, None, None, tuple(skipped.values()), tuple(tried), "no rule had an eligible agent: the lead is unassigned")
+    return Decision(
+        None, None, None, tuple(skipped.values()), tuple(tried), "no rule had an eligible agent: the lead is unassigned"
+    )

@@ -64,7 +64,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_TIME_LIMIT - 30,
         "task_default_queue": queue_name(settings, "registrations"),
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         # Flower needs events; the filesystem transport has no fanout exchange to carry them.
         "worker_send_task_events": not embedded,
         "task_send_sent_event": not embedded,

@@ -87,17 +87,32 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
         _repeat_signup(uow, chosen, intake, signup, at, "D5: chose an existing lead at the duplicate prompt")
         return Outcome("done", chosen.id)
     key = unique_key(
-        duplication=account.duplication, owner_id=ownership.owner.id,
-        email_normalized=signup.email_normalized, phone_e164=signup.phone,
+        duplication=account.duplication,
+        owner_id=ownership.owner.id,
+        email_normalized=signup.email_normalized,
+        phone_e164=signup.phone,
     )
     lead_id = uow.leads.insert_if_absent(
         {
-            "account_id": account.id, "owner_entity_id": ownership.owner.id, "unique_key": key,
-            "email": signup.email, "email_normalized": signup.email_normalized, "phone_e164": signup.phone,
-            "first_name": signup.first_name, "last_name": signup.last_name, "tags": list(signup.tags),
-            "lead_type": signup.lead_type, "price_min": signup.price_min, "price_max": signup.price_max,
-            "zip": signup.zip, "source_kind": signup.source_kind, "source_detail": _source_detail(signup),
-            "created_by_intake_id": intake.id, "created_at": at, "updated_at": at, "last_activity_at": at,
+            "account_id": account.id,
+            "owner_entity_id": ownership.owner.id,
+            "unique_key": key,
+            "email": signup.email,
+            "email_normalized": signup.email_normalized,
+            "phone_e164": signup.phone,
+            "first_name": signup.first_name,
+            "last_name": signup.last_name,
+            "tags": list(signup.tags),
+            "lead_type": signup.lead_type,
+            "price_min": signup.price_min,
+            "price_max": signup.price_max,
+            "zip": signup.zip,
+            "source_kind": signup.source_kind,
+            "source_detail": _source_detail(signup),
+            "created_by_intake_id": intake.id,
+            "created_at": at,
+            "updated_at": at,
+            "last_activity_at": at,
         }
     )
     if lead_id is None:
@@ -111,7 +126,11 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
     lead = uow.leads.get(lead_id)
     assert lead is not None
     uow.leads.add_event(
-        account_id=account.id, lead_id=lead_id, kind="created", intake_id=intake.id, at=at,
+        account_id=account.id,
+        lead_id=lead_id,
+        kind="created",
+        intake_id=intake.id,
+        at=at,
         summary=f"Registered on {_source_detail(signup)} ({signup.source_kind})",
         data={"rule": ownership.rule, "owner": ownership.owner.slug, "reason": ownership.reason},
     )
@@ -119,12 +138,19 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
     return Outcome("done", lead_id, created=True)
 
 
-def _assign_new_lead(uow: UnitOfWork, lead: Lead, intake: Intake, ownership: Ownership, signup: LeadSignup, at: dt.datetime) -> None:
+def _assign_new_lead(
+    uow: UnitOfWork, lead: Lead, intake: Intake, ownership: Ownership, signup: LeadSignup, at: dt.datetime
+) -> None:
     decision = plan_routing(uow.orgs, ownership, signup, lock=True)
     if decision is None:
         assert ownership.assignee is not None
         lead.assigned_agent_id = ownership.assignee.id
-        data: dict[str, Any] = {"rule": None, "agent": ownership.assignee.slug, "skipped": [], "explanation": ownership.reason}
+        data: dict[str, Any] = {
+            "rule": None,
+            "agent": ownership.assignee.slug,
+            "skipped": [],
+            "explanation": ownership.reason,
+        }
         summary = f"Assigned to {ownership.assignee.name} ({ownership.rule}: the owner is the assignee)"
     else:
         routing_entity = ownership.routing_entity
@@ -141,13 +167,25 @@ def _assign_new_lead(uow: UnitOfWork, lead: Lead, intake: Intake, ownership: Own
         if decision.rule is not None and decision.rule.campaign and decision.agent is not None:
             uow.leads.start_campaign(lead.id, decision.rule.campaign)
         data = {"routing_entity": routing_entity.slug, **decision.as_data()}
-    uow.leads.add_event(account_id=lead.account_id, lead_id=lead.id, kind="routed", intake_id=intake.id, at=at, summary=summary, data=data)
+    uow.leads.add_event(
+        account_id=lead.account_id,
+        lead_id=lead.id,
+        kind="routed",
+        intake_id=intake.id,
+        at=at,
+        summary=summary,
+        data=data,
+    )
 
 
 def _repeat_signup(uow: UnitOfWork, lead: Lead, intake: Intake, signup: LeadSignup, at: dt.datetime, why: str) -> None:
     lead.last_activity_at = max(lead.last_activity_at, at)
     uow.leads.add_event(
-        account_id=lead.account_id, lead_id=lead.id, kind="signup", intake_id=intake.id, at=at,
+        account_id=lead.account_id,
+        lead_id=lead.id,
+        kind="signup",
+        intake_id=intake.id,
+        at=at,
         summary=f"Registered again on {_source_detail(signup)}",
         data={"rule": why.split(":")[0], "reason": why, "source_kind": signup.source_kind, "message": signup.message},
     )

@@ -24,7 +24,11 @@ def task(name: str, *, max_retries: int = 5) -> Callable[[F], Any]:
     Queues are routed by name (``celeryconfig.TASK_QUEUES``)."""
     assert name in TASK_QUEUES, f"route {name} to a named queue in workers.celeryconfig.TASK_QUEUES"
     return app.task(  # type: ignore[no-any-return]
-        name=name, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=max_retries,
+        name=name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=max_retries,
         ignore_result=True,
     )
 

@@ -23,8 +23,13 @@ pytestmark = pytest.mark.embedded
 
 def leadrelay(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "leadrelay", *args], env=child_env(env), cwd=ROOT,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "leadrelay", *args],
+        env=child_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -38,7 +38,10 @@ def pg_database() -> Iterator[str]:
     yield url
     dispose_engine()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
@@ -89,7 +92,9 @@ def broker_idle() -> bool:
     """No message of this run waits in a queue or is held unacknowledged by a worker."""
     prefix = os.environ["LEADRELAY_QUEUE_PREFIX"]
     client = redis.Redis.from_url(REDIS_URL)
-    queued = sum(int(client.llen(f"{prefix}{prefix}{q}")) for q in ("registrations", "texts", "imports", "notifications"))
+    queued = sum(
+        int(client.llen(f"{prefix}{prefix}{q}")) for q in ("registrations", "texts", "imports", "notifications")
+    )
     return queued == 0 and int(client.hlen(f"{prefix}unacked")) == 0
 
 

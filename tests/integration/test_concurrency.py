@@ -40,8 +40,14 @@ def account_leads(b: Brokerage) -> list[tuple[str, str | None, str | None]]:
     with UnitOfWork() as uow:
         account = uow.orgs.account_by_slug(b.org["account"])
         assert account is not None
-        rows = uow.session.execute(select(Lead.email_normalized, Lead.owner_entity_id, Lead.assigned_agent_id).where(Lead.account_id == account.id)).all()
-        slugs = dict(uow.session.execute(select(Entity.id, Entity.slug).where(Entity.account_id == account.id)).tuples().all())
+        rows = uow.session.execute(
+            select(Lead.email_normalized, Lead.owner_entity_id, Lead.assigned_agent_id).where(
+                Lead.account_id == account.id
+            )
+        ).all()
+        slugs = dict(
+            uow.session.execute(select(Entity.id, Entity.slug).where(Entity.account_id == account.id)).tuples().all()
+        )
         return [(email, slugs.get(owner), slugs.get(agent) if agent else None) for email, owner, agent in rows]
 
 
@@ -51,7 +57,9 @@ def count_final(b: Brokerage) -> dict[str, int]:
     with UnitOfWork() as uow:
         account = uow.orgs.account_by_slug(b.org["account"])
         assert account is not None
-        rows = uow.session.execute(select(Intake.status, func.count()).where(Intake.account_id == account.id).group_by(Intake.status)).all()
+        rows = uow.session.execute(
+            select(Intake.status, func.count()).where(Intake.account_id == account.id).group_by(Intake.status)
+        ).all()
         return {status.value: n for status, n in rows}
 
 
@@ -63,11 +71,22 @@ def test_D4_200_simultaneous_signups_of_one_email_and_owner_make_exactly_one_lea
     leads = account_leads(acme)
     assert len(leads) == 1
     with UnitOfWork() as uow:
-        kinds = collections.Counter(uow.session.execute(select(TimelineEvent.kind).join(Lead, Lead.id == TimelineEvent.lead_id).where(Lead.email_normalized == "rush@example.com", Lead.account_id == uow.orgs.account_by_slug(acme.org["account"]).id)).scalars())  # type: ignore[union-attr]
+        kinds = collections.Counter(
+            uow.session.execute(
+                select(TimelineEvent.kind)
+                .join(Lead, Lead.id == TimelineEvent.lead_id)
+                .where(
+                    Lead.email_normalized == "rush@example.com",
+                    Lead.account_id == uow.orgs.account_by_slug(acme.org["account"]).id,
+                )
+            ).scalars()
+        )  # type: ignore[union-attr]
     assert kinds == {"created": 1, "routed": 1, "signup": 199}
 
 
-def test_A2_1000_company_site_leads_over_three_agents_by_two_workers_differ_by_at_most_one(brokerage_factory: Any) -> None:
+def test_A2_1000_company_site_leads_over_three_agents_by_two_workers_differ_by_at_most_one(
+    brokerage_factory: Any,
+) -> None:
     org = brokerage()
     org["routing"][0]["rules"] = [{"name": "Three agents", "agents": ["john", "jill", "bob"]}]
     b = brokerage_factory(org=org)

@@ -28,7 +28,9 @@ def leads_with_email(b: Brokerage, email: str) -> list[dict[str, Any]]:
 def count_intakes(account_slug: str) -> int:
     with UnitOfWork() as uow:
         return uow.session.execute(
-            select(func.count()).select_from(Intake).where(Intake.account_id == uow.orgs.account_by_slug(account_slug).id)  # type: ignore[union-attr]
+            select(func.count())
+            .select_from(Intake)
+            .where(Intake.account_id == uow.orgs.account_by_slug(account_slug).id)  # type: ignore[union-attr]
         ).scalar_one()
 
 
@@ -83,7 +85,9 @@ def test_D1_same_email_under_two_owners_is_two_leads(acme: Brokerage) -> None:
     assert owners == ["co", "john"]
 
 
-def test_D2_company_page_and_agent_page_make_two_leads_even_when_both_go_to_the_same_agent(brokerage_factory: Any) -> None:
+def test_D2_company_page_and_agent_page_make_two_leads_even_when_both_go_to_the_same_agent(
+    brokerage_factory: Any,
+) -> None:
     org = brokerage()
     org["routing"][0]["rules"] = [{"name": "John takes all", "agents": ["john"]}]
     b = brokerage_factory(org=org)
@@ -181,9 +185,15 @@ def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage) -> None:
         with UnitOfWork() as uow:
             account = uow.orgs.account_by_slug(acme.org["account"])
             assert account is not None
-            events = uow.session.execute(select(func.count()).select_from(TimelineEvent).where(TimelineEvent.lead_id == lead_id)).scalar_one()
-            leads = uow.session.execute(select(func.count()).select_from(Lead).where(Lead.account_id == account.id)).scalar_one()
-            cursors = uow.session.execute(select(func.sum(RoutingRule.cursor)).where(RoutingRule.account_id == account.id)).scalar_one()
+            events = uow.session.execute(
+                select(func.count()).select_from(TimelineEvent).where(TimelineEvent.lead_id == lead_id)
+            ).scalar_one()
+            leads = uow.session.execute(
+                select(func.count()).select_from(Lead).where(Lead.account_id == account.id)
+            ).scalar_one()
+            cursors = uow.session.execute(
+                select(func.sum(RoutingRule.cursor)).where(RoutingRule.account_id == account.id)
+            ).scalar_one()
             return events, leads, int(cursors)
 
     before = snapshot()
@@ -199,8 +209,11 @@ def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage) -> None:
 
 def test_an_unknown_intake_key_is_401_and_stores_nothing(acme: Brokerage) -> None:
     before = count_intakes(acme.org["account"])
-    r = acme.site.post("/v1/intake/registrations", json={"page_url": f"https://{acme.host('co')}/", "email": "q@example.com"},
-                       headers={"Authorization": "Bearer not-a-key"})
+    r = acme.site.post(
+        "/v1/intake/registrations",
+        json={"page_url": f"https://{acme.host('co')}/", "email": "q@example.com"},
+        headers={"Authorization": "Bearer not-a-key"},
+    )
     assert r.status_code == 401
     assert r.headers["content-type"] == "application/problem+json"
     assert count_intakes(acme.org["account"]) == before
@@ -218,7 +231,9 @@ def test_an_unknown_intake_key_is_401_and_stores_nothing(acme: Brokerage) -> Non
         ({"page_url": "https://x.test/", "email": "a@example.com", "kind": "billboard"}, "kind"),
     ],
 )
-def test_bad_input_is_422_naming_the_field_and_stores_nothing(acme: Brokerage, body: dict[str, Any], field: str) -> None:
+def test_bad_input_is_422_naming_the_field_and_stores_nothing(
+    acme: Brokerage, body: dict[str, Any], field: str
+) -> None:
     before = count_intakes(acme.org["account"])
     r = acme.site.post("/v1/intake/registrations", json=body)
     assert r.status_code == 422

@@ -18,14 +18,29 @@ class Brokerage:
         self.site = httpx.Client(base_url=base, headers={"Authorization": f"Bearer key-{self.s}"}, timeout=30)
 
     def host(self, name: str) -> str:
-        return {"co": f"co-{self.s}.test", "downtown": f"dt.co-{self.s}.test", "sunrise": f"team-{self.s}.test",
-                "john": f"john.co-{self.s}.test"}[name]
+        return {
+            "co": f"co-{self.s}.test",
+            "downtown": f"dt.co-{self.s}.test",
+            "sunrise": f"team-{self.s}.test",
+            "john": f"john.co-{self.s}.test",
+        }[name]
 
     def user(self, user: str) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer tok-{user}-{self.s}"}, timeout=30)
 
-    def register(self, site: str, email: str | None = "ann@example.com", *, path: str = "/", headers: dict[str, str] | None = None, **fields: Any) -> httpx.Response:
-        body = {"page_url": f"https://{self.host(site) if site in ('co', 'downtown', 'sunrise', 'john') else site}{path}", **fields}
+    def register(
+        self,
+        site: str,
+        email: str | None = "ann@example.com",
+        *,
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
+        body = {
+            "page_url": f"https://{self.host(site) if site in ('co', 'downtown', 'sunrise', 'john') else site}{path}",
+            **fields,
+        }
         if email is not None:
             body["email"] = email
         return self.site.post("/v1/intake/registrations", json=body, headers=headers or {})

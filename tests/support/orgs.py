@@ -28,26 +28,54 @@ def brokerage(*, duplication: bool = True, suffix: str | None = None) -> dict[st
         "entities": [
             {"id": "co", "kind": "company", "name": "Demo Realty", "domains": [f"co-{s}.test"]},
             {"id": "downtown", "kind": "office", "parent": "co", "name": "Downtown", "domains": [f"dt.co-{s}.test"]},
-            {"id": "sunrise", "kind": "team", "name": "Sunrise Team", "domains": [f"team-{s}.test"], "admins": ["tara"]},
-            {"id": "john", "kind": "agent", "name": "John Smith", "email": "john@co.test", "office": "downtown",
-             "teams": ["sunrise"], "domains": [f"john.co-{s}.test"]},
+            {
+                "id": "sunrise",
+                "kind": "team",
+                "name": "Sunrise Team",
+                "domains": [f"team-{s}.test"],
+                "admins": ["tara"],
+            },
+            {
+                "id": "john",
+                "kind": "agent",
+                "name": "John Smith",
+                "email": "john@co.test",
+                "office": "downtown",
+                "teams": ["sunrise"],
+                "domains": [f"john.co-{s}.test"],
+            },
             {"id": "jill", "kind": "agent", "name": "Jill Jones", "email": "jill@co.test", "office": "downtown"},
             {"id": "bob", "kind": "agent", "name": "Bob Brown", "email": "bob@co.test", "office": "downtown"},
             {"id": "tara", "kind": "agent", "name": "Tara Team", "email": "tara@co.test", "teams": ["sunrise"]},
         ],
         "users": [
-            {"id": "olivia", "name": "Olivia Owner", "email": "olivia@co.test", "admin_of": ["co"], "token": f"tok-olivia-{s}"},
-            {"id": "oscar", "name": "Oscar Office", "email": "oscar@co.test", "admin_of": ["downtown"], "token": f"tok-oscar-{s}"},
+            {
+                "id": "olivia",
+                "name": "Olivia Owner",
+                "email": "olivia@co.test",
+                "admin_of": ["co"],
+                "token": f"tok-olivia-{s}",
+            },
+            {
+                "id": "oscar",
+                "name": "Oscar Office",
+                "email": "oscar@co.test",
+                "admin_of": ["downtown"],
+                "token": f"tok-oscar-{s}",
+            },
             {"id": "john", "token": f"tok-john-{s}"},
             {"id": "jill", "token": f"tok-jill-{s}"},
             {"id": "bob", "token": f"tok-bob-{s}"},
             {"id": "tara", "token": f"tok-tara-{s}"},
         ],
         "routing": [
-            {"entity": "co", "rules": [
-                {"name": "Luxury", "when": {"price_min": 1_000_000}, "agents": ["john", "jill"]},
-                {"name": "Everyone", "agents": "connected"},
-            ]},
+            {
+                "entity": "co",
+                "rules": [
+                    {"name": "Luxury", "when": {"price_min": 1_000_000}, "agents": ["john", "jill"]},
+                    {"name": "Everyone", "agents": "connected"},
+                ],
+            },
             {"entity": "downtown", "rules": [{"name": "Downtown round robin", "agents": ["john", "jill", "bob"]}]},
         ],
     }

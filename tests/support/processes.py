@@ -47,7 +47,10 @@ def api_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "leadrelay", "api", "--port", str(port)],
-            env=child_env(env), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=child_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -69,7 +72,9 @@ def api_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
 
 
 @contextmanager
-def celery_workers(env: Mapping[str, str], logdir: Path, *, count: int = 2, concurrency: int = 1) -> Iterator[list[subprocess.Popen[bytes]]]:
+def celery_workers(
+    env: Mapping[str, str], logdir: Path, *, count: int = 2, concurrency: int = 1
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``count`` separate Celery worker processes (prefork, ``concurrency`` children each)."""
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -77,11 +82,26 @@ def celery_workers(env: Mapping[str, str], logdir: Path, *, count: int = 2, conc
         for i in range(count):
             out = (logdir / f"worker-{i}.log").open("wb")
             logs.append(out)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "leadrelay", "worker", "--concurrency", str(concurrency),
-                 "-n", f"w{i}-{os.getpid()}@%h", "--pool", "prefork"],
-                env=child_env(env), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "leadrelay",
+                        "worker",
+                        "--concurrency",
+                        str(concurrency),
+                        "-n",
+                        f"w{i}-{os.getpid()}@%h",
+                        "--pool",
+                        "prefork",
+                    ],
+                    env=child_env(env),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+            )
         yield procs
     finally:
         for p in procs:
