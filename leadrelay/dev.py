@@ -22,7 +22,8 @@ from models.uow import UnitOfWork
 
 DEMO_ORG = Path(__file__).parent / "demo" / "org.yaml"
 DEMO_KEY = "demo-site-key"
-console = Console()
+# Wide enough for the table when output is not a terminal (a log file, CI).
+console = Console(width=140) if not sys.stdout.isatty() else Console()
 
 # (page, email, extras): what each sample shows.
 SAMPLES: list[tuple[str, str, dict[str, object]]] = [
@@ -106,7 +107,7 @@ def _print_leads(intakes: dict[str, dict[str, object]]) -> None:
         events = {le.id: len(uow.leads.timeline(le.id, after=None, limit=1000)) for le in leads}
         table = Table(title="Leads after the sample registrations")
         for column in ("email", "owner", "assigned agent", "source", "timeline events"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for le in leads:
             owner = entities[le.owner_entity_id]
             agent = entities[le.assigned_agent_id].slug if le.assigned_agent_id else "-"
