@@ -84,7 +84,7 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
     chosen = _prompt_choice(uow, account.id, signup)
     if chosen is not None:
         # D5: the person picked a lead they already have; the signup logs into it.
-        _repeat_signup(uow, chosen, intake, signup, at, "D5: chose an existing lead at the duplicate prompt")
+        _repeat_signup(uow, chosen, intake, signup, at, "D5", "chose an existing lead at the duplicate prompt")
         return Outcome("done", chosen.id)
     key = unique_key(
         duplication=account.duplication,
@@ -120,7 +120,7 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
         existing = uow.leads.by_unique_key(account.id, key)
         assert existing is not None, "the conflicting lead is committed before ON CONFLICT returns"
         rule = "D3" if not account.duplication else "D4"
-        _repeat_signup(uow, existing, intake, signup, at, f"{rule}: same unique lead; no new lead")
+        _repeat_signup(uow, existing, intake, signup, at, rule, "same unique lead; no new lead")
         return Outcome("done", existing.id)
 
     lead = uow.leads.get(lead_id)
@@ -178,7 +178,9 @@ def _assign_new_lead(
     )
 
 
-def _repeat_signup(uow: UnitOfWork, lead: Lead, intake: Intake, signup: LeadSignup, at: dt.datetime, why: str) -> None:
+def _repeat_signup(
+    uow: UnitOfWork, lead: Lead, intake: Intake, signup: LeadSignup, at: dt.datetime, rule: str, why: str
+) -> None:
     lead.last_activity_at = max(lead.last_activity_at, at)
     uow.leads.add_event(
         account_id=lead.account_id,
@@ -187,7 +189,7 @@ def _repeat_signup(uow: UnitOfWork, lead: Lead, intake: Intake, signup: LeadSign
         intake_id=intake.id,
         at=at,
         summary=f"Registered again on {_source_detail(signup)}",
-        data={"rule": why.split(":")[0], "reason": why, "source_kind": signup.source_kind, "message": signup.message},
+        data={"rule": rule, "reason": why, "source_kind": signup.source_kind, "message": signup.message},
     )
 
 

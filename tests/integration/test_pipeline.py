@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -10,10 +12,10 @@ from sqlalchemy import func, select
 
 from models.tables import Intake, Lead, RoutingRule, TimelineEvent
 from models.uow import UnitOfWork
-from tests.integration.conftest import broker_idle
+from tests.integration.conftest import apply, broker_idle
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
-from tests.support.processes import wait_for
+from tests.support.processes import ROOT, child_env, wait_for
 from workers import services
 from workers.tasks import process_intake
 
@@ -293,3 +295,28 @@ def test_lead_list_is_paginated_with_a_cursor(acme: Brokerage) -> None:
                 break
             url_params["cursor"] = body["next"]
     assert sorted(seen) == sorted(f"page{i}@example.com" for i in range(5))
+
+
+def test_O9_a_rejected_intake_replays_into_a_lead_once_its_domain_is_registered(
+    brokerage_factory: Any, pipeline_env: dict[str, str]
+) -> None:
+    org = brokerage()
+    b = brokerage_factory(org=org)
+    new_site = f"new-{b.s}.test"
+    rejected = b.register_and_wait(new_site, "una@example.com")
+    assert rejected["status"] == "rejected"
+    org["entities"][0]["domains"].append(new_site)
+    apply(org)
+    replay = subprocess.run(
+        [sys.executable, "-m", "leadrelay", "intake", "replay", "--status", "rejected"],
+        env=child_env(pipeline_env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    replayed = b.wait_done(rejected["id"])
+    assert replayed["status"] == "done"
+    assert b.lead(replayed["lead_id"])["owner"]["id"] == "co"
