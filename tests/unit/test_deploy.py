@@ -46,7 +46,9 @@ def test_every_app_service_has_valid_production_settings(name: str, service: dic
     assert settings.effective_broker_url.startswith("redis://")
 
 
-def test_production_refuses_the_embedded_defaults() -> None:
+def test_production_refuses_the_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LEADRELAY_DATABASE_URL", "LEADRELAY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="must be set in production"):
         Settings(_env_file=None, env="production")  # type: ignore[call-arg]
 
