@@ -20,7 +20,6 @@ from models.tables import (
     EntityKind,
     Intake,
     IntakeKey,
-    IntakeSource,
     Lead,
     LeadCampaign,
     LeadShare,
@@ -366,4 +365,4 @@ class LeadRepository:
         )
 
 
-__all__ = ["Caller", "IntakeRepository", "IntakeSource", "LeadRepository", "OrgRepository", "to_ref"]
+__all__ = ["Caller", "IntakeRepository", "LeadRepository", "OrgRepository", "to_ref"]
