@@ -3,15 +3,23 @@ task is sent only after the commit."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import urllib.parse
 import uuid
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import ValidationError
 
-from intake.deps import AccountCredential, IntakeKeyCaller, UoW
-from intake.problems import Problem
+from intake import providers
+from intake.deps import UNAUTHORIZED, AccountCredential, IntakeKeyCaller, UoW
+from intake.problems import Problem, field_path
+from intake.providers import HotPadsLead, RealtorComLead
 from intake.schemas import Accepted, IntakeOut, RegistrationIn
+from models.security import hash_secret
 from models.tables import Intake, IntakeSource
 from workers.tasks import process_intake
 
@@ -25,6 +33,13 @@ async def _raw_body(request: Request) -> bytes:
 
 
 RawBody = Annotated[bytes, Depends(_raw_body)]
+
+
+@dataclass(frozen=True)
+class ApiConnectionCaller:
+    account_id: int
+    connection_id: int
+    provider: str
 
 
 def enqueue(intake_id: uuid.UUID) -> None:
@@ -70,10 +85,15 @@ def post_registration(
     else:
         intake_id, new = uow.intakes.add(Intake(**values)).id, True
     uow.commit()
+    return _accepted(intake_id, new, "registration", request, response)
+
+
+def _accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, response: Response) -> Accepted:
+    """After the commit: publish (a new intake only) and answer 202 with where to follow it."""
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
         enqueue(intake_id)
-    log.info("intake.accepted", intake_id=str(intake_id), source="registration", replay=not new)
+    log.info("intake.accepted", intake_id=str(intake_id), source=source, replay=not new)
     status_url = str(request.url_for("get_intake", intake_id=intake_id))
     response.headers["Location"] = status_url
     return Accepted(intake_id=intake_id, status_url=status_url)
@@ -86,3 +106,92 @@ def get_intake(intake_id: uuid.UUID, account_id: AccountCredential, uow: UoW) ->
     if intake is None or intake.account_id != account_id:
         raise Problem(404, "Not found", "no such intake")
     return IntakeOut(id=intake.id, status=intake.status.value, lead_id=intake.lead_id, reason=intake.reason)
+
+
+def _connection(uow: UoW, x_api_key: Annotated[str | None, Header()] = None) -> ApiConnectionCaller:
+    if not x_api_key:
+        raise UNAUTHORIZED
+    connection = uow.orgs.api_connection_by_hash(hash_secret(x_api_key))
+    caller = ApiConnectionCaller(connection.account_id, connection.id, connection.provider) if connection else None
+    uow.end_read()
+    if caller is None:
+        raise UNAUTHORIZED
+    return caller
+
+
+ConnectionCaller = Annotated[ApiConnectionCaller, Depends(_connection)]
+
+
+def _decode(fmt: str, raw: bytes) -> dict[str, Any]:
+    """The payload as a dict: JSON for the Realtor.com shape, form fields for HotPads."""
+    text = raw.decode("utf-8", errors="replace")
+    if fmt == "hotpads":
+        return dict(urllib.parse.parse_qsl(text, keep_blank_values=False))
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            422, "Invalid request", f"body: not JSON ({exc.msg})", errors=[{"field": "body", "message": "not JSON"}]
+        ) from exc
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "Invalid request",
+            "body: must be a JSON object",
+            errors=[{"field": "body", "message": "must be an object"}],
+        )
+    return body
+
+
+@router.post(
+    "/providers/{format}",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": RealtorComLead.model_json_schema()},
+                "application/x-www-form-urlencoded": {"schema": HotPadsLead.model_json_schema()},
+            }
+        }
+    },
+    responses={
+        401: {"description": "Unknown or revoked connection key"},
+        422: {"description": "Invalid field (problem+json)"},
+    },
+)
+def post_provider_lead(
+    format: Literal["realtor_com", "zillow", "hotpads"],  # the contract's path parameter name
+    raw: RawBody,
+    connection: ConnectionCaller,
+    uow: UoW,
+    request: Request,
+    response: Response,
+) -> Accepted:
+    """A lead from a provider. ``realtor_com`` and ``zillow`` take the Realtor.com-style JSON, ``hotpads``
+    the HotPads callback form. The connection key alone decides the owner (O5, O4); the provider's lead id
+    is the idempotency key, so the same lead posted again answers with the first intake."""
+    try:
+        signup, provider_lead_id = providers.parse(format, _decode(format, raw))
+    except ValidationError as exc:
+        errors = [
+            {"field": field_path(("body", *e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
+            for e in exc.errors()
+        ]
+        raise Problem(
+            422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        ) from exc
+    signup = dataclasses.replace(signup, source_detail=f"{format} lead {provider_lead_id}")
+    intake_id, new = uow.intakes.add_idempotent(
+        {
+            "account_id": connection.account_id,
+            "source": IntakeSource.PROVIDER,
+            "api_connection_id": connection.connection_id,
+            "idempotency_key": f"{connection.connection_id}:{provider_lead_id}"[:255],
+            "content_type": request.headers.get("content-type"),
+            "raw_body": raw.decode("utf-8", errors="replace"),
+            "payload": signup.to_dict(),
+        }
+    )
+    uow.commit()
+    return _accepted(intake_id, new, "provider", request, response)

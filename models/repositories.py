@@ -124,6 +124,12 @@ class OrgRepository:
             select(ApiConnection).where(ApiConnection.key_hash == key_hash, ApiConnection.revoked_at.is_(None))
         ).scalar_one_or_none()
 
+    def connection_owner(self, connection_id: int) -> tuple[str, EntityRef]:
+        """The slug of an API connection and the entity it belongs to."""
+        connection = self.session.get(ApiConnection, connection_id)
+        assert connection is not None
+        return connection.slug, self.entity_ref(connection.entity_id)
+
     def caller_by_token_hash(self, token_hash: str) -> Caller | None:
         user = self.session.execute(
             select(User).where(User.token_hash == token_hash, User.active.is_(True))

@@ -24,6 +24,7 @@ class LeadSignup:
     message: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     existing_lead_id: str | None = None
+    source_detail: str | None = None  # where a source with no page came from ("zillow lead 123")
     occurred_at: dt.datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -96,3 +96,17 @@ def decide_site_owner(page_url: str, claims: Mapping[str, EntityRef]) -> Ownersh
     return Unclaimed(
         f"O9: no entity of this account claims the host {host!r}; register the domain and replay the intake"
     )
+
+
+def decide_connection_owner(entity: EntityRef, connection: str) -> Ownership:
+    """O4, O5: the API connection alone decides the owner, whatever the payload claims.
+
+    An agent connection: the agent owns and is assigned (O5). A team connection: the team owns, team
+    routing assigns (O4). An office connection: the office owns (O3: an office owns leads by its
+    own connections) and routes. A company connection: the company owns and routes."""
+    hint = f"API connection {connection} of {entity.kind.value} {entity.slug}"
+    if entity.kind is Kind.AGENT:
+        return Ownership(entity, None, entity, "O5", f"{hint}: the agent owns and is assigned")
+    if entity.kind is Kind.TEAM:
+        return Ownership(entity, entity, None, "O4", f"{hint}: the team owns, team routing assigns")
+    return Ownership(entity, entity, None, "O1", f"{hint}: it owns the lead and its routing assigns")

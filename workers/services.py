@@ -10,11 +10,11 @@ from typing import Any
 import structlog
 
 from models.repositories import OrgRepository
-from models.tables import Intake, IntakeStatus, Lead, LeadStatus
+from models.tables import Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
 from models.uow import UnitOfWork
 from rules.entities import Kind
 from rules.events import LeadSignup
-from rules.ownership import Ownership, Unclaimed, candidate_hosts, decide_site_owner
+from rules.ownership import Ownership, Unclaimed, candidate_hosts, decide_connection_owner, decide_site_owner
 from rules.routing import Decision, route
 from rules.uniqueness import unique_key
 
@@ -37,6 +37,15 @@ def decide_registration_owner(orgs: OrgRepository, account_id: int, signup: Lead
     return decide_site_owner(signup.page_url or "", claims)
 
 
+def decide_intake_owner(orgs: OrgRepository, intake: Intake, signup: LeadSignup) -> Ownership | Unclaimed:
+    """O1: the owner from the intake's source: its connection (O4, O5) or its page's host (O2-O4, O9)."""
+    if intake.source is IntakeSource.PROVIDER:
+        assert intake.api_connection_id is not None, "provider intakes are stored with their connection"
+        slug, entity = orgs.connection_owner(intake.api_connection_id)
+        return decide_connection_owner(entity, slug)
+    return decide_registration_owner(orgs, intake.account_id, signup)
+
+
 def plan_routing(orgs: OrgRepository, ownership: Ownership, signup: LeadSignup, *, lock: bool) -> Decision | None:
     """A1/A2: the routing decision for a new lead; None when the owner is an agent (O2, O5)."""
     if ownership.routing_entity is None:
@@ -57,7 +66,7 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
         return Outcome(intake.status.value, intake.lead_id, reason="already processed")
     intake.attempts += 1
     signup = LeadSignup.from_dict(intake.payload)
-    ownership = decide_registration_owner(uow.orgs, intake.account_id, signup)
+    ownership = decide_intake_owner(uow.orgs, intake, signup)
     if isinstance(ownership, Unclaimed):
         _finish(intake, IntakeStatus.REJECTED, None, ownership.reason)
         uow.commit()
@@ -209,6 +218,8 @@ def _prompt_choice(uow: UnitOfWork, account_id: int, signup: LeadSignup) -> Lead
 
 
 def _source_detail(signup: LeadSignup) -> str:
+    if signup.source_detail:
+        return signup.source_detail[:500]
     if not signup.page_url:
         return signup.source_kind
     url = signup.page_url.split("://", 1)[-1]

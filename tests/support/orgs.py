@@ -18,7 +18,8 @@ def brokerage(*, duplication: bool = True, suffix: str | None = None) -> dict[st
     """A company with an office, a team and four agents, and a user token for each person.
 
     Domains: ``co-S.test`` (company), ``dt.co-S.test`` (office downtown), ``team-S.test`` (team
-    sunrise), ``john.co-S.test`` (agent john). Keys: intake ``key-S``; tokens ``tok-<user>-S``."""
+    sunrise), ``john.co-S.test`` (agent john). Keys: intake ``key-S``; connections ``conn-john-S`` (agent) and
+    ``conn-sunrise-S`` (team); tokens ``tok-<user>-S``."""
     s = suffix or unique_suffix()
     return {
         "account": f"acct-{s}",
@@ -67,6 +68,10 @@ def brokerage(*, duplication: bool = True, suffix: str | None = None) -> dict[st
             {"id": "jill", "token": f"tok-jill-{s}"},
             {"id": "bob", "token": f"tok-bob-{s}"},
             {"id": "tara", "token": f"tok-tara-{s}"},
+        ],
+        "api_connections": [
+            {"id": "zillow-john", "provider": "zillow", "entity": "john", "key": f"conn-john-{s}"},
+            {"id": "rdc-sunrise", "provider": "realtor_com", "entity": "sunrise", "key": f"conn-sunrise-{s}"},
         ],
         "routing": [
             {
