@@ -6,27 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from rules.contact import InvalidPhone, normalize_email, normalize_phone
+from intake.schemas import Phone
+from rules.contact import normalize_email
 from rules.events import LeadSignup
 from rules.ownership import host_of
 
 FORMATS = ("realtor_com", "zillow", "hotpads")
 Text = Annotated[str | None, Field(max_length=500)]
-
-
-def _phone(value: str | None) -> str | None:
-    """D9: E.164; an empty string is no phone."""
-    if value is None or not value.strip():
-        return None
-    try:
-        return normalize_phone(value)
-    except InvalidPhone as exc:
-        raise ValueError(str(exc)) from exc
-
-
-Phone = Annotated[str | None, Field(max_length=40), AfterValidator(_phone)]
 
 
 class _Adapter(BaseModel):

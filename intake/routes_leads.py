@@ -69,7 +69,7 @@ def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
     )
     shares = uow.leads.shares_of(ids)
     campaigns = uow.leads.campaigns_of(ids)
-    accounts = {lead.account_id: uow.orgs.account(lead.account_id).slug for lead in leads}
+    accounts = {account_id: uow.orgs.account(account_id).slug for account_id in {lead.account_id for lead in leads}}
     out = []
     for lead in leads:
         owner = entities[lead.owner_entity_id]

@@ -6,7 +6,16 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from rules.contact import InvalidPhone, normalize_email, normalize_phone
 from rules.events import LeadSignup
@@ -14,6 +23,21 @@ from rules.ownership import host_of
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Price = Annotated[int, Field(ge=0, le=10**12)]
+
+
+def _phone(value: str | None) -> str | None:
+    """D9: E.164 and possible; an empty string is no phone."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return normalize_phone(value)
+    except InvalidPhone as exc:
+        raise ValueError(str(exc)) from exc
+
+
+Phone = Annotated[
+    str | None, Field(max_length=40, description="Any format; stored in E.164 (D9)."), AfterValidator(_phone)
+]
 
 
 class RegistrationIn(BaseModel):
@@ -26,7 +50,7 @@ class RegistrationIn(BaseModel):
         Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4)."),
     ]
     email: EmailStr | None = None
-    phone: Annotated[str | None, Field(max_length=40, description="Any format; stored in E.164 (D9).")] = None
+    phone: Phone = None
     first_name: Name | None = None
     last_name: Name | None = None
     kind: Literal["site", "squeeze_page", "landing_page"] = "site"
@@ -46,16 +70,6 @@ class RegistrationIn(BaseModel):
         if not host_of(value):
             raise ValueError("has no host")
         return value
-
-    @field_validator("phone")
-    @classmethod
-    def _phone_is_possible(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        try:
-            return normalize_phone(value)
-        except InvalidPhone as exc:
-            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
     def _reachable_and_consistent(self) -> RegistrationIn:

@@ -20,6 +20,7 @@ from models.tables import (
     EntityKind,
     Intake,
     IntakeKey,
+    IntakeStatus,
     Lead,
     LeadCampaign,
     LeadShare,
@@ -92,6 +93,13 @@ class IntakeRepository:
     def get_for_update(self, intake_id: uuid.UUID) -> Intake | None:
         """The intake, locked: a redelivered task waits for the first run and then sees it done."""
         return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
+
+    def reopen(self, ids: Sequence[uuid.UUID]) -> None:
+        """Back to accepted, reason cleared, in one statement."""
+        if ids:
+            self.session.execute(
+                update(Intake).where(Intake.id.in_(list(ids))).values(status=IntakeStatus.ACCEPTED, reason=None)
+            )
 
     def ids_with_status(
         self, statuses: Iterable[str], *, since: dt.datetime | None = None, limit: int = 1000

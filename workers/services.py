@@ -239,9 +239,6 @@ def mark_dead(uow: UnitOfWork, intake_id: uuid.UUID, error: str) -> None:
 def reopen_intakes(uow: UnitOfWork, status: IntakeStatus, since: dt.datetime | None) -> list[uuid.UUID]:
     """Put kept intakes of ``status`` back to accepted so the pipeline takes them again."""
     ids = uow.intakes.ids_with_status([status.value], since=since, limit=100_000)
-    for intake_id in ids:
-        intake = uow.intakes.get(intake_id)
-        assert intake is not None
-        intake.status, intake.reason = IntakeStatus.ACCEPTED, None
+    uow.intakes.reopen(ids)
     uow.commit()
     return ids
