@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -62,6 +63,13 @@ class IntakeSource(enum.StrEnum):
     ACTIVITY = "activity"
     IMPORT = "import"
     EVENTS = "events"
+
+
+class ImportStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class Account(Base):
@@ -342,3 +350,70 @@ class Intake(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     processed_at: Mapped[dt.datetime | None]
+
+
+class SiteActivity(Base):
+    """D7: a page view, property view or save by an email that has no lead under the site's owner.
+    It is kept, not turned into a lead; ``lead_id`` is set when a signup later makes that lead."""
+
+    __tablename__ = "site_activity"
+    __table_args__ = (Index(None, "owner_entity_id", "email_normalized"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    owner_entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"))
+    email_normalized: Mapped[str | None] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(20))
+    page_url: Mapped[str] = mapped_column(Text)
+    listing: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # One row per intake: a redelivered activity task records it once.
+    intake_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    lead_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
+
+
+class Import(Base):
+    """A CSV import: who ran it for which owner (O1), its progress and its summary."""
+
+    __tablename__ = "imports"
+    __table_args__ = (Index(None, "account_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    owner_entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id"))
+    by_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    file_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Extra header -> field mapping given with --map (the usual spellings are known already).
+    mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[ImportStatus] = mapped_column(_enum(ImportStatus, "import_status"), default=ImportStatus.QUEUED)
+    phase: Mapped[str | None] = mapped_column(String(20))
+    rows_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    created: Mapped[int] = mapped_column(BigInteger, default=0)
+    existing: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class ImportChunk(Base):
+    """An uploaded file, kept in the database in pieces until its import is done (accepted means kept)."""
+
+    __tablename__ = "import_chunks"
+
+    import_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImportRejection(Base):
+    """A row an import did not take, with its line number and why."""
+
+    __tablename__ = "import_rejections"
+
+    import_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)

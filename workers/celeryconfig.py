@@ -29,10 +29,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.broker_folder
         (folder / "out").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         transport_options: dict[str, Any] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            # Exchange bindings; kombu's default is ./control, in whatever directory the worker runs.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     else:
