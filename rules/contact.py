@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import phonenumbers
 
+_PUNCTUATION = str.maketrans("", "", " -().\t/")
+
 
 class InvalidPhone(ValueError):
     pass
@@ -16,6 +18,10 @@ def normalize_email(email: str) -> str:
 
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """D9: E.164, and a *possible* number (fictional 555 numbers pass; assigned-ness is not checked)."""
+    if default_region == "US":
+        fast = _nanp(raw)
+        if fast is not None:
+            return fast
     try:
         parsed = phonenumbers.parse(raw.strip(), default_region)
     except phonenumbers.NumberParseException as exc:
@@ -24,6 +30,24 @@ def normalize_phone(raw: str, default_region: str = "US") -> str:
     if phonenumbers.is_possible_number_with_reason(parsed) != phonenumbers.ValidationResult.IS_POSSIBLE:
         raise InvalidPhone("not a possible phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _nanp(raw: str) -> str | None:
+    """The plain North American forms (``(555) 123-4567``, ``+1 555.123.4567``, ``15551234567``) without
+    the phonenumbers parser, which costs ~20 us a number and dominates a large import. Anything else
+    is None and goes to the parser; tests check both give the same answer on this path."""
+    text = raw.strip()
+    plus = text.startswith("+")
+    digits = (text[1:] if plus else text).translate(_PUNCTUATION)
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if len(digits) == 11 and digits[0] == "1":
+        digits = digits[1:]
+    elif plus or len(digits) != 10:
+        return None
+    if digits[0] in "01" or digits[3] in "01":
+        return None
+    return "+1" + digits
 
 
 def mask_email(email: str) -> str:

@@ -104,9 +104,18 @@ def decide_connection_owner(entity: EntityRef, connection: str) -> Ownership:
     An agent connection: the agent owns and is assigned (O5). A team connection: the team owns, team
     routing assigns (O4). An office connection: the office owns (O3: an office owns leads by its
     own connections) and routes. A company connection: the company owns and routes."""
-    hint = f"API connection {connection} of {entity.kind.value} {entity.slug}"
+    return _owned_by_source(entity, f"API connection {connection} of {entity.kind.value} {entity.slug}", "O5")
+
+
+def decide_import_owner(entity: EntityRef, filename: str) -> Ownership:
+    """O1, O4: the import's entity owns every lead it makes. An agent is also the assignee; a team,
+    an office or a company routes them by its own rules (O3: an office owns leads by its own imports)."""
+    return _owned_by_source(entity, f"import {filename} for {entity.kind.value} {entity.slug}", "O1")
+
+
+def _owned_by_source(entity: EntityRef, hint: str, agent_rule: str) -> Ownership:
     if entity.kind is Kind.AGENT:
-        return Ownership(entity, None, entity, "O5", f"{hint}: the agent owns and is assigned")
+        return Ownership(entity, None, entity, agent_rule, f"{hint}: the agent owns and is assigned")
     if entity.kind is Kind.TEAM:
         return Ownership(entity, entity, None, "O4", f"{hint}: the team owns, team routing assigns")
     return Ownership(entity, entity, None, "O1", f"{hint}: it owns the lead and its routing assigns")

@@ -7,7 +7,7 @@ transaction as the lead, so a rolled-back task rewinds the cursor and never skip
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rules.entities import AgentState
@@ -148,3 +148,20 @@ def route(rules: Sequence[Rule], default: Rule, lead: LeadSignup) -> Decision:
     return Decision(
         None, None, None, tuple(skipped.values()), tuple(tried), "no rule had an eligible agent: the lead is unassigned"
     )
+
+
+def route_many(
+    rules: Sequence[Rule], default: Rule, leads: Sequence[LeadSignup]
+) -> tuple[list[Decision], list[Rule], Rule]:
+    """:func:`route` for each lead in order, each seeing the cursors the ones before it moved: exactly
+    what routing them one by one would give (an import's fairness is the pipeline's). Returns the
+    decisions and the rules with their cursors after the last lead, to carry into the next batch."""
+    current = [*rules, default]
+    decisions: list[Decision] = []
+    for lead in leads:
+        decision = route(current[:-1], current[-1], lead)
+        decisions.append(decision)
+        if decision.rule is not None and decision.cursor is not None:
+            i = next(i for i, r in enumerate(current) if r is decision.rule)
+            current[i] = replace(current[i], cursor=decision.cursor)
+    return decisions, current[:-1], current[-1]

@@ -145,3 +145,48 @@ def test_logs_mask_phone_never_reveals_more_than_two_digits(phone: str) -> None:
     assert sum(c.isdigit() for c in masked) <= 2
     if sum(c.isdigit() for c in phone) > 2:
         assert phone not in masked
+
+
+# --- the North American fast path ------------------------------------------------------------------
+
+# The shapes people type a US number in, plus noise that must leave the fast path.
+phone_shapes = st.sampled_from(
+    [
+        "{a}{e}{l}",
+        "({a}) {e}-{l}",
+        "{a}-{e}-{l}",
+        "{a}.{e}.{l}",
+        "1{a}{e}{l}",
+        "+1 {a} {e} {l}",
+        "+1({a}){e}-{l}",
+        " {a} {e} {l} ",
+        "+{a}{e}{l}",
+        "1 {a}/{e}/{l}",
+        "{a}{e}{l} x12",
+        "+44 20 7946 {l}",
+        "{a}{e}",
+    ]
+)
+area_or_exchange = st.integers(0, 999).map(lambda n: f"{n:03d}")
+
+
+@PROPERTY
+@given(phone_shapes, area_or_exchange, area_or_exchange, st.integers(0, 9999))
+def test_D9_fast_path_gives_what_the_parser_gives(shape: str, area: str, exchange: str, line: int) -> None:
+    """The shortcut for plain US numbers answers exactly as phonenumbers does, or defers to it."""
+    import phonenumbers
+
+    raw = shape.format(a=area, e=exchange, l=f"{line:04d}")
+    try:
+        parsed = phonenumbers.parse(raw.strip(), "US")
+        possible = phonenumbers.is_possible_number_with_reason(parsed) == phonenumbers.ValidationResult.IS_POSSIBLE
+        expected: str | None = (
+            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) if possible else None
+        )
+    except phonenumbers.NumberParseException:
+        expected = None
+    try:
+        got: str | None = normalize_phone(raw)
+    except InvalidPhone:
+        got = None
+    assert got == expected

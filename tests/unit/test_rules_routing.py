@@ -11,7 +11,18 @@ from hypothesis import strategies as st
 
 from rules.entities import AgentState
 from rules.events import LeadSignup
-from rules.routing import Decision, Member, Rule, Skip, Tried, failed_conditions, next_agent, route, weighted_sequence
+from rules.routing import (
+    Decision,
+    Member,
+    Rule,
+    Skip,
+    Tried,
+    failed_conditions,
+    next_agent,
+    route,
+    route_many,
+    weighted_sequence,
+)
 
 PROPERTY = settings(database=None, max_examples=200)
 
@@ -379,3 +390,43 @@ def test_A7_weighted_decision_names_its_strategy() -> None:
     decision = route([rule("weighted", ANN, BOB, weights=(2, 1))], DEFAULT, lead())
     assert decision.as_data()["strategy"] == "weighted"
     assert decision.explanation == "rule 'weighted' matched; weighted chose ann"
+
+
+# --- route_many: an import's batch routing ---------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    st.lists(st.sampled_from([None, 100_000, 600_000]), min_size=1, max_size=40),
+    st.integers(0, 7),
+)
+def test_A2_routing_a_batch_equals_routing_one_by_one(prices: list[int | None], start: int) -> None:
+    """An import routes its leads in file order with the cursors carried along: the same agents, in
+    the same order, as the pipeline routing them one at a time and writing each cursor back."""
+    rules = [
+        rule("luxury", ANN, agent("bob", paused=True), CAT, weights=(3, 1, 2), cursor=start, price_min=500_000),
+        rule("everyone", BOB, CAT, DAN, cursor=start + 1),
+    ]
+    default = rule("default", ANN, BOB, cursor=start)
+    leads = [lead(price_max=p) for p in prices]
+
+    batch, rules_after, default_after = route_many(rules, default, leads)
+
+    one_by_one: list[Decision] = []
+    current = [*rules, default]
+    for signup in leads:
+        decision = route(current[:-1], current[-1], signup)
+        one_by_one.append(decision)
+        current = [
+            Rule(r.id, r.name, r.members, r.conditions, r.strategy, decision.cursor, r.campaign)
+            if decision.rule is not None and r.name == decision.rule.name and decision.cursor is not None
+            else r
+            for r in current
+        ]
+    assert [d.as_data() for d in batch] == [d.as_data() for d in one_by_one]
+    assert [r.cursor for r in [*rules_after, default_after]] == [r.cursor for r in current]
+
+
+def test_A2_a_batch_of_999_over_three_agents_is_333_each() -> None:
+    decisions, _, _ = route_many([], rule("default", ANN, BOB, CAT), [lead()] * 999)
+    assert Counter(d.agent.slug for d in decisions if d.agent) == {"ann": 333, "bob": 333, "cat": 333}
