@@ -28,6 +28,7 @@ from models.tables import (
     Membership,
     RoutingRule,
     RoutingRuleMember,
+    SiteActivity,
     SiteDomain,
     TimelineEvent,
     User,
@@ -44,6 +45,27 @@ def _insert(session: Session, table: Any) -> Any:
 
 def to_ref(entity: Entity, parent: Entity | None = None) -> EntityRef:
     return EntityRef(entity.id, entity.slug, Kind(entity.kind.value), entity.name, to_ref(parent) if parent else None)
+
+
+@dataclass(frozen=True)
+class ClaimedActivity:
+    """A row of anonymous site activity, as it was when a new lead claimed it (D7)."""
+
+    id: uuid.UUID
+    kind: str
+    page_url: str
+    listing: dict[str, Any]
+    at: dt.datetime
+    intake_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A lead the duplicate prompt offers (D5): its id, its assignee and its owner; no contact details."""
+
+    lead_id: uuid.UUID
+    agent: Entity
+    owner: Entity
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,16 @@ class OrgRepository:
         user = self.session.execute(
             select(User).where(User.token_hash == token_hash, User.active.is_(True))
         ).scalar_one_or_none()
+        return self._caller(user)
+
+    def caller_by_slug(self, account_id: int, slug: str) -> Caller | None:
+        """An active user by id within an account (the CLI acts as a named user)."""
+        user = self.session.execute(
+            select(User).where(User.account_id == account_id, User.slug == slug, User.active.is_(True))
+        ).scalar_one_or_none()
+        return self._caller(user)
+
+    def _caller(self, user: User | None) -> Caller | None:
         if user is None:
             return None
         admin_of = self.session.execute(select(AdminRole.entity_id).where(AdminRole.user_id == user.id)).scalars()
@@ -271,6 +303,91 @@ class LeadRepository:
             select(Lead).where(Lead.account_id == account_id, Lead.unique_key == key)
         ).scalar_one_or_none()
 
+    def surviving(self, lead: Lead, *, max_hops: int = 20) -> Lead | None:
+        """The lead that stands for ``lead`` now: itself, or the lead it was merged into (followed
+        through chains of merges); None for a deleted lead."""
+        for _ in range(max_hops):
+            if lead.status is LeadStatus.DELETED:
+                return None
+            if lead.status is not LeadStatus.MERGED or lead.merged_into_id is None:
+                return lead
+            nxt = self.session.get(Lead, lead.merged_into_id)
+            if nxt is None:
+                return None
+            lead = nxt
+        return None
+
+    def add_site_activity(self, values: dict[str, Any]) -> None:
+        """Keep anonymous activity (D7); one row per intake, so a redelivered task adds nothing."""
+        self.session.execute(
+            _insert(self.session, SiteActivity)
+            .values(id=uuid.uuid4(), **values)
+            .on_conflict_do_nothing(index_elements=["intake_id"])
+        )
+
+    def claim_site_activity(
+        self, *, account_id: int, email_normalized: str, owner_entity_id: int | None, lead_id: uuid.UUID
+    ) -> list[ClaimedActivity]:
+        """Give unclaimed anonymous activity of this email (under ``owner_entity_id``, or under any owner
+        of the account when None) to ``lead_id``, in one UPDATE ... RETURNING; the rows claimed, oldest first."""
+        stmt = (
+            update(SiteActivity)
+            .where(
+                SiteActivity.account_id == account_id,
+                SiteActivity.email_normalized == email_normalized,
+                SiteActivity.lead_id.is_(None),
+            )
+            .values(lead_id=lead_id)
+            .returning(
+                SiteActivity.id,
+                SiteActivity.kind,
+                SiteActivity.page_url,
+                SiteActivity.listing,
+                SiteActivity.at,
+                SiteActivity.intake_id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if owner_entity_id is not None:
+            stmt = stmt.where(SiteActivity.owner_entity_id == owner_entity_id)
+        rows = [ClaimedActivity(*row) for row in self.session.execute(stmt).all()]
+        return sorted(rows, key=lambda r: (r.at, str(r.id)))
+
+    def site_activity_of(self, intake_id: uuid.UUID) -> SiteActivity | None:
+        return self.session.execute(
+            select(SiteActivity).where(SiteActivity.intake_id == intake_id)
+        ).scalar_one_or_none()
+
+    def add_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append many timeline events in one INSERT; an (lead, intake, kind) already there is skipped."""
+        if rows:
+            self.session.execute(
+                _insert(self.session, TimelineEvent)
+                .values([{"actor": "system", **row} for row in rows])
+                .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
+            )
+
+    def duplicate_candidates(
+        self, *, account_id: int, email_normalized: str, other_than_owner_id: int, limit: int = 50
+    ) -> list[Candidate]:
+        """D5: the account's active leads with this email under owners other than ``other_than_owner_id``
+        that an agent works, most recently active first."""
+        agent, owner = aliased(Entity), aliased(Entity)
+        rows = self.session.execute(
+            select(Lead.id, agent, owner)
+            .join(agent, agent.id == Lead.assigned_agent_id)
+            .join(owner, owner.id == Lead.owner_entity_id)
+            .where(
+                Lead.account_id == account_id,
+                Lead.email_normalized == email_normalized,
+                Lead.status == LeadStatus.ACTIVE,
+                Lead.owner_entity_id != other_than_owner_id,
+            )
+            .order_by(Lead.last_activity_at.desc(), Lead.id)
+            .limit(limit)
+        ).all()
+        return [Candidate(lead_id, a, o) for lead_id, a, o in rows]
+
     def add_event(
         self,
         *,
@@ -379,4 +496,4 @@ class LeadRepository:
         )
 
 
-__all__ = ["Caller", "IntakeRepository", "LeadRepository", "OrgRepository", "to_ref"]
+__all__ = ["Caller", "Candidate", "ClaimedActivity", "IntakeRepository", "LeadRepository", "OrgRepository", "to_ref"]

@@ -10,17 +10,27 @@ from typing import Any
 import structlog
 
 from models.repositories import OrgRepository
-from models.tables import Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
+from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
 from models.uow import UnitOfWork
+from rules.activity import SiteActivityEvent, describe_activity
 from rules.entities import Kind
 from rules.events import LeadSignup
-from rules.ownership import Ownership, Unclaimed, candidate_hosts, decide_connection_owner, decide_site_owner
+from rules.ownership import (
+    Ownership,
+    Unclaimed,
+    candidate_hosts,
+    decide_connection_owner,
+    decide_site_owner,
+    host_of,
+)
 from rules.routing import Decision, route
 from rules.uniqueness import unique_key
 
 log = structlog.get_logger(__name__)
 
 FINAL = (IntakeStatus.DONE, IntakeStatus.REJECTED)
+# Sources whose API connection, never the body, decides the owner (O4, O5).
+CONNECTION_SOURCES = (IntakeSource.PROVIDER, IntakeSource.EVENTS)
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,30 @@ def decide_registration_owner(orgs: OrgRepository, account_id: int, signup: Lead
     return decide_site_owner(signup.page_url or "", claims)
 
 
+def decide_page_owner(orgs: OrgRepository, account_id: int, page_url: str) -> Ownership | Unclaimed:
+    """O1-O4, O9 for any page of a site (a signup, an activity, the duplicate prompt): the page's host decides."""
+    claims = orgs.domain_claims(account_id, candidate_hosts(host_of(page_url)))
+    return decide_site_owner(page_url, claims)
+
+
 def decide_intake_owner(orgs: OrgRepository, intake: Intake, signup: LeadSignup) -> Ownership | Unclaimed:
     """O1: the owner from the intake's source: its connection (O4, O5) or its page's host (O2-O4, O9)."""
-    if intake.source is IntakeSource.PROVIDER:
-        assert intake.api_connection_id is not None, "provider intakes are stored with their connection"
-        slug, entity = orgs.connection_owner(intake.api_connection_id)
-        return decide_connection_owner(entity, slug)
+    if intake.source in CONNECTION_SOURCES:
+        return _connection_owner(orgs, intake)
     return decide_registration_owner(orgs, intake.account_id, signup)
+
+
+def decide_activity_owner(orgs: OrgRepository, intake: Intake, activity: SiteActivityEvent) -> Ownership | Unclaimed:
+    """D7: activity belongs with the site's owner (the page's host), or with the connection's for an event."""
+    if intake.source in CONNECTION_SOURCES:
+        return _connection_owner(orgs, intake)
+    return decide_page_owner(orgs, intake.account_id, activity.page_url)
+
+
+def _connection_owner(orgs: OrgRepository, intake: Intake) -> Ownership:
+    assert intake.api_connection_id is not None, "connection intakes are stored with their connection"
+    slug, entity = orgs.connection_owner(intake.api_connection_id)
+    return decide_connection_owner(entity, slug)
 
 
 def plan_routing(orgs: OrgRepository, ownership: Ownership, signup: LeadSignup, *, lock: bool) -> Decision | None:
@@ -54,8 +81,21 @@ def plan_routing(orgs: OrgRepository, ownership: Ownership, signup: LeadSignup, 
     return route(rules, default, signup)
 
 
+def intake_work(intake: Intake) -> LeadSignup | SiteActivityEvent:
+    """What a stored intake asks for: a signup, or activity (D7). Activity intakes hold the activity;
+    events hold ``{"signup": ...}`` or ``{"activity": ...}``; every other source holds the signup."""
+    payload = intake.payload
+    if intake.source is IntakeSource.ACTIVITY:
+        return SiteActivityEvent.from_dict(payload)
+    if intake.source is IntakeSource.EVENTS:
+        if "activity" in payload:
+            return SiteActivityEvent.from_dict(payload["activity"])
+        return LeadSignup.from_dict(payload["signup"])
+    return LeadSignup.from_dict(payload)
+
+
 def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
-    """Turn one stored intake into a lead (or a repeat signup on one), exactly once.
+    """Turn one stored intake into a lead (or a repeat signup on one), or record its activity, exactly once.
 
     The intake row is locked first, so a redelivered or relayed copy of the task waits and then
     finds it final; the lead insert, the cursor move and the timeline commit together."""
@@ -65,13 +105,13 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
     if intake.status in FINAL:
         return Outcome(intake.status.value, intake.lead_id, reason="already processed")
     intake.attempts += 1
-    signup = LeadSignup.from_dict(intake.payload)
+    work = intake_work(intake)
+    if isinstance(work, SiteActivityEvent):
+        return _process_activity(uow, intake, work)
+    signup = work
     ownership = decide_intake_owner(uow.orgs, intake, signup)
     if isinstance(ownership, Unclaimed):
-        _finish(intake, IntakeStatus.REJECTED, None, ownership.reason)
-        uow.commit()
-        log.info("intake.rejected", intake_id=str(intake.id), reason=ownership.reason)
-        return Outcome("rejected", reason=ownership.reason)
+        return _reject(uow, intake, ownership.reason)
 
     outcome = _record_signup(uow, intake, signup, ownership)
     _finish(intake, IntakeStatus.DONE, outcome.lead_id, None)
@@ -144,7 +184,44 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
         data={"rule": ownership.rule, "owner": ownership.owner.slug, "reason": ownership.reason},
     )
     _assign_new_lead(uow, lead, intake, ownership, signup, at)
+    if signup.email_normalized:
+        _claim_site_activity(uow, account, lead, ownership, signup.email_normalized)
     return Outcome("done", lead_id, created=True)
+
+
+def _claim_site_activity(uow: UnitOfWork, account: Account, lead: Lead, ownership: Ownership, email: str) -> None:
+    """D7: activity kept anonymous for this (owner, email) joins the new lead's timeline, set-wise.
+    With duplication off (D3) the lead is the account's lead for the email, so every owner's rows join."""
+    claimed = uow.leads.claim_site_activity(
+        account_id=account.id,
+        email_normalized=email,
+        owner_entity_id=ownership.owner.id if account.duplication else None,
+        lead_id=lead.id,
+    )
+    if not claimed:
+        return
+    uow.leads.add_events(
+        [
+            {
+                "account_id": account.id,
+                "lead_id": lead.id,
+                "kind": row.kind,
+                # The activity's own intake: replaying that intake later finds the event and adds nothing.
+                "intake_id": row.intake_id,
+                "at": row.at,
+                "summary": describe_activity(row.kind, row.listing, row.page_url) + " (before signup)",
+                "data": {
+                    "rule": "D7",
+                    "listing": row.listing,
+                    "page_url": row.page_url,
+                    "recorded_before_signup": True,
+                    "site_activity_id": str(row.id),
+                },
+            }
+            for row in claimed
+        ]
+    )
+    lead.last_activity_at = max(lead.last_activity_at, *(row.at for row in claimed))
 
 
 def _assign_new_lead(
@@ -215,6 +292,96 @@ def _prompt_choice(uow: UnitOfWork, account_id: int, signup: LeadSignup) -> Lead
     if not signup.email_normalized or lead.email_normalized != signup.email_normalized:
         return None
     return lead
+
+
+def _process_activity(uow: UnitOfWork, intake: Intake, activity: SiteActivityEvent) -> Outcome:
+    """D7: put a view, save or visit on the lead of the site's (or connection's) owner for this person,
+    whoever its assignee; with no such lead, keep it as anonymous activity until a signup makes one."""
+    ownership = decide_activity_owner(uow.orgs, intake, activity)
+    if isinstance(ownership, Unclaimed):
+        return _reject(uow, intake, ownership.reason)
+    account = uow.orgs.account(intake.account_id)
+    email, phone = activity.email_normalized, activity.phone
+    if activity.lead_id:
+        named = _named_lead(uow, account.id, activity.lead_id)
+        if named is None:
+            return _reject(uow, intake, f"D7: lead_id {activity.lead_id} is not a lead of this account")
+        email, phone = named.email_normalized, named.phone_e164
+    at = activity.occurred_at or intake.created_at
+    lead = _owners_lead(uow, account, ownership, email, phone)
+    if lead is None:
+        uow.leads.add_site_activity(
+            {
+                "account_id": account.id,
+                "owner_entity_id": ownership.owner.id,
+                "email_normalized": email,
+                "kind": activity.kind,
+                "page_url": activity.page_url,
+                "listing": activity.listing_data,
+                "at": at,
+                "intake_id": intake.id,
+            }
+        )
+        reason = (
+            f"D7: no lead of {ownership.owner.kind.value} {ownership.owner.slug} for this person yet; "
+            "kept as anonymous activity, joined to the lead when one is created"
+        )
+        _finish(intake, IntakeStatus.DONE, None, reason)
+        uow.commit()
+        log.info("intake.done", intake_id=str(intake.id), activity=activity.kind, anonymous=True)
+        return Outcome("done", None, reason=reason)
+
+    lead.last_activity_at = max(lead.last_activity_at, at)
+    uow.leads.add_event(
+        account_id=account.id,
+        lead_id=lead.id,
+        kind=activity.kind,
+        intake_id=intake.id,
+        at=at,
+        summary=describe_activity(activity.kind, activity.listing_data, activity.page_url),
+        data={
+            "rule": "D7",
+            "listing": activity.listing_data,
+            "page_url": activity.page_url,
+            "source": activity.source_detail,
+        },
+    )
+    _finish(intake, IntakeStatus.DONE, lead.id, None)
+    uow.commit()
+    log.info("intake.done", intake_id=str(intake.id), lead_id=str(lead.id), activity=activity.kind)
+    return Outcome("done", lead.id)
+
+
+def _reject(uow: UnitOfWork, intake: Intake, reason: str) -> Outcome:
+    _finish(intake, IntakeStatus.REJECTED, None, reason)
+    uow.commit()
+    log.info("intake.rejected", intake_id=str(intake.id), reason=reason)
+    return Outcome("rejected", reason=reason)
+
+
+def _named_lead(uow: UnitOfWork, account_id: int, lead_id: str) -> Lead | None:
+    """The live lead a ``lead_id`` names in this account (a merged lead: the lead it was merged into)."""
+    try:
+        lead = uow.leads.get(uuid.UUID(lead_id))
+    except ValueError:
+        return None
+    if lead is None or lead.account_id != account_id:
+        return None
+    return uow.leads.surviving(lead)
+
+
+def _owners_lead(
+    uow: UnitOfWork, account: Account, ownership: Ownership, email: str | None, phone: str | None
+) -> Lead | None:
+    """The lead of ``ownership.owner`` for this person by the unique key (D1; D3 with duplication off:
+    the account's lead for the email), followed through merges to the lead that survives."""
+    key = unique_key(
+        duplication=account.duplication, owner_id=ownership.owner.id, email_normalized=email, phone_e164=phone
+    )
+    if key is None:
+        return None
+    lead = uow.leads.by_unique_key(account.id, key)
+    return uow.leads.surviving(lead) if lead is not None else None
 
 
 def _source_detail(signup: LeadSignup) -> str:
