@@ -11,16 +11,29 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
 from intake import providers
 from intake.deps import UNAUTHORIZED, AccountCredential, IntakeKeyCaller, UoW
 from intake.problems import Problem, field_path
 from intake.providers import HotPadsLead, RealtorComLead
-from intake.schemas import Accepted, IntakeOut, RegistrationIn
+from intake.schemas import (
+    Accepted,
+    ActivityIn,
+    AgentOut,
+    CandidateOut,
+    CandidatePage,
+    CandidatesQuery,
+    EntityOut,
+    IntakeOut,
+    RegistrationIn,
+)
 from models.security import hash_secret
 from models.tables import Intake, IntakeSource
+from rules.contact import normalize_email
+from rules.ownership import Unclaimed
+from workers.services import decide_page_owner
 from workers.tasks import process_intake
 
 router = APIRouter(prefix="/v1/intake", tags=["intake"])
@@ -80,15 +93,101 @@ def post_registration(
         "raw_body": raw.decode("utf-8", errors="replace"),
         "payload": body.to_signup().to_dict(),
     }
-    if idempotency_key:
+    return store(uow, values, "registration", request, response)
+
+
+def store(uow: UoW, values: dict[str, Any], source: str, request: Request, response: Response) -> Accepted:
+    """Insert the intake (once per idempotency key, when there is one), commit, then publish and answer."""
+    if values.get("idempotency_key"):
         intake_id, new = uow.intakes.add_idempotent(values)
     else:
         intake_id, new = uow.intakes.add(Intake(**values)).id, True
     uow.commit()
-    return _accepted(intake_id, new, "registration", request, response)
+    return accepted(intake_id, new, source, request, response)
 
 
-def _accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, response: Response) -> Accepted:
+@router.post(
+    "/activity",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        401: {"description": "Unknown or revoked intake key"},
+        422: {"description": "Invalid field (problem+json)"},
+    },
+)
+def post_activity(
+    body: ActivityIn,
+    raw: RawBody,
+    caller: IntakeKeyCaller,
+    uow: UoW,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Accepted:
+    """A page view, property view or property save on a site (D7). The page's host decides whose lead
+    it lands on: the lead of the site's owner for that person, whoever is assigned to it (an unknown
+    host ends ``rejected``, O9). With no such lead the activity is kept anonymous (the intake ends
+    ``done`` with ``lead_id`` null) and joins the lead's timeline when a signup creates that lead.
+    Never makes a lead. The same ``Idempotency-Key`` answers with the first intake."""
+    values = {
+        "account_id": caller.account_id,
+        "source": IntakeSource.ACTIVITY,
+        "intake_key_id": caller.intake_key_id,
+        "idempotency_key": idempotency_key,
+        "content_type": request.headers.get("content-type"),
+        "raw_body": raw.decode("utf-8", errors="replace"),
+        "payload": body.to_activity().to_dict(),
+    }
+    return store(uow, values, "activity", request, response)
+
+
+@router.get(
+    "/registrations/candidates",
+    response_model=CandidatePage,
+    responses={
+        401: {"description": "Unknown or revoked intake key"},
+        422: {"description": "Invalid email, or a page whose host no entity claims (O9) (problem+json)"},
+    },
+)
+def get_candidates(
+    query: Annotated[CandidatesQuery, Query()],
+    caller: IntakeKeyCaller,
+    uow: UoW,
+) -> CandidatePage:
+    """The duplicate prompt (D5): the agents this email already works with under owners other than the
+    page's owner (an active lead with an assigned agent), most recently active first. The page owner's
+    own lead is not listed: answering "none of these" records the signup on it anyway. Names only,
+    never the lead's email or phone. With duplication off the list is empty: the signup joins the
+    account's lead whatever is chosen (D3). Send the chosen ``lead_id`` as ``existing_lead_id`` in the
+    registration."""
+    ownership = decide_page_owner(uow.orgs, caller.account_id, query.page_url)
+    if isinstance(ownership, Unclaimed):
+        raise Problem(
+            422,
+            "Invalid request",
+            f"page_url: {ownership.reason}",
+            errors=[{"field": "page_url", "message": ownership.reason}],
+        )
+    if not uow.orgs.account(caller.account_id).duplication:
+        return CandidatePage(items=[])
+    candidates = uow.leads.duplicate_candidates(
+        account_id=caller.account_id,
+        email_normalized=normalize_email(query.email),
+        other_than_owner_id=ownership.owner.id,
+    )
+    return CandidatePage(
+        items=[
+            CandidateOut(
+                lead_id=c.lead_id,
+                agent=AgentOut(id=c.agent.slug, name=c.agent.name),
+                owner=EntityOut(id=c.owner.slug, kind=c.owner.kind.value, name=c.owner.name),
+            )
+            for c in candidates
+        ]
+    )
+
+
+def accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, response: Response) -> Accepted:
     """After the commit: publish (a new intake only) and answer 202 with where to follow it."""
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
@@ -194,4 +293,4 @@ def post_provider_lead(
         }
     )
     uow.commit()
-    return _accepted(intake_id, new, "provider", request, response)
+    return accepted(intake_id, new, "provider", request, response)

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from rules.activity import Listing, SiteActivityEvent
 from rules.contact import InvalidPhone, normalize_email, normalize_phone
 from rules.events import LeadSignup
 from rules.ownership import host_of
@@ -37,6 +38,21 @@ def _phone(value: str | None) -> str | None:
 
 Phone = Annotated[
     str | None, Field(max_length=40, description="Any format; stored in E.164 (D9)."), AfterValidator(_phone)
+]
+
+
+def _http_url_with_host(value: str) -> str:
+    if not value.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    if not host_of(value):
+        raise ValueError("has no host")
+    return value
+
+
+PageUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=2000, description="The page; its host decides the owner (O2-O4)."),
+    AfterValidator(_http_url_with_host),
 ]
 
 
@@ -65,11 +81,7 @@ class RegistrationIn(BaseModel):
     @field_validator("page_url")
     @classmethod
     def _page_url_has_host(cls, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        if not host_of(value):
-            raise ValueError("has no host")
-        return value
+        return _http_url_with_host(value)
 
     @model_validator(mode="after")
     def _reachable_and_consistent(self) -> RegistrationIn:
@@ -99,6 +111,57 @@ class RegistrationIn(BaseModel):
         )
 
 
+class ListingIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    mls_id: Annotated[str | None, Field(max_length=100)] = None
+    url: Annotated[str | None, Field(max_length=2000)] = None
+    address: Annotated[str | None, Field(max_length=500)] = None
+    price: Price | None = None
+
+
+class ActivityIn(BaseModel):
+    """A page view, property view or property save on a site (D7). Recorded on the lead of the site's
+    owner for that person, whoever its assignee; never makes a lead. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    page_url: PageUrl
+    email: EmailStr | None = Field(default=None, description="The person; this or ``lead_id`` is required.")
+    lead_id: uuid.UUID | None = Field(
+        default=None, description="A lead of the account naming the person (its email is used); wins over email."
+    )
+    kind: Literal["page_view", "property_view", "property_save"]
+    listing: ListingIn | None = None
+    occurred_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _names_a_person(self) -> ActivityIn:
+        if self.email is None and self.lead_id is None:
+            raise ValueError("email or lead_id is required")
+        return self
+
+    def to_activity(self) -> SiteActivityEvent:
+        listing = self.listing
+        return SiteActivityEvent(
+            kind=self.kind,
+            page_url=self.page_url,
+            email_normalized=normalize_email(self.email) if self.email else None,
+            lead_id=str(self.lead_id) if self.lead_id else None,
+            listing=Listing(listing.mls_id, listing.url, listing.address, listing.price) if listing else None,
+            occurred_at=self.occurred_at,
+        )
+
+
+class CandidatesQuery(BaseModel):
+    """The duplicate prompt's question (D5): who already works with this email, seen from this page."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    email: EmailStr
+    page_url: PageUrl
+
+
 class Accepted(BaseModel):
     intake_id: uuid.UUID
     status: Literal["accepted"] = "accepted"
@@ -121,6 +184,20 @@ class EntityOut(BaseModel):
 class AgentOut(BaseModel):
     id: str
     name: str
+
+
+class CandidateOut(BaseModel):
+    """A lead the person already has under another owner (D5), named by its agent and owner only:
+    never its email or phone."""
+
+    lead_id: uuid.UUID
+    agent: AgentOut
+    owner: EntityOut
+
+
+class CandidatePage(BaseModel):
+    items: list[CandidateOut]
+    next: str | None = None
 
 
 class SourceOut(BaseModel):
