@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from intake import problems, routes_intake, routes_leads
+from intake import problems, routes_events, routes_intake, routes_leads
 from leadrelay.settings import get_settings
 
 
@@ -34,4 +34,5 @@ def create_app() -> FastAPI:
 
     app.include_router(routes_intake.router)
     app.include_router(routes_leads.router)
+    app.include_router(routes_events.router)
     return app
