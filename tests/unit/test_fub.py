@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from intake.api import create_app
 from intake.fub import FubEvent
 from intake.problems import field_path
 from rules.activity import SiteActivityEvent
@@ -149,3 +150,15 @@ def test_type_and_person_are_required() -> None:
     body = event(REGISTRATION)
     del body["type"], body["person"]
     assert sorted(error_fields(body)) == ["person", "type"]
+
+
+def test_openapi_shows_the_events_endpoint_with_basic_auth_and_the_202_promise() -> None:
+    openapi = create_app().openapi()
+    post = openapi["paths"]["/v1/events"]["post"]
+    assert post["security"] == [{"HTTPBasic": []}]
+    assert openapi["components"]["securitySchemes"]["HTTPBasic"]["scheme"] == "basic"
+    assert "202" in post["responses"]
+    assert "Unlike Follow Up Boss" in post["description"]
+    assert "status_url" in post["description"]
+    assert "get" in openapi["paths"]["/v1/intake/registrations/candidates"]
+    assert "post" in openapi["paths"]["/v1/intake/activity"]
