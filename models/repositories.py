@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -316,6 +317,16 @@ class LeadRepository:
                 return None
             lead = nxt
         return None
+
+    def lock_person(self, account_id: int, email_normalized: str) -> None:
+        """Serialise, until the transaction ends, the work that decides whether a person has a lead: an
+        activity finding no lead (and keeping it anonymous) and a signup creating one (and claiming the
+        kept activity). Without it both could miss each other and leave the activity unclaimed.
+        A PostgreSQL advisory lock; SQLite serialises writers already."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
+        self.session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
 
     def add_site_activity(self, values: dict[str, Any]) -> None:
         """Keep anonymous activity (D7); one row per intake, so a redelivered task adds nothing."""

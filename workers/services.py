@@ -192,6 +192,8 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
 def _claim_site_activity(uow: UnitOfWork, account: Account, lead: Lead, ownership: Ownership, email: str) -> None:
     """D7: activity kept anonymous for this (owner, email) joins the new lead's timeline, set-wise.
     With duplication off (D3) the lead is the account's lead for the email, so every owner's rows join."""
+    # Against an activity of this person deciding right now that there is no lead (it waits, then finds it).
+    uow.leads.lock_person(account.id, email)
     claimed = uow.leads.claim_site_activity(
         account_id=account.id,
         email_normalized=email,
@@ -308,6 +310,8 @@ def _process_activity(uow: UnitOfWork, intake: Intake, activity: SiteActivityEve
             return _reject(uow, intake, f"D7: lead_id {activity.lead_id} is not a lead of this account")
         email, phone = named.email_normalized, named.phone_e164
     at = activity.occurred_at or intake.created_at
+    if email:
+        uow.leads.lock_person(account.id, email)  # against a signup creating the lead right now
     lead = _owners_lead(uow, account, ownership, email, phone)
     if lead is None:
         uow.leads.add_site_activity(

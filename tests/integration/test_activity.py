@@ -4,6 +4,7 @@ assignee; an unknown person's activity is kept anonymous and joins the lead a la
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -311,3 +312,37 @@ def test_D7_activity_never_makes_a_lead(acme: Brokerage) -> None:
             select(func.count()).select_from(Lead).where(Lead.account_id == account.id)
         ).scalar_one()
     assert leads == 0
+
+
+def test_D7_an_activity_waits_for_a_signup_creating_the_lead_at_the_same_moment(acme: Brokerage) -> None:
+    """Without serialising the two, the activity would see no lead (not yet committed) and be kept
+    anonymous while the signup's claim had already run: activity lost to the lead's timeline."""
+    with UnitOfWork() as signup:  # a signup mid-transaction: person locked, lead inserted, not committed
+        account = signup.orgs.account_by_slug(acme.org["account"])
+        assert account is not None
+        company = signup.orgs.entity_by_slug(account.id, "co")
+        assert company is not None
+        signup.leads.lock_person(account.id, "kay@example.com")
+        now = dt.datetime.now(dt.UTC)
+        lead_id = signup.leads.insert_if_absent(
+            {
+                "account_id": account.id,
+                "owner_entity_id": company.id,
+                "unique_key": f"e:{company.id}:kay@example.com",
+                "email": "kay@example.com",
+                "email_normalized": "kay@example.com",
+                "source_kind": "site",
+                "created_at": now,
+                "updated_at": now,
+                "last_activity_at": now,
+            }
+        )
+        r = post_activity(acme, "co", email="kay@example.com")
+        assert r.status_code == 202
+        time.sleep(1.5)
+        waiting = acme.site.get(f"/v1/intake/{r.json()['intake_id']}").json()
+        assert waiting["status"] == "accepted", waiting  # blocked on the person, not decided without the lead
+        signup.commit()
+    intake = acme.wait_done(r.json()["intake_id"])
+    assert intake["lead_id"] == str(lead_id)
+    assert count_events(str(lead_id), "property_view") == 1
