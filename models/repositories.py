@@ -322,7 +322,8 @@ class LeadRepository:
         """Serialise, until the transaction ends, the work that decides whether a person has a lead: an
         activity finding no lead (and keeping it anonymous) and a signup creating one (and claiming the
         kept activity). Without it both could miss each other and leave the activity unclaimed.
-        A PostgreSQL advisory lock; SQLite serialises writers already."""
+        A PostgreSQL advisory lock. SQLite (the embedded mode) takes one writer at a time, and a task whose
+        read went stale meets a busy error there and is retried."""
         if self.session.get_bind().dialect.name != "postgresql":
             return
         digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
