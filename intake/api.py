@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from intake import problems, routes_events, routes_intake, routes_leads
+from intake import problems, routes_events, routes_imports, routes_intake, routes_leads
 from leadrelay.settings import get_settings
 
 
@@ -22,10 +22,10 @@ def create_app() -> FastAPI:
     @app.middleware("http")
     async def _bounded_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.intake_max_body_bytes:
-            return problems.problem_response(
-                413, "Request too large", f"bodies are limited to {settings.intake_max_body_bytes} bytes"
-            )
+        # CSV uploads have their own, larger limit; every other body the intake one.
+        limit = settings.import_max_bytes if request.url.path == "/v1/imports" else settings.intake_max_body_bytes
+        if length and length.isdigit() and int(length) > limit:
+            return problems.problem_response(413, "Request too large", f"bodies are limited to {limit} bytes")
         return await call_next(request)
 
     @app.get("/healthz", tags=["operations"])
@@ -35,4 +35,5 @@ def create_app() -> FastAPI:
     app.include_router(routes_intake.router)
     app.include_router(routes_leads.router)
     app.include_router(routes_events.router)
+    app.include_router(routes_imports.router)
     return app

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     intake_rate_per_key: float = 200.0
     intake_max_body_bytes: int = 256 * 1024
+    # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).
+    import_max_bytes: int = 512 * 1024 * 1024
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
     # Queue names are prefixed so several installations (or test runs) can share one Redis.

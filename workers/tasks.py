@@ -10,7 +10,7 @@ import structlog
 from celery import Task
 
 from models.uow import UnitOfWork
-from workers import services
+from workers import imports, services
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 
@@ -52,6 +52,25 @@ def process_intake(self: Task, intake_id: str) -> str:
                 services.mark_dead(uow, uuid.UUID(intake_id), f"{type(exc).__name__}: {exc}")
             return "dead"
         log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=type(exc).__name__)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    finally:
+        structlog.contextvars.unbind_contextvars("correlation_id")
+
+
+@task("imports.run", max_retries=3)
+def run_import(self: Task, import_id: str) -> str:
+    """Run an uploaded CSV import (kept in the database) on the imports queue, whole or not at all.
+    A failure retries from the start; past the retries the import is failed with the error."""
+    structlog.contextvars.bind_contextvars(correlation_id=import_id)
+    key = uuid.UUID(import_id)
+    try:
+        return imports.run_import(key, imports.stored_chunks(key)).status
+    except Exception as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("import.dead", import_id=import_id, error=repr(exc))
+            imports.mark_failed(key, f"{type(exc).__name__}: {exc}")
+            return "failed"
+        log.warning("import.retry", import_id=import_id, retries=self.request.retries, error=type(exc).__name__)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
     finally:
         structlog.contextvars.unbind_contextvars("correlation_id")

@@ -1,0 +1,319 @@
+"""CSV imports (O1, O4, D4, A2): the CLI in its own process and the upload over HTTP run by a real
+worker, on PostgreSQL; the same file on the embedded SQLite gives the same leads."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from models.db import make_engine
+from models.tables import Account, Entity, Import, Lead, TimelineEvent
+from models.uow import UnitOfWork
+from tests.support.client import Brokerage
+from tests.support.processes import ROOT, child_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+HEADER = ["firstName", "lastName", "emailAddress", "phoneNumber", "hashtags", "listPrice", "zipCode", "Notes"]
+
+
+def csv_text(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def people(n: int, tag: str) -> list[list[str]]:
+    return [
+        [f"P{i}", "Lee", f"{tag}{i}@example.com", f"(555) 301-{i:04d}", "#csv #buyer", "$450,000", "02134", ""]
+        for i in range(n)
+    ]
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leadrelay", *args],
+        env={**child_env(env), "COLUMNS": "200"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli_import(
+    env: dict[str, str], b: Brokerage, path: Path, owner: str, by: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(env, "import", str(path), "--account", f"acct-{b.s}", "--owner", owner, "--by", by, *extra)
+
+
+def leads_of(b: Brokerage) -> list[tuple[str | None, str, str | None, list[str], int | None]]:
+    """(email, owner slug, assigned agent slug, tags, price) of every lead of the account."""
+    owner, agent = aliased(Entity), aliased(Entity)
+    with UnitOfWork() as uow:
+        rows = uow.session.execute(
+            select(Lead.email_normalized, owner.slug, agent.slug, Lead.tags, Lead.price_max)
+            .join(Account, Account.id == Lead.account_id)
+            .join(owner, owner.id == Lead.owner_entity_id)
+            .outerjoin(agent, agent.id == Lead.assigned_agent_id)
+            .where(Account.slug == f"acct-{b.s}")
+            .order_by(Lead.email_normalized)
+        ).all()
+    return [(r[0], r[1], r[2], list(r[3]), r[4]) for r in rows]
+
+
+def timeline_count(b: Brokerage) -> int:
+    with UnitOfWork() as uow:
+        return int(
+            uow.session.execute(
+                select(func.count())
+                .select_from(TimelineEvent)
+                .join(Account, Account.id == TimelineEvent.account_id)
+                .where(Account.slug == f"acct-{b.s}")
+            ).scalar_one()
+        )
+
+
+def imports_count(b: Brokerage) -> int:
+    with UnitOfWork() as uow:
+        return int(
+            uow.session.execute(
+                select(func.count())
+                .select_from(Import)
+                .join(Account, Account.id == Import.account_id)
+                .where(Account.slug == f"acct-{b.s}")
+            ).scalar_one()
+        )
+
+
+def test_O1_A2_an_office_import_is_owned_by_the_office_and_round_robined_like_signups(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "downtown.csv"
+    path.write_text(csv_text(people(300, "rr")))
+
+    done = cli_import(pipeline_env, acme, path, "downtown", "oscar")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "│  300 │     300 │" in done.stdout  # rows, created
+    leads = leads_of(acme)
+    assert len(leads) == 300
+    assert {owner for _, owner, _, _, _ in leads} == {"downtown"}
+    # Downtown's rule deals john, jill, bob in turn: 300 leads, 100 each, as one-by-one routing would.
+    assert Counter(agent for _, _, agent, _, _ in leads) == {"john": 100, "jill": 100, "bob": 100}
+    assert leads[0][3:] == (["csv", "buyer"], 450_000)
+    # Every lead is on its timeline: created by the import, routed with the rule that chose (A7).
+    first = next(iter(leads))
+    lead_id = _lead_id(acme, first[0])
+    kinds = [(e["kind"], e["actor"]) for e in acme.timeline(lead_id, as_user="oscar")]
+    assert kinds == [("created", "oscar"), ("routed", "system")]
+    routed = acme.timeline(lead_id, as_user="oscar")[1]
+    assert routed["data"]["rule"] == "Downtown round robin"
+    lead = acme.lead(lead_id, as_user="oscar")
+    assert lead["owner"]["id"] == "downtown"
+    assert lead["source"] == {"kind": "import", "detail": "downtown.csv"}
+
+
+def _lead_id(b: Brokerage, email: str | None) -> str:
+    with UnitOfWork() as uow:
+        found = uow.session.execute(
+            select(Lead.id)
+            .join(Account, Account.id == Lead.account_id)
+            .where(Account.slug == f"acct-{b.s}", Lead.email_normalized == email)
+        ).scalar_one()
+    return str(found)
+
+
+def test_D4_importing_the_same_file_twice_creates_nothing_the_second_time(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text(csv_text(people(40, "twice")))
+    first = cli_import(pipeline_env, acme, path, "john", "john")
+    assert first.returncode == 0, first.stdout + first.stderr
+    leads, events = leads_of(acme), timeline_count(acme)
+
+    second = cli_import(pipeline_env, acme, path, "john", "john")
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "│   40 │       0 │               40 │" in second.stdout  # rows, created, already existing
+    assert leads_of(acme) == leads
+    assert timeline_count(acme) == events
+
+
+def test_O1_an_agent_import_is_owned_by_and_assigned_to_the_agent(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text(csv_text(people(5, "mine")))
+    done = cli_import(pipeline_env, acme, path, "john", "john")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {(owner, agent) for _, owner, agent, _, _ in leads_of(acme)} == {("john", "john")}
+
+
+def test_D4_a_row_whose_lead_exists_adds_a_timeline_event_and_no_lead(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    signup = acme.register_and_wait("john", "Known@Example.com")
+    path = tmp_path / "known.csv"
+    path.write_text(csv_text([["Kim", "Known", "known@example.com", "", "", "", "", "met at the open house"]]))
+
+    done = cli_import(pipeline_env, acme, path, "john", "john")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [e for e, _, _, _, _ in leads_of(acme)] == ["known@example.com"]
+    kinds = [e["kind"] for e in acme.timeline(signup["lead_id"], as_user="john")]
+    assert kinds == ["created", "routed", "import"]
+
+
+def test_malformed_rows_are_reported_with_line_and_reason_and_never_stop_the_import(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    rows = [
+        ["Ann", "Lee", "ann@example.com", "", "", "", "", "a note\nover two lines"],  # lines 2-3
+        ["Bad", "Mail", "not-an-email", "", "", "", "", ""],  # line 4
+        ["No", "Contact", "", "", "", "", "", ""],  # line 5
+        ["Bad", "Price", "price@example.com", "", "", "a lot", "", ""],  # line 6
+        ["Ann", "Again", "ANN@example.com", "", "", "", "", ""],  # line 7: same lead as line 2
+        ["Bea", "Ok", "bea@example.com", "555 301 9999", "", "", "", ""],  # line 8
+    ]
+    path = tmp_path / "messy.csv"
+    path.write_text(csv_text(rows))
+
+    done = cli_import(pipeline_env, acme, path, "john", "john")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "│    6 │       2 │                0 │                          1 │        3 │" in done.stdout
+    for line, reason in [(4, "email: not an email address"), (5, "no email or phone"), (6, "price: not an amount")]:
+        assert f"│    {line} │ {reason}" in done.stdout
+    assert [e for e, _, _, _, _ in leads_of(acme)] == ["ann@example.com", "bea@example.com"]
+    note = [e for e in acme.timeline(_lead_id(acme, "ann@example.com"), as_user="john") if e["kind"] == "note"]
+    assert [n["summary"] for n in note] == ["a note\nover two lines"]
+
+
+def test_map_names_the_columns_the_usual_spellings_miss(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        csv_text([["Mo", "mo@example.com", "2025551234", "x"]], header=["Given", "Contact E", "Tel", "Fax"])
+    )
+
+    refused = cli_import(pipeline_env, acme, path, "john", "john", "--map", "Contact E=favourite")
+    assert refused.returncode == 2
+    assert "favourite" in refused.stdout
+
+    done = cli_import(pipeline_env, acme, path, "john", "john", "--map", "Contact E=email", "--map", "Given=first_name")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "columns not imported: Fax" in done.stdout
+    lead = acme.lead(_lead_id(acme, "mo@example.com"), as_user="john")
+    assert (lead["first_name"], lead["phone"]) == ("Mo", "+12025551234")
+
+
+def test_O1_an_import_for_an_owner_the_user_is_not_is_refused_403_naming_the_rule(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    body = csv_text(people(3, "nope"))
+    before = imports_count(acme)
+    with acme.user("john") as john:
+        r = john.post("/v1/imports", data={"owner": "co"}, files={"file": ("nope.csv", body, "text/csv")})
+    assert r.status_code == 403, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["detail"].startswith("O1: john may import only for itself")
+
+    path = tmp_path / "nope.csv"
+    path.write_text(body)
+    cli = cli_import(pipeline_env, acme, path, "sunrise", "jill")
+    assert cli.returncode == 1
+    assert "O1: jill may import only for itself" in cli.stdout
+    assert imports_count(acme) == before
+    assert leads_of(acme) == []
+
+
+def test_a_header_without_email_or_phone_is_422_naming_the_file(acme: Brokerage) -> None:
+    with acme.user("john") as john:
+        r = john.post("/v1/imports", data={"owner": "john"}, files={"file": ("x.csv", "name,city\nA,B\n", "text/csv")})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "file"
+    assert imports_count(acme) == 0
+
+
+def test_O4_an_upload_runs_on_the_imports_queue_and_reports_progress(acme: Brokerage) -> None:
+    body = csv_text([*people(30, "team"), ["Bad", "Row", "nope", "", "", "", "", ""]])
+    with acme.user("tara") as tara:
+        r = tara.post("/v1/imports", data={"owner": "sunrise"}, files={"file": ("team.csv", body, "text/csv")})
+        assert r.status_code == 202, r.text
+        status_url = r.json()["status_url"]
+        assert r.headers["Location"] == status_url
+        result: dict[str, Any] = {}
+
+        def finished() -> bool:
+            result.update(tara.get(status_url).json())
+            return result["status"] in ("done", "failed")
+
+        wait_for(finished, timeout=60, interval=0.1, what="the import")
+    assert result["status"] == "done", result
+    assert (result["rows"], result["created"], result["rejected"]) == (31, 30, 1)
+    assert result["rejections"] == [{"line": 32, "reason": "email: not an email address (4 characters)"}]
+    assert (result["owner"], result["by"]) == ("sunrise", "tara")
+    # O4: the team owns; with no team rule its admin is assigned.
+    assert {(owner, agent) for _, owner, agent, _, _ in leads_of(acme)} == {("sunrise", "tara")}
+    # Someone neither the importer nor the owner's side cannot see it.
+    with acme.user("jill") as jill:
+        assert jill.get(status_url).status_code == 404
+
+
+def test_sqlite_gives_the_same_leads_as_postgresql(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The embedded default loads with batched INSERTs instead of COPY; the result is the same."""
+    rows = [
+        *people(60, "same"),
+        ["Dup", "Row", "SAME1@example.com", "", "", "", "", ""],
+        ["x", "y", "bad", "", "", "", "", ""],
+    ]
+    path = tmp_path / "same.csv"
+    path.write_text(csv_text(rows))
+    pg = cli_import(pipeline_env, acme, path, "downtown", "oscar")
+    assert pg.returncode == 0, pg.stdout + pg.stderr
+
+    sqlite_env = {"LEADRELAY_ENV": "test", "LEADRELAY_DATA_DIR": str(tmp_path / "embedded")}
+    org_file = tmp_path / "org.yaml"
+    org_file.write_text(yaml.safe_dump(acme.org))
+    for args in (("db", "upgrade"), ("org", "apply", str(org_file))):
+        step = run_cli(sqlite_env, *args)
+        assert step.returncode == 0, step.stdout + step.stderr
+    embedded = cli_import(sqlite_env, acme, path, "downtown", "oscar")
+    assert embedded.returncode == 0, embedded.stdout + embedded.stderr
+    # The summary tables, from the first border on (the title names each run's import id).
+    assert embedded.stdout[embedded.stdout.index("┏") :] == pg.stdout[pg.stdout.index("┏") :]
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'embedded' / 'leadrelay.db'}")
+    owner, agent = aliased(Entity), aliased(Entity)
+    with engine.connect() as conn:
+        sqlite_leads = [
+            (r[0], r[1], r[2], list(r[3]), r[4])
+            for r in conn.execute(
+                select(Lead.email_normalized, owner.slug, agent.slug, Lead.tags, Lead.price_max)
+                .join(owner, owner.id == Lead.owner_entity_id)
+                .outerjoin(agent, agent.id == Lead.assigned_agent_id)
+                .order_by(Lead.email_normalized)
+            ).all()
+        ]
+    engine.dispose()
+    assert sqlite_leads == leads_of(acme)
+    assert os.path.exists(tmp_path / "embedded" / "leadrelay.db")

@@ -1,0 +1,499 @@
+"""CSV imports: a file streamed through the row rules into a staging table, then set-based SQL, in
+one transaction, so an import is whole or not at all and a retry starts clean.
+
+``leadrelay import`` runs it in-process with a progress bar; ``POST /v1/imports`` keeps the upload
+in the database and the ``imports.run`` task runs the same function on the imports queue."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select, text, update
+
+from models.db import get_engine
+from models.imports import DECISIONS, ROUTED, ImportStore, import_rejections, read_chunks
+from models.repositories import Caller, to_ref
+from models.tables import Import, ImportChunk, ImportStatus, User
+from models.uow import UnitOfWork
+from rules.entities import EntityRef, Kind
+from rules.events import LeadSignup
+from rules.imports import FIELDS, ImportRow, MappingError, RowParser, map_header, may_import
+from rules.ownership import Ownership, decide_import_owner
+from rules.routing import Decision, route_many
+from rules.uniqueness import unique_key
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: unknown)
+
+CHUNK_BYTES = 1 << 20
+ROUTING_BATCH = 10_000
+PROGRESS_EVERY = 20_000
+LISTED_REJECTIONS = 10_000  # past this, rejections are counted but not each listed
+_SOURCE_KEYS = uuid.UUID("6f1d1c1e-1e0b-4e53-9b39-5c7a1a6a0c11")
+
+
+class ImportRefused(Exception):
+    """A rule refuses the import (403, naming the rule)."""
+
+
+class ImportInvalid(ValueError):
+    """The request cannot be imported as given (422, naming the field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class ImportSummary:
+    import_id: uuid.UUID
+    status: str
+    rows: int = 0
+    created: int = 0
+    existing: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rejections: list[tuple[int, str]] = field(default_factory=list)
+    error: str | None = None
+    ignored_columns: tuple[str, ...] = ()
+
+
+def parse_map(pairs: Iterable[str]) -> dict[str, str]:
+    """``--map 'Contact E=email'`` (repeatable): header -> field; ``'Fax='`` skips a column."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        header, sep, target = pair.partition("=")
+        if not sep or not header.strip():
+            raise ImportInvalid("map", f"{pair!r} is not 'Header=field'")
+        target = target.strip()
+        if target and target not in FIELDS:
+            raise ImportInvalid("map", f"{target!r} is not a field; the fields are {', '.join(FIELDS)}")
+        mapping[header.strip()] = target
+    return mapping
+
+
+def create_import(
+    uow: UnitOfWork, *, caller: Caller, owner_slug: str, filename: str, mapping: dict[str, str]
+) -> uuid.UUID:
+    """The import row, once the caller may import for that owner (O1). The caller commits."""
+    owner = uow.orgs.entity_by_slug(caller.account_id, owner_slug)
+    if owner is None:
+        raise ImportInvalid("owner", f"no entity {owner_slug!r} in this account")
+    refusal = may_import(user=caller.slug, agent_id=caller.agent_id, admin_of=caller.admin_of, owner=to_ref(owner))
+    if refusal is not None:
+        raise ImportRefused(refusal)
+    row = Import(
+        account_id=caller.account_id,
+        owner_entity_id=owner.id,
+        by_user_id=caller.user_id,
+        filename=filename[:255] or "import.csv",
+        mapping=mapping,
+        status=ImportStatus.QUEUED,
+    )
+    uow.session.add(row)
+    uow.session.flush()
+    return row.id
+
+
+def store_upload(uow: UnitOfWork, import_id: uuid.UUID, chunks: Iterable[bytes]) -> int:
+    """Keep an uploaded file in the database, piece by piece; its size."""
+    size = 0
+    for seq, data in enumerate(chunks):
+        uow.session.add(ImportChunk(import_id=import_id, seq=seq, data=data))
+        uow.session.flush()
+        size += len(data)
+    return size
+
+
+def check_header(first_bytes: bytes, mapping: dict[str, str]) -> None:
+    """Refuse a file whose header cannot be imported before keeping it (422 naming ``file``)."""
+    first_line = first_bytes.decode("utf-8-sig", errors="replace").splitlines()[:1]
+    if not first_line or not first_line[0].strip():
+        raise ImportInvalid("file", "empty: the first line must be the header")
+    header = next(csv.reader(first_line, delimiter=_delimiter(first_line[0])))
+    try:
+        map_header(header, mapping)
+    except MappingError as exc:
+        raise ImportInvalid("file", str(exc)) from exc
+
+
+def file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK_BYTES):
+            yield data
+
+
+def stored_chunks(import_id: uuid.UUID) -> Iterator[bytes]:
+    """An uploaded file, read on a connection of its own (the import's holds its COPY)."""
+    with UnitOfWork() as uow:
+        yield from read_chunks(uow.session, import_id)
+
+
+def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progress | None = None) -> ImportSummary:
+    """Import a stored import's file. A finished import is not run again (a redelivered task)."""
+    report = progress or (lambda _phase, _done, _total: None)
+    with UnitOfWork() as uow:
+        if uow.session.get_bind().dialect.name == "postgresql":
+            # One run at a time per import: a second (a redelivery while the first still runs) waits here.
+            uow.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"import:{import_id}"})
+        row = uow.session.execute(select(Import).where(Import.id == import_id)).scalar_one_or_none()
+        if row is None:
+            raise ImportInvalid("import_id", "no such import")
+        if row.status in (ImportStatus.DONE, ImportStatus.FAILED):
+            return summary_of(uow, row)
+        run = _Run(uow, row, report)
+        try:
+            summary = run.execute(chunks)
+        except MappingError as exc:
+            uow.session.rollback()
+            return _fail(import_id, str(exc))
+        uow.commit()
+    log.info(
+        "import.done",
+        import_id=str(import_id),
+        rows=summary.rows,
+        created=summary.created,
+        existing=summary.existing,
+        duplicates=summary.duplicates,
+        rejected=summary.rejected,
+    )
+    return summary
+
+
+def _fail(import_id: uuid.UUID, error: str) -> ImportSummary:
+    """An import that cannot succeed however often it is tried (its header, say) ends failed."""
+    with UnitOfWork() as uow:
+        uow.session.execute(
+            update(Import)
+            .where(Import.id == import_id)
+            .values(status=ImportStatus.FAILED, error=error[:2000], phase=None, finished_at=dt.datetime.now(dt.UTC))
+        )
+        uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
+        uow.commit()
+        row = uow.session.get(Import, import_id)
+        assert row is not None
+        log.warning("import.failed", import_id=str(import_id), error=error)
+        return summary_of(uow, row)
+
+
+def mark_failed(import_id: uuid.UUID, error: str) -> None:
+    """After its retries, an import that kept failing is failed, with the error."""
+    _fail(import_id, error)
+
+
+def summary_of(uow: UnitOfWork, row: Import, listed: int = 100) -> ImportSummary:
+    return ImportSummary(
+        import_id=row.id,
+        status=row.status.value,
+        rows=row.rows_read,
+        created=row.created,
+        existing=row.existing,
+        duplicates=row.duplicates,
+        rejected=row.rejected,
+        rejections=import_rejections(uow.session, row.id, listed),
+        error=row.error,
+    )
+
+
+class _ProgressRow:
+    """Progress written to the import row on a connection of its own, so ``GET /v1/imports/{id}``
+    sees it while the import's transaction is still open (PostgreSQL only: SQLite has one writer)."""
+
+    def __init__(self, import_id: uuid.UUID, enabled: bool) -> None:
+        self.import_id = import_id
+        self.enabled = enabled
+
+    def __call__(self, **values: Any) -> None:
+        if not self.enabled:
+            return
+        with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(update(Import).where(Import.id == self.import_id).values(**values))
+
+
+class _Run:
+    def __init__(self, uow: UnitOfWork, row: Import, report: Progress) -> None:
+        self.uow = uow
+        self.import_id = row.id
+        self.account_id = row.account_id
+        self.filename = row.filename
+        self.mapping = dict(row.mapping)
+        self.owner: EntityRef = uow.orgs.entity_ref(row.owner_entity_id)
+        user = uow.session.get(User, row.by_user_id)
+        self.actor = user.slug if user else "import"
+        self.duplication = uow.orgs.account(row.account_id).duplication
+        self.ownership: Ownership = decide_import_owner(self.owner, self.filename)
+        self.report = report
+        self.at = dt.datetime.now(dt.UTC)
+        postgres = uow.session.get_bind().dialect.name == "postgresql"
+        self.progress_row = _ProgressRow(row.id, postgres)
+        self.store = ImportStore(uow.session, account_id=row.account_id, import_id=row.id, source_key=row.id)
+        self.progress_row(status=ImportStatus.RUNNING, phase="reading", started_at=self.at, rows_read=0)
+
+    def execute(self, chunks: Iterable[bytes]) -> ImportSummary:
+        store = self.store
+        store.create_staging()
+        reader = _HashingReader(iter(chunks))
+        rows, rejected, rejections, ignored = self._stage(reader)
+        # The same file imported again for the same owner writes its events under the same key: none twice.
+        store.source_key = uuid.uuid5(_SOURCE_KEYS, f"{self.account_id}:{self.owner.id}:{reader.sha256.hexdigest()}")
+        self._phase("saving")
+        store.index_staging()
+        staged, distinct = store.counts()
+        to_make = store.mark_new()
+        entity = self.ownership.routing_entity
+        self._route(to_make)
+        store.analyze(ROUTED, DECISIONS)
+        assignee = self.ownership.assignee
+        created = store.insert_leads(
+            owner_id=self.owner.id,
+            assignee_id=assignee.id if assignee else None,
+            routing_entity_id=entity.id if entity else None,
+            filename=self.filename,
+            at=self.at,
+        )
+        existing = store.existing_leads(
+            summary=f"Listed again in import {self.filename} by {self.actor}", actor=self.actor, at=self.at
+        )
+        self._phase("timeline")
+        store.add_created_events(
+            summary=f"Imported from {self.filename} by {self.actor}",
+            data={
+                "rule": self.ownership.rule,
+                "owner": self.owner.slug,
+                "reason": self.ownership.reason,
+                "import_id": str(self.import_id),
+            },
+            actor=self.actor,
+            at=self.at,
+        )
+        if entity is None:
+            assert assignee is not None
+            store.add_owner_routed_events(
+                summary=f"Assigned to {assignee.name} ({self.ownership.rule}: the owner is the assignee)",
+                data={"rule": None, "agent": assignee.slug, "skipped": [], "explanation": self.ownership.reason},
+                at=self.at,
+            )
+        else:
+            store.add_routed_events(at=self.at)
+        self._phase("timeline")
+        store.add_note_events(actor=self.actor, at=self.at)
+        store.claim_site_activity(owner_id=self.owner.id)
+        store.save_rejections(rejections)
+        summary = ImportSummary(
+            import_id=self.import_id,
+            status=ImportStatus.DONE.value,
+            rows=rows,
+            created=created,
+            existing=existing,
+            duplicates=staged - distinct,
+            rejected=rejected,
+            rejections=rejections[:100],
+            ignored_columns=ignored,
+        )
+        self.uow.session.execute(
+            update(Import)
+            .where(Import.id == self.import_id)
+            .values(
+                status=ImportStatus.DONE,
+                phase=None,
+                file_sha256=reader.sha256.hexdigest(),
+                rows_read=rows,
+                created=created,
+                existing=existing,
+                duplicates=summary.duplicates,
+                rejected=rejected,
+                started_at=self.at,
+                finished_at=dt.datetime.now(dt.UTC),
+                error=None,
+            )
+        )
+        self.uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == self.import_id))
+        store.drop_staging()
+        self.report("done", rows, rows)
+        return summary
+
+    def _phase(self, phase: str, done: int = 0, total: int | None = None) -> None:
+        self.report(phase, done, total)
+        self.progress_row(phase=phase)
+
+    def _stage(self, reader: _HashingReader) -> tuple[int, int, list[tuple[int, str]], tuple[str, ...]]:
+        """Stream the file into the staging table: (data rows, rejected, the listed rejections, ignored columns)."""
+        text_stream = io.TextIOWrapper(
+            io.BufferedReader(reader, CHUNK_BYTES), encoding="utf-8-sig", errors="replace", newline=""
+        )
+        first = text_stream.readline()
+        if not first.strip():
+            raise MappingError("the file is empty: the first line must be the header")
+        delimiter = _delimiter(first)
+        header = next(csv.reader([first], delimiter=delimiter))
+        columns = map_header(header, self.mapping)
+        parser = RowParser(columns, len(header))
+        rows = rejected = 0
+        rejections: list[tuple[int, str]] = []
+        owner_id, duplication = self.owner.id, self.duplication
+        csv_rows = csv.reader(text_stream, delimiter=delimiter)
+        line = 2  # the header was line 1
+        with self.store.writer_stage() as write:
+            for cells in csv_rows:
+                start, line = line, csv_rows.line_num + 2
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue
+                rows += 1
+                parsed = parser.parse(cells)
+                if isinstance(parsed, str):
+                    rejected += 1
+                    if len(rejections) < LISTED_REJECTIONS:
+                        rejections.append((start, parsed))
+                else:
+                    key = unique_key(
+                        duplication=duplication,
+                        owner_id=owner_id,
+                        email_normalized=parsed.email_normalized,
+                        phone_e164=parsed.phone,
+                    )
+                    assert key is not None, "a parsed row has an email or a phone"
+                    write(_stage_row(start, key, parsed))
+                if rows % PROGRESS_EVERY == 0:
+                    self.report("reading", reader.bytes_read, None)
+                    self.progress_row(rows_read=rows)
+        self.progress_row(rows_read=rows)
+        return rows, rejected, rejections, columns.ignored
+
+    def _route(self, to_make: int) -> None:
+        """A1/A2 for the rows that make leads, in file order, carrying the cursors along as routing
+        them one by one would, before they are inserted (so each lead is written once, assigned).
+
+        On PostgreSQL the cursors are locked and moved on a short transaction of their own, as a
+        signup's are, so signups to the same entity wait only while the decisions are computed, and
+        the import never holds a cursor lock while inserting leads (no lock-order deadlock with a
+        signup of the same person). If the import then rolls back, the cursors have moved on: the
+        next leads start one round later, and no agent is skipped twice in a row.
+        An agent owner is the assignee; nothing is routed."""
+        entity = self.ownership.routing_entity
+        if entity is None or to_make == 0:
+            return
+        with contextlib.ExitStack() as stack:
+            orgs_uow = stack.enter_context(UnitOfWork()) if self.store.postgres else self.uow
+            rules, default = orgs_uow.orgs.routing_rules(entity, lock=True)
+            before = {(r.id, r.name): r.cursor for r in [*rules, default]}
+            decisions: dict[tuple[Any, ...], tuple[int, Decision]] = {}
+            after_line, done = 0, 0
+            while batch := self.store.new_leads(after_line, ROUTING_BATCH):
+                signups = [LeadSignup(source_kind="import", price_max=p, zip=z) for _, _, p, z in batch]
+                chosen, rules, default = route_many(rules, default, signups)
+                with self.store.writer_routed() as write:
+                    for (_, lead_id, _, _), decision in zip(batch, chosen, strict=True):
+                        key = _decision_key(decision)
+                        if key not in decisions:
+                            decisions[key] = (len(decisions), decision)
+                        write((lead_id, decisions[key][0]))
+                after_line = batch[-1][0]
+                done += len(batch)
+                self.report("routing", done, to_make)
+            for rule in [*rules, default]:
+                if before[(rule.id, rule.name)] != rule.cursor:
+                    orgs_uow.orgs.move_cursor(entity.id, rule, rule.cursor)
+            if orgs_uow is not self.uow:
+                orgs_uow.commit()
+        in_pond = entity.kind is Kind.TEAM
+        with self.store.writer_decisions() as write:
+            for index, decision in decisions.values():
+                pond = decision.agent is None and in_pond
+                summary = decision.summary(entity.slug) + (" (in the team pond)" if pond else "")
+                campaign = decision.rule.campaign if decision.rule is not None and decision.agent is not None else None
+                data = {"routing_entity": entity.slug, **decision.as_data()}
+                write((index, decision.agent.id if decision.agent else None, pond, campaign, summary, _json(data)))
+
+
+def _decision_key(decision: Decision) -> tuple[Any, ...]:
+    """Decisions that read the same on the timeline share one row (an agent, a rule, the same skips)."""
+    rule = decision.rule
+    return (
+        rule.id if rule else None,
+        rule.name if rule else None,
+        decision.agent.id if decision.agent else None,
+        decision.skipped,
+        decision.tried,
+    )
+
+
+def _stage_row(line: int, key: str, row: ImportRow) -> tuple[Any, ...]:
+    return (
+        line,
+        uuid.uuid4(),
+        key,
+        row.email,
+        row.email_normalized,
+        row.phone,
+        row.first_name,
+        row.last_name,
+        _json(list(row.tags)),
+        row.source,
+        row.notes,
+        row.price,
+        row.zip,
+    )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _delimiter(header_line: str) -> str:
+    """Comma, unless the header plainly uses semicolons, tabs or pipes (spreadsheet exports do)."""
+    counts = {d: header_line.count(d) for d in ",;\t|"}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+class _HashingReader(io.RawIOBase):
+    """Bytes from an iterator of chunks, counted and hashed as they are read (the file is never whole in memory)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self.bytes_read = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+            self.sha256.update(self._buffer)
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        self.bytes_read += n
+        return n
+
+
+__all__ = [
+    "ImportInvalid",
+    "ImportRefused",
+    "ImportSummary",
+    "check_header",
+    "create_import",
+    "file_chunks",
+    "mark_failed",
+    "parse_map",
+    "run_import",
+    "store_upload",
+    "stored_chunks",
+]
