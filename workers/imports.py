@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -439,12 +440,18 @@ def _stage_row(line: int, key: str, row: ImportRow) -> tuple[Any, ...]:
         row.phone,
         row.first_name,
         row.last_name,
-        _json(list(row.tags)),
+        _tags_json(row.tags),
         row.source,
         row.notes,
         row.price,
         row.zip,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tags_json(tags: tuple[str, ...]) -> str:
+    """Most rows of a file share their tags; encode each set once."""
+    return _json(list(tags))
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,261 @@
+"""The CSV import benchmark (issue 3): rows/s of a full import against a bare ``COPY`` of the same
+file, measured in one run on this machine's PostgreSQL, and the import process's peak memory.
+
+    python -m bench.import_bench                    # 100,000 rows, then 1,000,000 for memory
+    python -m bench.import_bench --memory-rows 0    # skip the memory run
+
+It creates a database of its own (dropped at the end), an account with an office of three agents
+dealt round robin, and a generated file with 2% repeated people and 1% malformed rows. The import
+runs in a child process (``leadrelay import``'s code path, in-process), so its peak RSS is its own.
+Targets: at least 50,000 rows/s, within 25x of COPY, under 300 MB for 1,000,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PG_ADMIN = os.environ.get("LEADRELAY_BENCH_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
+HEADER = ["First Name", "Last Name", "Email", "Phone", "Tags", "Price", "Zip", "Notes", "Source"]
+TARGET_ROWS_PER_S = 50_000
+TARGET_COPY_RATIO = 25
+TARGET_MEMORY_MB = 300
+
+ORG: dict[str, Any] = {
+    "account": "bench",
+    "name": "Bench Realty",
+    "duplication": True,
+    "intake_keys": ["bench-key"],
+    "entities": [
+        {"id": "co", "kind": "company", "name": "Bench Realty"},
+        {"id": "downtown", "kind": "office", "parent": "co", "name": "Downtown"},
+        *({"id": a, "kind": "agent", "name": a.title(), "office": "downtown"} for a in ("ann", "bob", "cat")),
+    ],
+    "users": [{"id": "oscar", "name": "Oscar Office", "admin_of": ["downtown"], "token": "bench-oscar"}],
+    "routing": [{"entity": "downtown", "rules": [{"name": "Round robin", "agents": ["ann", "bob", "cat"]}]}],
+}
+
+
+def generate(path: Path, rows: int, seed: int = 7) -> None:
+    """A realistic export: 2% of rows repeat an earlier person, 1% have a broken email."""
+    rnd = random.Random(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        for i in range(rows):
+            j = i if rnd.random() > 0.02 else rnd.randrange(max(i, 1))
+            email = f"person{j}@example{j % 97}.com" if rnd.random() > 0.01 else "broken-at-example"
+            writer.writerow(
+                [
+                    f"First{j}",
+                    f"Last{j}",
+                    email,
+                    f"(555) {200 + j % 800:03d}-{j % 10000:04d}",
+                    "#buyer #csv",
+                    f"${rnd.randrange(100, 2000) * 1000:,}",
+                    f"{j % 100000:05d}",
+                    "met at the open house" if j % 5 == 0 else "",
+                    "Open house",
+                ]
+            )
+
+
+def database() -> tuple[str, str]:
+    name = f"leadrelay_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def drop(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def bare_copy(url: str, path: Path) -> float:
+    """The baseline: the same file into an empty table of text columns, nothing else."""
+    with psycopg.connect(url) as conn:
+        conn.execute(f"CREATE TABLE bench_copy ({', '.join(f'c{i} text' for i in range(len(HEADER)))})")
+        conn.commit()
+        started = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER true)") as copy,
+            path.open("rb") as f,
+        ):
+            while data := f.read(1 << 20):
+                copy.write(data)
+        conn.commit()
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_copy")
+        conn.commit()
+    return seconds
+
+
+def child_env(url: str, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADRELAY_")}
+    env.update(
+        LEADRELAY_ENV="test",
+        LEADRELAY_DATABASE_URL=url.replace("postgresql://", "postgresql+psycopg://"),
+        LEADRELAY_DATA_DIR=str(data_dir),
+        LEADRELAY_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def import_in_child(env: dict[str, str], path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.import_bench", "--child", str(path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def child(path: Path) -> None:
+    """In the child: one import of ``path`` for the office, timed, and this process's peak RSS."""
+    from sqlalchemy import text
+
+    from leadrelay.logging import configure_logging
+    from models.uow import UnitOfWork
+    from workers.imports import create_import, file_chunks, run_import
+
+    configure_logging(fmt="json", level="WARNING")
+    with UnitOfWork() as uow:
+        account = uow.orgs.account_by_slug("bench")
+        assert account is not None
+        caller = uow.orgs.caller_by_slug(account.id, "oscar")
+        assert caller is not None
+        import_id = create_import(uow, caller=caller, owner_slug="downtown", filename=path.name, mapping={})
+        uow.commit()
+    started = time.perf_counter()
+    summary = run_import(import_id, file_chunks(str(path)))
+    seconds = time.perf_counter() - started
+    with UnitOfWork() as uow:
+        per_agent = dict(
+            uow.session.execute(
+                text(
+                    "SELECT e.slug, count(*) FROM leads l JOIN entities e ON e.id = l.assigned_agent_id "
+                    "WHERE l.created_by_intake_id = :i GROUP BY e.slug ORDER BY e.slug"
+                ),
+                {"i": import_id},
+            ).all()
+        )
+    print(
+        json.dumps(
+            {
+                "rows": summary.rows,
+                "created": summary.created,
+                "existing": summary.existing,
+                "duplicates": summary.duplicates,
+                "rejected": summary.rejected,
+                "seconds": seconds,
+                "per_agent": per_agent,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+def setup(url: str, data_dir: Path) -> dict[str, str]:
+    import yaml
+
+    env = child_env(url, data_dir)
+    org_file = data_dir / "org.yaml"
+    org_file.write_text(yaml.safe_dump(ORG))
+    for args in (["db", "upgrade"], ["org", "apply", str(org_file)]):
+        subprocess.run([sys.executable, "-m", "leadrelay", *args], env=env, cwd=ROOT, check=True, capture_output=True)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--memory-rows", type=int, default=1_000_000, help="0 skips the peak-memory run")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "rows": args.rows}
+    with tempfile.TemporaryDirectory(prefix="leadrelay-bench-") as tmp:
+        work = Path(tmp)
+        path = work / "leads.csv"
+        generate(path, args.rows)
+        name, url = database()
+        try:
+            env = setup(url, work)
+            results["copy_seconds"] = bare_copy(url, path)
+            results["import"] = run = import_in_child(env, path)
+        finally:
+            drop(name)
+        results["rows_per_s"] = args.rows / run["seconds"]
+        results["copy_ratio"] = run["seconds"] / results["copy_seconds"]
+        if args.memory_rows:
+            big = work / "big.csv"
+            generate(big, args.memory_rows, seed=11)
+            name, url = database()
+            try:
+                env = setup(url, work)
+                results["memory_run"] = import_in_child(env, big)
+            finally:
+                drop(name)
+    report(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"import-{dt.datetime.now(dt.UTC).date().isoformat()}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def report(r: dict[str, Any]) -> None:
+    run = r["import"]
+    ok = "meets" if r["rows_per_s"] >= TARGET_ROWS_PER_S else "misses"
+    print(
+        f"import of {r['rows']:,} rows (created {run['created']:,}, duplicates in the file {run['duplicates']:,}, "
+        f"rejected {run['rejected']:,}); round robin per agent: {run['per_agent']}"
+    )
+    print("| figure | value | target | |\n|---|---|---|---|")
+    print(
+        f"| import | {run['seconds']:.2f} s, {r['rows_per_s']:,.0f} rows/s | >= {TARGET_ROWS_PER_S:,} rows/s | {ok} |"
+    )
+    ratio_ok = "meets" if r["copy_ratio"] <= TARGET_COPY_RATIO else "misses"
+    print(f"| bare COPY of the same file | {r['copy_seconds']:.3f} s | | |")
+    print(f"| import / COPY | {r['copy_ratio']:.1f}x | <= {TARGET_COPY_RATIO}x | {ratio_ok} |")
+    print(f"| peak RSS, {r['rows']:,} rows | {run['peak_rss_mb']:.0f} MB | | |")
+    if "memory_run" in r:
+        mem = r["memory_run"]
+        mem_ok = "meets" if mem["peak_rss_mb"] < TARGET_MEMORY_MB else "misses"
+        print(
+            f"| peak RSS, {mem['rows']:,} rows | {mem['peak_rss_mb']:.0f} MB ({mem['seconds']:.0f} s) "
+            f"| < {TARGET_MEMORY_MB} MB | {mem_ok} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
