@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.base import UTCDateTime
+from models.repositories import ClaimedActivity
 from models.tables import Import, ImportChunk, ImportRejection, Lead, LeadCampaign, SiteActivity, TimelineEvent
 
 _TEMP = MetaData()
@@ -370,51 +371,32 @@ class ImportStore:
         rows = select(NEW.c.lead_id, literal(summary), literal(json.dumps(data))).select_from(self._made)
         self.session.execute(self._timeline(rows, kind="routed", actor="system", at=at))
 
-    def claim_site_activity(self, *, owner_id: int) -> int:
-        """D7: the owner's anonymous site activity by these emails moves onto the new leads, each
-        on the timeline at the time it happened. The number of activities claimed."""
-        claimed = (
-            self.session.connection()
-            .execute(
-                update(SiteActivity)
-                .where(
-                    SiteActivity.owner_entity_id == owner_id,
-                    SiteActivity.lead_id.is_(None),
-                    SiteActivity.email_normalized == Lead.email_normalized,
-                    Lead.id == NEW.c.lead_id,
-                )
-                .values(lead_id=Lead.id)
+    def claim_site_activity(self, *, owner_id: int | None) -> list[tuple[uuid.UUID, ClaimedActivity]]:
+        """D7: kept anonymous activity of the new leads' emails (under ``owner_id``; under any owner
+        when None, duplication off) joins those leads, in one UPDATE ... RETURNING; the rows claimed."""
+        stmt = (
+            update(SiteActivity)
+            .where(
+                SiteActivity.account_id == self.account_id,
+                SiteActivity.lead_id.is_(None),
+                SiteActivity.email_normalized == Lead.email_normalized,
+                Lead.id == NEW.c.lead_id,
             )
-            .rowcount
+            .values(lead_id=Lead.id)
+            .returning(
+                SiteActivity.lead_id,
+                SiteActivity.id,
+                SiteActivity.kind,
+                SiteActivity.page_url,
+                SiteActivity.listing,
+                SiteActivity.at,
+                SiteActivity.intake_id,
+            )
+            .execution_options(synchronize_session=False)
         )
-        if not claimed:
-            return 0
-        rows = select(
-            literal(self.account_id),
-            SiteActivity.lead_id,
-            SiteActivity.at,
-            SiteActivity.kind,
-            literal("system"),
-            SiteActivity.kind + literal(" on ") + SiteActivity.page_url + literal(" (before signup)"),
-            SiteActivity.listing,
-            SiteActivity.intake_id,
-        ).join_from(SiteActivity, NEW, NEW.c.lead_id == SiteActivity.lead_id)
-        cols = [
-            TimelineEvent.account_id,
-            TimelineEvent.lead_id,
-            TimelineEvent.at,
-            TimelineEvent.kind,
-            TimelineEvent.actor,
-            TimelineEvent.summary,
-            TimelineEvent.data,
-            TimelineEvent.intake_id,
-        ]
-        self.session.execute(
-            self._insert(TimelineEvent)
-            .from_select(cols, rows)
-            .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
-        )
-        return int(claimed)
+        if owner_id is not None:
+            stmt = stmt.where(SiteActivity.owner_entity_id == owner_id)
+        return [(row[0], ClaimedActivity(*row[1:])) for row in self.session.execute(stmt).all()]
 
     # --- the import row ------------------------------------------------------------------------
 

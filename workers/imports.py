@@ -32,6 +32,7 @@ from rules.imports import FIELDS, ImportRow, MappingError, RowParser, map_header
 from rules.ownership import Ownership, decide_import_owner
 from rules.routing import Decision, route_many
 from rules.uniqueness import unique_key
+from workers.services import claimed_activity_events
 
 log = structlog.get_logger(__name__)
 
@@ -290,7 +291,8 @@ class _Run:
             store.add_routed_events(at=self.at)
         self._phase("timeline")
         store.add_note_events(actor=self.actor, at=self.at)
-        store.claim_site_activity(owner_id=self.owner.id)
+        claimed = store.claim_site_activity(owner_id=self.owner.id if self.duplication else None)
+        self.uow.leads.add_events(claimed_activity_events(self.account_id, claimed))
         store.save_rejections(rejections)
         summary = ImportSummary(
             import_id=self.import_id,

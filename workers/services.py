@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from models.repositories import OrgRepository
+from models.repositories import ClaimedActivity, OrgRepository
 from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
 from models.uow import UnitOfWork
 from rules.activity import SiteActivityEvent, describe_activity
@@ -202,28 +203,33 @@ def _claim_site_activity(uow: UnitOfWork, account: Account, lead: Lead, ownershi
     )
     if not claimed:
         return
-    uow.leads.add_events(
-        [
-            {
-                "account_id": account.id,
-                "lead_id": lead.id,
-                "kind": row.kind,
-                # The activity's own intake: replaying that intake later finds the event and adds nothing.
-                "intake_id": row.intake_id,
-                "at": row.at,
-                "summary": describe_activity(row.kind, row.listing, row.page_url) + " (before signup)",
-                "data": {
-                    "rule": "D7",
-                    "listing": row.listing,
-                    "page_url": row.page_url,
-                    "recorded_before_signup": True,
-                    "site_activity_id": str(row.id),
-                },
-            }
-            for row in claimed
-        ]
-    )
+    uow.leads.add_events(claimed_activity_events(account.id, [(lead.id, row) for row in claimed]))
     lead.last_activity_at = max(lead.last_activity_at, *(row.at for row in claimed))
+
+
+def claimed_activity_events(
+    account_id: int, claimed: Sequence[tuple[uuid.UUID, ClaimedActivity]]
+) -> list[dict[str, Any]]:
+    """D7: the timeline events of kept activity that a new lead claimed, each at its own time, under its
+    own intake (replaying that intake later finds the event and adds nothing)."""
+    return [
+        {
+            "account_id": account_id,
+            "lead_id": lead_id,
+            "kind": row.kind,
+            "intake_id": row.intake_id,
+            "at": row.at,
+            "summary": describe_activity(row.kind, row.listing, row.page_url) + " (before signup)",
+            "data": {
+                "rule": "D7",
+                "listing": row.listing,
+                "page_url": row.page_url,
+                "recorded_before_signup": True,
+                "site_activity_id": str(row.id),
+            },
+        }
+        for lead_id, row in claimed
+    ]
 
 
 def _assign_new_lead(

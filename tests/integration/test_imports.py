@@ -317,3 +317,28 @@ def test_sqlite_gives_the_same_leads_as_postgresql(
     engine.dispose()
     assert sqlite_leads == leads_of(acme)
     assert os.path.exists(tmp_path / "embedded" / "leadrelay.db")
+
+
+def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    r = acme.site.post(
+        "/v1/intake/activity",
+        json={
+            "page_url": f"https://{acme.host('john')}/listing/9",
+            "email": "early@example.com",
+            "kind": "property_view",
+            "listing": {"mls_id": "M9", "address": "9 Elm St"},
+        },
+    )
+    assert r.status_code == 202, r.text
+    assert acme.wait_done(r.json()["intake_id"])["lead_id"] is None  # kept as anonymous activity
+    path = tmp_path / "early.csv"
+    path.write_text(csv_text([["Ed", "Early", "early@example.com", "", "", "", "", ""]]))
+
+    done = cli_import(pipeline_env, acme, path, "john", "john")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = acme.timeline(_lead_id(acme, "early@example.com"), as_user="john")
+    assert [e["kind"] for e in events] == ["property_view", "created", "routed"]
+    assert events[0]["summary"] == "Viewed 9 Elm St (MLS M9) (before signup)"
