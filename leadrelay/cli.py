@@ -121,7 +121,15 @@ def import_csv(
     from rich.table import Table
 
     from models.uow import UnitOfWork
-    from workers.imports import ImportInvalid, ImportRefused, create_import, file_chunks, parse_map, run_import
+    from workers.imports import (
+        ImportInvalid,
+        ImportRefused,
+        create_import,
+        file_chunks,
+        mark_failed,
+        parse_map,
+        run_import,
+    )
 
     try:
         mapping = parse_map(map_ or [])
@@ -152,7 +160,12 @@ def import_csv(
             else:
                 bar.update(task, description=phase, completed=size)
 
-        summary = run_import(import_id, file_chunks(str(file)), progress=report)
+        try:
+            summary = run_import(import_id, file_chunks(str(file)), progress=report)
+        except Exception as exc:  # the import rolled back whole; say so on its row and here
+            mark_failed(import_id, f"{type(exc).__name__}: {exc}")
+            console.print(f"[red]import {import_id} failed, nothing was imported: {exc}[/red]", highlight=False)
+            raise typer.Exit(1) from exc
 
     if summary.status != "done":
         console.print(f"[red]import {import_id} failed: {summary.error}[/red]", highlight=False)

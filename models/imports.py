@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.base import UTCDateTime
-from models.repositories import ClaimedActivity
+from models.repositories import CLAIMED_COLUMNS, ClaimedActivity
 from models.tables import Import, ImportChunk, ImportRejection, Lead, LeadCampaign, SiteActivity, TimelineEvent
 
 _TEMP = MetaData()
@@ -383,15 +383,7 @@ class ImportStore:
                 Lead.id == NEW.c.lead_id,
             )
             .values(lead_id=Lead.id)
-            .returning(
-                SiteActivity.lead_id,
-                SiteActivity.id,
-                SiteActivity.kind,
-                SiteActivity.page_url,
-                SiteActivity.listing,
-                SiteActivity.at,
-                SiteActivity.intake_id,
-            )
+            .returning(SiteActivity.lead_id, *CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
         )
         if owner_id is not None:

@@ -60,6 +60,17 @@ class ClaimedActivity:
     intake_id: uuid.UUID
 
 
+# What a claim returns of each row, in :class:`ClaimedActivity`'s order.
+CLAIMED_COLUMNS = (
+    SiteActivity.id,
+    SiteActivity.kind,
+    SiteActivity.page_url,
+    SiteActivity.listing,
+    SiteActivity.at,
+    SiteActivity.intake_id,
+)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A lead the duplicate prompt offers (D5): its id, its assignee and its owner; no contact details."""
@@ -350,14 +361,7 @@ class LeadRepository:
                 SiteActivity.lead_id.is_(None),
             )
             .values(lead_id=lead_id)
-            .returning(
-                SiteActivity.id,
-                SiteActivity.kind,
-                SiteActivity.page_url,
-                SiteActivity.listing,
-                SiteActivity.at,
-                SiteActivity.intake_id,
-            )
+            .returning(*CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
         )
         if owner_entity_id is not None:
