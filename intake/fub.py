@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, EmailStr, Field, model_validator
 
-from intake.schemas import Phone
+from intake.schemas import Input, Phone
 from rules.activity import EventType, Listing, SiteActivityEvent, classify_event_type, lead_type_of_event
 from rules.contact import normalize_email
 from rules.events import LeadSignup
@@ -47,12 +47,13 @@ def _aware(value: Any) -> Any:
     return _blank_is_none(value)
 
 
-Money = Annotated[int | None, BeforeValidator(_money), Field(ge=0, le=10**12)]
+# The bounds on the int itself: on the union, pydantic would apply them to a None too (a TypeError, not a 422).
+Money = Annotated[Annotated[int, Field(ge=0, le=10**12)] | None, BeforeValidator(_money)]
 # Rooms, area and lot come as numbers or text ("3", "0.5 acres"); kept as given, not used for decisions.
 Measure = float | str | None
 
 
-class _Fub(BaseModel):
+class _Fub(Input):
     # Unknown fields are accepted and kept (the raw body is stored verbatim too).
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
@@ -67,7 +68,17 @@ class FubPhone(_Fub):
     type: Text = None
 
 
+def _one_reachable(*lists: str) -> dict[str, Any]:
+    """JSON Schema for "an email or a phone is required": one of the lists holds a value that is not blank."""
+    value = {"required": ["value"], "properties": {"value": {"type": "string", "pattern": r"\S"}}}
+    return {"anyOf": [{"required": [name], "properties": {name: {"contains": value}}} for name in lists]}
+
+
 class FubPerson(_Fub):
+    model_config = ConfigDict(
+        extra="allow", str_strip_whitespace=True, json_schema_extra=_one_reachable("emails", "phones")
+    )
+
     id: int | str | None = Field(default=None, description="The sender's id for the person; kept, not used.")
     firstName: Annotated[str | None, Field(max_length=100)] = None
     lastName: Annotated[str | None, Field(max_length=100)] = None

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+import structlog
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 PROBLEM = "application/problem+json"
+log = structlog.get_logger(__name__)
+
+# The body of every error, as /openapi.json documents it (components/schemas/Problem).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details: every error the API gives, as application/problem+json.",
+    "type": "object",
+    "required": ["type", "status", "title", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "Always about:blank: the status and title say it all."},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "title": {"type": "string"},
+        "detail": {"type": "string", "description": "What was wrong; a rule's refusal names the rule (T1: ...)."},
+        "errors": {
+            "type": "array",
+            "description": "Each bad field (422).",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 class Problem(Exception):
@@ -48,6 +77,10 @@ def field_path(loc: tuple[Any, ...]) -> str:
 
 
 def install(app: FastAPI) -> None:
+    """Answer every error as problem+json: the API's own refusals, invalid requests, the router's 404 and
+    405 (Starlette's ``HTTPException``, which FastAPI's subclass does not catch), and anything unexpected;
+    and say so in /openapi.json."""
+
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
@@ -60,12 +93,62 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's and Starlette's own word for a body they cannot parse (JSON that is not UTF-8, a
+            # multipart without its boundary): a malformed body, which the contract answers with 422.
+            message = f"could not be parsed ({exc.detail})"
+            return problem_response(422, "Invalid request", f"body: {message}", [{"field": "body", "message": message}])
         return problem_response(
             exc.status_code,
             _title(exc.status_code),
             str(exc.detail),
             headers=dict(exc.headers) if exc.headers else None,
         )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises it after this answer, so uvicorn logs the traceback too.
+        log.error("http.unexpected_error", path=request.url.path, error=type(exc).__name__)
+        return problem_response(500, "Internal server error", "an unexpected error; it has been logged")
+
+    _document_problems(app)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """/openapi.json as the handlers above answer: every 4xx and 5xx is a ``Problem`` in
+    application/problem+json (not FastAPI's default ``HTTPValidationError`` JSON), an operation
+    behind a credential documents its 401, and one with a body the 413 of the size limit."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for item in schema.get("paths", {}).values():
+                for method, operation in item.items():
+                    if method in _HTTP_METHODS:
+                        _problem_responses(operation)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = PROBLEM_SCHEMA
+            for unused in ("HTTPValidationError", "ValidationError"):  # in this order: the first refers to the second
+                if f'"#/components/schemas/{unused}"' not in json.dumps(schema):
+                    components.pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problem_responses(operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    if operation.get("security"):
+        responses.setdefault("401", {"description": "Missing or unknown credential"})
+    if "requestBody" in operation:
+        responses.setdefault("413", {"description": "Request too large"})
+    for code, response in responses.items():
+        if code[:1] in ("4", "5"):
+            if response.get("description") == "Validation Error":
+                response["description"] = "Invalid field"
+            response["content"] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 def _message(error: Any) -> str:
@@ -75,13 +158,21 @@ def _message(error: Any) -> str:
 
 
 def _title(status: int) -> str:
-    return {
-        401: "Unauthorized",
-        403: "Forbidden",
-        404: "Not found",
-        405: "Method not allowed",
-        409: "Conflict",
-        413: "Request too large",
-        422: "Invalid request",
-        503: "Unavailable",
-    }.get(status, "Error")
+    if status not in _TITLES:
+        try:
+            return HTTPStatus(status).phrase
+        except ValueError:
+            return "Error"
+    return _TITLES[status]
+
+
+_TITLES = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request too large",
+    422: "Invalid request",
+    503: "Unavailable",
+}

@@ -10,10 +10,11 @@ from typing import IO, Annotated
 
 import structlog
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from intake.deps import CurrentUser, UoW
 from intake.problems import Problem
+from intake.schemas import storable, unstorable
 from models.tables import Import, User
 from workers import imports
 from workers.tasks import run_import
@@ -79,21 +80,32 @@ def post_import(
     request: Request,
     response: Response,
     file: Annotated[UploadFile, File(description="The CSV, UTF-8, with a header line")],
-    owner: Annotated[str, Form(description="The entity that owns every lead the file makes (O1)")],
+    owner: Annotated[
+        str,
+        Form(min_length=1, description="The entity that owns every lead the file makes (O1)"),
+        AfterValidator(storable),
+    ],
     map_: Annotated[
         list[str] | None,
         Form(alias="map", description="'Header=field' for a column the usual spellings miss; 'Header=' skips one"),
+        AfterValidator(storable),
     ] = None,
 ) -> ImportAccepted:
     """Upload a CSV of leads for an owner: an agent imports for itself, an admin for its entity (O1).
     The file is kept before the answer; the import then runs on the imports queue."""
+    filename = file.filename or "import.csv"
+    if unstorable(filename) is not None:
+        raise Problem(
+            422,
+            "Invalid request",
+            "file: its name contains a NUL character or an unpaired surrogate",
+            errors=[{"field": "file", "message": "its name contains a NUL character or an unpaired surrogate"}],
+        )
     try:
         mapping = imports.parse_map(map_ or [])
         imports.check_header(file.file.read(HEADER_PEEK), mapping)
         file.file.seek(0)
-        import_id = imports.create_import(
-            uow, caller=caller, owner_slug=owner, filename=file.filename or "import.csv", mapping=mapping
-        )
+        import_id = imports.create_import(uow, caller=caller, owner_slug=owner, filename=filename, mapping=mapping)
     except imports.ImportRefused as exc:
         raise Problem(403, "Forbidden", str(exc)) from exc
     except imports.ImportInvalid as exc:
@@ -110,7 +122,15 @@ def post_import(
     return ImportAccepted(import_id=import_id, status_url=status_url)
 
 
-@router.get("/{import_id}", response_model=ImportOut, name="get_import")
+@router.get(
+    "/{import_id}",
+    response_model=ImportOut,
+    name="get_import",
+    responses={
+        401: {"description": "Missing or unknown user token"},
+        404: {"description": "No such import the caller may see"},
+    },
+)
 def get_import(import_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> ImportOut:
     """An import's progress and summary, to the user who ran it and the owner's side (the agent, its admins)."""
     row = uow.session.get(Import, import_id)

@@ -28,6 +28,7 @@ from intake.schemas import (
     EntityOut,
     IntakeOut,
     RegistrationIn,
+    unstorable,
 )
 from models.security import hash_secret
 from models.tables import Intake, IntakeSource
@@ -101,7 +102,8 @@ def store(uow: UoW, values: dict[str, Any], source: str, request: Request, respo
     if values.get("idempotency_key"):
         intake_id, new = uow.intakes.add_idempotent(values)
     else:
-        intake_id, new = uow.intakes.add(Intake(**values)).id, True
+        # An empty Idempotency-Key header is no key: stored as "", it would be one key for every such request.
+        intake_id, new = uow.intakes.add(Intake(**{**values, "idempotency_key": None})).id, True
     uow.commit()
     return accepted(intake_id, new, source, request, response)
 
@@ -198,7 +200,15 @@ def accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, res
     return Accepted(intake_id=intake_id, status_url=status_url)
 
 
-@router.get("/{intake_id}", response_model=IntakeOut, name="get_intake")
+@router.get(
+    "/{intake_id}",
+    response_model=IntakeOut,
+    name="get_intake",
+    responses={
+        401: {"description": "No credential of any account (intake key, connection key or admin's user token)"},
+        404: {"description": "No such intake in the caller's account"},
+    },
+)
 def get_intake(intake_id: uuid.UUID, account_id: AccountCredential, uow: UoW) -> IntakeOut:
     """An intake's progress, to any credential of its account."""
     intake = uow.intakes.get(intake_id)
@@ -222,7 +232,17 @@ ConnectionCaller = Annotated[ApiConnectionCaller, Depends(_connection)]
 
 
 def _decode(fmt: str, raw: bytes) -> dict[str, Any]:
-    """The payload as a dict: JSON for the Realtor.com shape, form fields for HotPads."""
+    """The payload as a dict: JSON for the Realtor.com shape, form fields for HotPads; text that cannot
+    be stored (a NUL character, an unpaired surrogate) is refused here, naming the field."""
+    body = _parse(fmt, raw)
+    found = unstorable(body)
+    if found is not None:
+        field, message = found[0] or "body", found[1]
+        raise Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return body
+
+
+def _parse(fmt: str, raw: bytes) -> dict[str, Any]:
     text = raw.decode("utf-8", errors="replace")
     if fmt == "hotpads":
         return dict(urllib.parse.parse_qsl(text, keep_blank_values=False))

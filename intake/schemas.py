@@ -56,10 +56,61 @@ PageUrl = Annotated[
 ]
 
 
-class RegistrationIn(BaseModel):
+def unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The first text in a request value that cannot be stored, as (field path, what is wrong): a NUL
+    character (PostgreSQL's text and JSONB refuse it) or an unpaired surrogate (JSON's ``"\\ud800"``; not UTF-8).
+    Refused with a 422 at the edge, it would otherwise fail the INSERT with a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path, "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path, "contains an unpaired surrogate (not UTF-8)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable(key, path) or unstorable(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if found := unstorable(item, f"{path}[{i}]"):
+                return found
+    return None
+
+
+class Input(BaseModel):
+    """A request body or query: every text in its fields can be stored (``unstorable``). A nested model
+    checks its own fields; unknown fields (``extra="allow"``) are kept only in the raw body, as sent."""
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return storable(value)
+
+
+def storable(value: Any) -> Any:
+    """A validator (``AfterValidator`` of a form field, say): the value, if its text can be stored."""
+    found = unstorable(value)
+    if found is not None:
+        where, what = found
+        raise ValueError(f"{what} ({where})" if where else what)
+    return value
+
+
+def one_of_required(*fields: str) -> dict[str, Any]:
+    """JSON Schema for a model's "this or that is required" rule: one of the fields is given and not null.
+    /openapi.json then says what the validator refuses, for clients and for schema-driven tests alike."""
+    return {"anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]}
+
+
+class RegistrationIn(Input):
     """A signup on a site, squeeze page or landing page. Unknown fields are ignored (kept in the raw request)."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="ignore", str_strip_whitespace=True, json_schema_extra=one_of_required("email", "phone")
+    )
 
     page_url: Annotated[
         str,
@@ -111,7 +162,7 @@ class RegistrationIn(BaseModel):
         )
 
 
-class ListingIn(BaseModel):
+class ListingIn(Input):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     mls_id: Annotated[str | None, Field(max_length=100)] = None
@@ -120,11 +171,13 @@ class ListingIn(BaseModel):
     price: Price | None = None
 
 
-class ActivityIn(BaseModel):
+class ActivityIn(Input):
     """A page view, property view or property save on a site (D7). Recorded on the lead of the site's
     owner for that person, whoever its assignee; never makes a lead. Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="ignore", str_strip_whitespace=True, json_schema_extra=one_of_required("email", "lead_id")
+    )
 
     page_url: PageUrl
     email: EmailStr | None = Field(default=None, description="The person; this or ``lead_id`` is required.")
@@ -153,7 +206,7 @@ class ActivityIn(BaseModel):
         )
 
 
-class CandidatesQuery(BaseModel):
+class CandidatesQuery(Input):
     """The duplicate prompt's question (D5): who already works with this email, seen from this page."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
@@ -250,6 +303,8 @@ class TimelinePage(BaseModel):
 
 class SimulateIn(RegistrationIn):
     """A sample lead: the same fields as a registration; only ``page_url`` is required."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, json_schema_extra={})
 
     @model_validator(mode="after")
     def _reachable_and_consistent(self) -> SimulateIn:

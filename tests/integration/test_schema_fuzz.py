@@ -1,0 +1,448 @@
+"""Issue 3: a schemathesis run over the OpenAPI schema of every intake endpoint, against the real API
+(uvicorn, PostgreSQL, Redis and two Celery workers), loaded from the live server's ``/openapi.json``.
+
+The contract (CONTRACT.md, HTTP API): "Errors are ``application/problem+json`` (``status``, ``title``,
+``detail``, and ``errors`` listing each bad field)"; "a missing or unknown credential is 401"; "a
+malformed body ... is 422"; and no 5xx (the contract's only one, an intake's 503 when it cannot store
+the request, needs a database that is down).
+
+schemathesis's own pytest loader for a schema known only at run time (``schemathesis.pytest.from_fixture``)
+reads ``Function._nodeid``, which pytest 9.2 no longer has; so each operation is a plain parametrized test
+that loads the live schema and runs the operation's schemathesis strategy under hypothesis itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import Case, CheckContext, GenerationMode, Response
+from sqlalchemy import select
+
+from intake.api import create_app
+from models.tables import Import, ImportStatus, Intake, IntakeStatus
+from models.uow import UnitOfWork
+from tests.integration.conftest import apply
+from tests.integration.test_pipeline import count_intakes
+from tests.support.client import Brokerage
+from tests.support.orgs import brokerage
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+# Every intake endpoint: the live schema must list exactly these under /v1/intake, /v1/events and /v1/imports.
+OPERATIONS = [
+    ("POST", "/v1/intake/registrations"),
+    ("POST", "/v1/intake/providers/{format}"),
+    ("POST", "/v1/intake/activity"),
+    ("GET", "/v1/intake/registrations/candidates"),
+    ("GET", "/v1/intake/{intake_id}"),
+    ("POST", "/v1/events"),
+    ("POST", "/v1/imports"),
+    ("GET", "/v1/imports/{import_id}"),
+]
+IDS = [f"{method} {path}" for method, path in OPERATIONS]
+INTAKE_PREFIXES = ("/v1/intake", "/v1/events", "/v1/imports")
+
+# Bounded and reproducible: the same cases on every run, no example database written anywhere.
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+NO_CREDENTIAL = settings(FUZZ, max_examples=12)
+
+# Answers of the run, by operation and status: the figures behind the "reaches the handlers" check.
+STATUSES: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+
+
+@schemathesis.check
+def refusal_is_problem_json(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """CONTRACT.md, HTTP API: every error is ``application/problem+json`` with ``status``, ``title`` and
+    ``detail`` (and ``errors``, when given, a list of ``{field, message}``)."""
+    STATUSES[case.operation.label][response.status_code] += 1
+    if response.status_code < 400:
+        return None
+    content_type = (response.headers.get("content-type") or [""])[0]
+    assert content_type.split(";")[0].strip() == "application/problem+json", (
+        f"{response.status_code} answered {content_type!r}, not application/problem+json: {response.content[:300]!r}"
+    )
+    body = json.loads(response.content)
+    assert isinstance(body, dict), f"a problem is an object, got {body!r}"
+    missing = {"status", "title", "detail"} - body.keys()
+    assert not missing, f"the problem lacks {sorted(missing)}: {body!r}"
+    assert body["status"] == response.status_code, f"problem status {body['status']} on a {response.status_code}"
+    assert isinstance(body["title"], str), body
+    assert body["title"], body
+    assert isinstance(body["detail"], str), body
+    assert body["detail"], body
+    if "errors" in body:
+        assert isinstance(body["errors"], list), body
+        assert all(isinstance(e, dict) and {"field", "message"} <= e.keys() for e in body["errors"]), body
+    return None
+
+
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_headers_conformance,
+    schemathesis.checks.response_schema_conformance,
+    schemathesis.checks.negative_data_rejection,
+    refusal_is_problem_json,
+]
+# Not `positive_data_acceptance`: a schema-valid body is still refused with the documented 422 when a rule
+# the schema cannot say is broken (email or phone required, a page URL with an http(s) host, a possible phone).
+
+
+@pytest.fixture(scope="module")
+def live_schema(api: str) -> Any:
+    """The OpenAPI document the running server serves. An explicit config: no ``schemathesis.toml`` is
+    looked up, and the seed is fixed."""
+    return schemathesis.openapi.from_url(f"{api}/openapi.json", config=schemathesis.Config(seed=3))
+
+
+class Fuzzed(Brokerage):
+    """The account the fuzzing posts to, with an intake and an import of its own to read back."""
+
+    intake_id: str
+    import_id: str
+
+
+@pytest.fixture(scope="module")
+def fuzzed(api: str) -> Iterator[Fuzzed]:
+    b = Fuzzed(api, apply(brokerage()))
+    r = b.register("co", "seed@example.com")
+    assert r.status_code == 202, r.text
+    b.intake_id = r.json()["intake_id"]
+    with b.user("olivia") as olivia:
+        r = olivia.post(
+            "/v1/imports",
+            files={"file": ("seed.csv", io.BytesIO(b"email,first_name\nseed-import@example.com,Sid\n"), "text/csv")},
+            data={"owner": "co"},
+        )
+    assert r.status_code == 202, r.text
+    b.import_id = r.json()["import_id"]
+    yield b
+    b.site.close()
+
+
+def basic(user: str, password: str = "") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def credentials(path: str, b: Brokerage) -> dict[str, str]:
+    """The credential each operation takes (README, intake endpoints)."""
+    if path.startswith("/v1/intake/providers/"):
+        return {"X-Api-Key": f"conn-john-{b.s}"}
+    if path == "/v1/events":
+        return {"Authorization": basic(f"conn-john-{b.s}")}
+    if path.startswith("/v1/imports"):
+        return {"Authorization": f"Bearer tok-olivia-{b.s}"}
+    return {"Authorization": f"Bearer key-{b.s}"}
+
+
+def aim(case: Case, b: Fuzzed, pick: int) -> None:
+    """Point a generated case at this account's real things, so it gets past the 422 and the 404 into the
+    handler, the store and the workers: a page on one of its domains (or an unknown one: O9), a provider
+    format that matches the media type, an intake or import it has, an owner that exists, a CSV header."""
+    hosts = [b.host("co"), b.host("downtown"), b.host("sunrise"), b.host("john"), "unknown-host.example"]
+    path = case.operation.path
+    if path in ("/v1/intake/registrations", "/v1/intake/activity") and isinstance(case.body, dict):
+        if isinstance(case.body.get("page_url"), str):
+            case.body["page_url"] = f"https://{hosts[pick % len(hosts)]}/{case.body['page_url'][:100]}"
+    elif path == "/v1/intake/registrations/candidates" and isinstance(case.query, dict):
+        if isinstance(case.query.get("page_url"), str):
+            case.query["page_url"] = f"https://{hosts[pick % len(hosts)]}/{case.query['page_url'][:100]}"
+    elif path == "/v1/intake/providers/{format}" and case.media_type:
+        json_format = ("realtor_com", "zillow")[pick % 2]
+        case.path_parameters = {"format": "hotpads" if "form" in case.media_type else json_format}
+    elif path == "/v1/intake/{intake_id}":
+        case.path_parameters = {"intake_id": b.intake_id}
+    elif path == "/v1/imports/{import_id}":
+        case.path_parameters = {"import_id": b.import_id}
+    elif path == "/v1/imports" and isinstance(case.body, dict):
+        case.body["owner"] = ("co", "co", "co", "downtown", "nobody")[pick % 5]
+        case.body.pop("map", None)
+        content = case.body.get("file", b"")
+        content = content.encode() if isinstance(content, str) else bytes(content or b"")
+        case.body["file"] = b"email,first_name,phone\n" + content
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
+def test_every_intake_endpoint_with_its_credential(method: str, path: str, live_schema: Any, fuzzed: Fuzzed) -> None:
+    """CONTRACT.md, HTTP API, with the account's real credential: schema-valid and schema-invalid requests
+    to every intake endpoint never get a 5xx, every refusal is ``application/problem+json`` with
+    ``status``, ``title`` and ``detail``, an invalid request is refused (4xx), and every answer is one
+    /openapi.json documents, in its status, content type, headers and body schema. Two in three schema-valid
+    cases are aimed at the account's own domains, intakes and imports (``aim``): every operation must accept
+    some, and the workers must process every intake and import it accepted."""
+    operation = live_schema[path][method]
+    cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+    label = operation.label
+    STATUSES.pop(label, None)
+
+    @FUZZ
+    @given(case=cases, aimed=st.sampled_from([True, True, False]), pick=st.integers(0, 59))
+    def fuzz(case: Case, aimed: bool, pick: int) -> None:
+        if aimed and case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
+            aim(case, fuzzed, pick)
+        case.headers = {**(case.headers or {}), **credentials(path, fuzzed)}
+        case.call_and_validate(checks=CHECKS, timeout=30)
+
+    started = time.monotonic()
+    fuzz()
+    seen = dict(sorted(STATUSES[label].items()))
+    print(f"\n{label}: {sum(seen.values())} requests in {time.monotonic() - started:.1f}s, by status {seen}")
+    assert any(200 <= status < 300 for status in seen), f"{label}: no case got past the refusals: {seen}"
+    # Accepted means kept, and processed: no accepted intake or import ends dead or failed in the workers.
+    dead, failed = settled(fuzzed)
+    assert not dead, f"{label}: intakes the workers could not process: {dead}"
+    assert not failed, f"{label}: imports the workers could not run: {failed}"
+
+
+def settled(b: Brokerage, timeout: float = 60) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """Once the workers are through with the account's intakes and imports: the dead ones and the failed ones."""
+    with UnitOfWork() as uow:
+        account_id = uow.orgs.account_by_slug(b.org["account"]).id  # type: ignore[union-attr]
+    pending_intakes = (IntakeStatus.ACCEPTED, IntakeStatus.PROCESSING)
+    pending_imports = (ImportStatus.QUEUED, ImportStatus.RUNNING)
+
+    def idle() -> bool:
+        with UnitOfWork() as uow:
+            return (
+                not uow.session.execute(
+                    select(Intake.id)
+                    .where(Intake.account_id == account_id, Intake.status.in_(pending_intakes))
+                    .limit(1)
+                ).first()
+                and not uow.session.execute(
+                    select(Import.id)
+                    .where(Import.account_id == account_id, Import.status.in_(pending_imports))
+                    .limit(1)
+                ).first()
+            )
+
+    wait_for(idle, timeout=timeout, interval=0.2, what="the workers to finish the fuzzed intakes and imports")
+    with UnitOfWork() as uow:
+        dead = uow.session.execute(
+            select(Intake.id, Intake.reason).where(Intake.account_id == account_id, Intake.status == IntakeStatus.DEAD)
+        ).all()
+        failed = uow.session.execute(
+            select(Import.id, Import.error).where(Import.account_id == account_id, Import.status == ImportStatus.FAILED)
+        ).all()
+    return {str(i): r for i, r in dead}, {str(i): e for i, e in failed}
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
+def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_401_problem(
+    method: str, path: str, live_schema: Any, fuzzed: Fuzzed
+) -> None:
+    """CONTRACT.md, HTTP API: "a missing or unknown credential is 401", as problem+json with a
+    ``WWW-Authenticate`` challenge, whatever the (schema-valid) request; and nothing is stored."""
+    operation = live_schema[path][method]
+    wrong = st.sampled_from(
+        [
+            {},
+            {"Authorization": "Bearer not-a-key"},
+            {"Authorization": "Bearer "},
+            {"Authorization": basic("not-a-key")},
+            {"Authorization": "Basic %%%not-base64"},
+            {"X-Api-Key": "not-a-key"},
+            # Another kind of credential of the same account is not this endpoint's credential.
+            {"Authorization": f"Bearer tok-john-{fuzzed.s}"} if "/imports" not in path else {},
+            {"X-Api-Key": ""},
+        ]
+    )
+
+    @NO_CREDENTIAL
+    @given(case=operation.as_strategy(GenerationMode.POSITIVE), headers=wrong)
+    def fuzz(case: Case, headers: dict[str, str]) -> None:
+        sent = {k: v for k, v in (case.headers or {}).items() if k.lower() not in ("authorization", "x-api-key")}
+        case.headers = {**sent, **headers}
+        response = case.call(timeout=30)
+        case.validate_response(response, checks=CHECKS)
+        assert response.status_code == 401, f"{response.status_code}: {response.text[:300]}"
+        assert response.headers.get("www-authenticate"), "a 401 carries a challenge"
+
+    before = count_intakes(fuzzed.org["account"])
+    fuzz()
+    assert count_intakes(fuzzed.org["account"]) == before, "a refused request stored an intake"
+
+
+# --- The live schema, and plain regression tests for what the fuzzing found ---
+
+
+def test_the_fuzzed_operations_are_every_intake_endpoint_and_document_their_problems(api: str) -> None:
+    """CONTRACT.md, HTTP API: "OpenAPI at /openapi.json"; "Errors are application/problem+json". The
+    fuzzing covers every intake operation the live schema lists, and every error the schema documents is a
+    ``Problem`` in application/problem+json (not FastAPI's default ``HTTPValidationError`` JSON); a GET of an
+    intake or an import documents its 401 and 404."""
+    schema = httpx.get(f"{api}/openapi.json", timeout=30).json()
+    listed = sorted(
+        (method.upper(), path)
+        for path, item in schema["paths"].items()
+        if path.startswith(INTAKE_PREFIXES)
+        for method in item
+    )
+    assert listed == sorted(OPERATIONS)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for code, response in operation["responses"].items():
+                if code.startswith(("4", "5")):
+                    assert response.get("content") == problem, f"{method.upper()} {path} {code}"
+    for path in ("/v1/intake/{intake_id}", "/v1/imports/{import_id}"):
+        assert {"401", "404", "422"} <= schema["paths"][path]["get"]["responses"].keys(), path
+    assert schema["components"]["schemas"]["Problem"]["required"] == ["type", "status", "title", "detail"]
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json", r.headers["content-type"]
+    body = r.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    return dict(body)
+
+
+def test_a_fub_event_with_a_null_or_blank_price_is_accepted_not_a_500(fuzzed: Fuzzed) -> None:
+    """Found by the fuzzing: ``property.price`` null (or blank text, which means no price) made pydantic apply
+    the price's bounds to None, a TypeError and a 500. A price is optional: the event is kept (202)."""
+    for price in (None, "", " $ "):
+        event = {
+            "type": "Property Inquiry",
+            "person": {"emails": [{"value": "price@example.com"}]},
+            "property": {"price": price},
+        }
+        r = httpx.post(
+            f"{fuzzed.base}/v1/events",
+            json=event,
+            headers={"Authorization": basic(f"conn-john-{fuzzed.s}")},
+            timeout=30,
+        )
+        assert r.status_code == 202, (price, r.text)
+    bad = {
+        "type": "Property Inquiry",
+        "person": {"emails": [{"value": "price@example.com"}]},
+        "property": {"price": -1},
+    }
+    r = httpx.post(
+        f"{fuzzed.base}/v1/events", json=bad, headers={"Authorization": basic(f"conn-john-{fuzzed.s}")}, timeout=30
+    )
+    assert assert_problem(r, 422)["errors"][0]["field"] == "property.price"
+
+
+def test_an_empty_idempotency_key_is_no_key_not_a_500(fuzzed: Fuzzed) -> None:
+    """Found by the fuzzing: an empty ``Idempotency-Key`` header was stored as the key "", so the second such
+    request of the account hit the unique index and answered 500. An empty key is no key: each request is its
+    own intake, as without the header."""
+    for path, body in (
+        ("/v1/intake/registrations", {"page_url": f"https://{fuzzed.host('co')}/", "email": "empty-key@example.com"}),
+        (
+            "/v1/intake/activity",
+            {"page_url": f"https://{fuzzed.host('co')}/", "email": "empty-key@example.com", "kind": "page_view"},
+        ),
+    ):
+        first = fuzzed.site.post(path, json=body, headers={"Idempotency-Key": ""})
+        second = fuzzed.site.post(path, json=body, headers={"Idempotency-Key": ""})
+        assert (first.status_code, second.status_code) == (202, 202), (first.text, second.text)
+        assert first.json()["intake_id"] != second.json()["intake_id"]
+
+
+def test_a_body_that_cannot_be_parsed_is_a_422_problem_naming_the_body(fuzzed: Fuzzed) -> None:
+    """Found by the fuzzing: JSON that is not UTF-8 got FastAPI's 400 "There was an error parsing the body",
+    a status no operation documents. CONTRACT.md: a malformed body is 422, as problem+json naming ``body``."""
+    r = fuzzed.site.post(
+        "/v1/intake/registrations", content=b'{"page_url": "\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
+    assert assert_problem(r, 422)["errors"] == [
+        {"field": "body", "message": "could not be parsed (There was an error parsing the body)"}
+    ]
+
+
+def test_an_unknown_path_or_method_is_a_problem_too(fuzzed: Fuzzed) -> None:
+    """CONTRACT.md: every error is problem+json, the router's own 404 and 405 too (they were FastAPI's
+    ``{"detail": ...}`` in application/json); the 405 keeps its ``Allow`` header."""
+    assert_problem(fuzzed.site.get("/v1/intake/providers/zillow/extra"), 404)
+    r = fuzzed.site.delete("/v1/intake/registrations")
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "POST"
+
+
+def test_an_unexpected_error_is_a_500_problem() -> None:
+    """CONTRACT.md: every error is problem+json, an unexpected one too (it was Starlette's text/plain
+    "Internal Server Error"); its detail names nothing of the request."""
+    app = create_app()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/boom")
+
+    body = assert_problem(asyncio.run(get()), 500)
+    assert "secret" not in body["detail"]
+
+
+def test_text_that_cannot_be_stored_is_a_422_naming_the_field_not_a_500(fuzzed: Fuzzed) -> None:
+    """Found by the fuzzing: a NUL character (``\\u0000`` in JSON, ``%00`` in a form) in any stored field
+    failed the INSERT (PostgreSQL's text and JSONB refuse it) with a 500. CONTRACT.md: a malformed body is
+    422, naming the field; nothing is stored."""
+    site = {"page_url": f"https://{fuzzed.host('co')}/", "email": "nul@example.com"}
+    connection = {"X-Api-Key": f"conn-john-{fuzzed.s}"}
+    before = count_intakes(fuzzed.org["account"])
+    refused = {
+        "message": fuzzed.site.post("/v1/intake/registrations", json={**site, "message": "a\x00b"}),
+        "listing.mls_id": fuzzed.site.post(
+            "/v1/intake/activity", json={**site, "kind": "property_view", "listing": {"mls_id": "A\x003"}}
+        ),
+        "listingId": httpx.post(
+            f"{fuzzed.base}/v1/intake/providers/hotpads",
+            content="listingId=A%003&email=nul%40example.com",
+            headers={**connection, "Content-Type": "application/x-www-form-urlencoded"},
+            timeout=30,
+        ),
+        "contact.first_name": httpx.post(
+            f"{fuzzed.base}/v1/intake/providers/zillow",
+            json={"lead_id": "nul-1", "contact": {"email": "nul@example.com", "first_name": "\x00"}},
+            headers=connection,
+            timeout=30,
+        ),
+        "description": httpx.post(
+            f"{fuzzed.base}/v1/events",
+            json={"type": "Registration", "person": {"emails": [{"value": "nul@example.com"}]}, "description": "\x00"},
+            headers={"Authorization": basic(f"conn-john-{fuzzed.s}")},
+            timeout=30,
+        ),
+        "page_url": fuzzed.site.get(
+            "/v1/intake/registrations/candidates",
+            params={"email": "nul@example.com", "page_url": f"https://{fuzzed.host('co')}/\x00"},
+        ),
+    }
+    for field, r in refused.items():
+        problem = assert_problem(r, 422)
+        assert [e["field"] for e in problem["errors"]] == [field], problem
+        assert "NUL" in problem["detail"], problem
+    assert count_intakes(fuzzed.org["account"]) == before
+    with fuzzed.user("olivia") as olivia:
+        r = olivia.post("/v1/imports", files={"file": ("a.csv", b"email\nnul@example.com\n")}, data={"owner": "co\x00"})
+    assert [e["field"] for e in assert_problem(r, 422)["errors"]] == ["owner"]
