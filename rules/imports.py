@@ -123,6 +123,8 @@ class RowParser:
     def parse(self, cells: Sequence[str]) -> ImportRow | str:
         if len(cells) > self.width and any(c.strip() for c in cells[self.width :]):
             return f"{len(cells)} fields but the header has {self.width}"
+        if any("\x00" in c for c in cells):
+            return "contains a NUL character"  # no database text column can hold one
         cell = self._cell
         email = cell(cells, self._email)
         email_normalized = None

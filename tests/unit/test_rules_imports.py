@@ -118,6 +118,7 @@ def test_a_good_row_is_normalized() -> None:
         (["Ann", "Lee", "a@b.co", "", "", "", "!!!", ""], "zip: not a postal code"),
         (["A" * 101, "Lee", "a@b.co", "", "", "", "", ""], "first_name: longer than 100"),
         (["Ann", "Lee", "a@b.co", "", "", "", "", "", "extra"], "9 fields but the header has 8"),
+        (["A\x00nn", "Lee", "a@b.co", "", "", "", "", ""], "contains a NUL character"),
     ],
 )
 def test_a_malformed_row_is_rejected_with_the_reason(cells: list[str], reason: str) -> None:
