@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import json
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -137,10 +138,17 @@ def file_chunks(path: str) -> Iterator[bytes]:
             yield data
 
 
-def stored_chunks(import_id: uuid.UUID) -> Iterator[bytes]:
-    """An uploaded file, read on a connection of its own (the import's holds its COPY)."""
-    with UnitOfWork() as uow:
-        yield from read_chunks(uow.session, import_id)
+@contextlib.contextmanager
+def spooled_upload(import_id: uuid.UUID) -> Iterator[str]:
+    """An uploaded file, copied from the database to a temporary file before the import's transaction
+    begins: the import then streams it without a second connection (PostgreSQL's is busy with COPY,
+    and SQLite lets one transaction write at a time). The path; the file is removed afterwards."""
+    with tempfile.NamedTemporaryFile(prefix="leadrelay-import-", suffix=".csv") as spool:
+        with UnitOfWork() as uow:
+            for data in read_chunks(uow.session, import_id):
+                spool.write(data)
+        spool.flush()
+        yield spool.name
 
 
 def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progress | None = None) -> ImportSummary:
@@ -503,6 +511,6 @@ __all__ = [
     "mark_failed",
     "parse_map",
     "run_import",
+    "spooled_upload",
     "store_upload",
-    "stored_chunks",
 ]

@@ -64,7 +64,8 @@ def run_import(self: Task, import_id: str) -> str:
     structlog.contextvars.bind_contextvars(correlation_id=import_id)
     key = uuid.UUID(import_id)
     try:
-        return imports.run_import(key, imports.stored_chunks(key)).status
+        with imports.spooled_upload(key) as path:
+            return imports.run_import(key, imports.file_chunks(path)).status
     except Exception as exc:
         if self.request.retries >= self.max_retries:
             log.error("import.dead", import_id=import_id, error=repr(exc))

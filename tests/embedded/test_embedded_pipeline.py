@@ -16,7 +16,7 @@ import yaml
 
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
-from tests.support.processes import ROOT, api_server, celery_workers, child_env, free_port
+from tests.support.processes import ROOT, api_server, celery_workers, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.embedded
 
@@ -87,3 +87,19 @@ def test_the_readme_demo_command_shows_routed_leads(tmp_path: Path) -> None:
     assert "john (agent)" in out
     assert "sunrise (team)" in out
     assert "rejected intake" in out
+
+
+def test_embedded_O1_an_uploaded_import_runs_on_the_worker_on_sqlite(embedded_brokerage: Brokerage) -> None:
+    """The upload is kept in SQLite and the imports.run task imports it there (one writer at a time)."""
+    body = "First Name,Email\n" + "".join(f"Up{i},up{i}@example.com\n" for i in range(9)) + "Bad,nope\n"
+    with embedded_brokerage.user("oscar") as oscar:
+        r = oscar.post("/v1/imports", data={"owner": "downtown"}, files={"file": ("up.csv", body, "text/csv")})
+        assert r.status_code == 202, r.text
+        result: dict[str, object] = {}
+
+        def finished() -> bool:
+            result.update(oscar.get(r.json()["status_url"]).json())
+            return result["status"] in ("done", "failed")
+
+        wait_for(finished, timeout=90, interval=0.2, what="the embedded import")
+    assert (result["status"], result["created"], result["rejected"]) == ("done", 9, 1), result
