@@ -38,7 +38,7 @@ from rules.entities import AgentState, EntityRef, Kind
 from rules.routing import Member, Rule
 
 
-def _insert(session: Session, table: Any) -> Any:
+def dialect_insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite both do)."""
     name = session.get_bind().dialect.name
     return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
@@ -104,7 +104,7 @@ class IntakeRepository:
         """Insert unless (account, source, idempotency key) exists; the id and whether it is new."""
         new_id = uuid.uuid4()
         stmt = (
-            _insert(self.session, Intake)
+            dialect_insert(self.session, Intake)
             .values(id=new_id, **values)
             .on_conflict_do_nothing(index_elements=["account_id", "source", "idempotency_key"])
             .returning(Intake.id)
@@ -300,7 +300,7 @@ class LeadRepository:
         when a concurrent or earlier signup already made the unique lead (D1, D3, D4)."""
         new_id = uuid.uuid4()
         stmt = (
-            _insert(self.session, Lead)
+            dialect_insert(self.session, Lead)
             .values(id=new_id, **values)
             .on_conflict_do_nothing(index_elements=["account_id", "unique_key"])
             .returning(Lead.id)
@@ -343,7 +343,7 @@ class LeadRepository:
     def add_site_activity(self, values: dict[str, Any]) -> None:
         """Keep anonymous activity (D7); one row per intake, so a redelivered task adds nothing."""
         self.session.execute(
-            _insert(self.session, SiteActivity)
+            dialect_insert(self.session, SiteActivity)
             .values(id=uuid.uuid4(), **values)
             .on_conflict_do_nothing(index_elements=["intake_id"])
         )
@@ -378,7 +378,7 @@ class LeadRepository:
         """Append many timeline events in one INSERT; an (lead, intake, kind) already there is skipped."""
         if rows:
             self.session.execute(
-                _insert(self.session, TimelineEvent)
+                dialect_insert(self.session, TimelineEvent)
                 .values([{"actor": "system", **row} for row in rows])
                 .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
             )
@@ -427,7 +427,7 @@ class LeadRepository:
             "intake_id": intake_id,
             "at": at or dt.datetime.now(dt.UTC),
         }
-        stmt = _insert(self.session, TimelineEvent).values(**values)
+        stmt = dialect_insert(self.session, TimelineEvent).values(**values)
         if intake_id is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
         self.session.execute(stmt)
@@ -508,8 +508,17 @@ class LeadRepository:
 
     def start_campaign(self, lead_id: uuid.UUID, name: str) -> None:
         self.session.execute(
-            _insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()
+            dialect_insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()
         )
 
 
-__all__ = ["Caller", "Candidate", "ClaimedActivity", "IntakeRepository", "LeadRepository", "OrgRepository", "to_ref"]
+__all__ = [
+    "Caller",
+    "Candidate",
+    "ClaimedActivity",
+    "IntakeRepository",
+    "LeadRepository",
+    "OrgRepository",
+    "dialect_insert",
+    "to_ref",
+]

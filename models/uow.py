@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +22,7 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.session = (self._factory or session_factory())()
+        self._after_commit: list[Callable[[], None]] = []
         self.intakes = IntakeRepository(self.session)
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
@@ -30,11 +32,21 @@ class UnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # Whatever was not committed is rolled back, so no session is left in PendingRollbackError.
+        self._after_commit.clear()
         self.session.rollback()
         self.session.close()
 
     def commit(self) -> None:
+        """Commit, then run what was registered with :meth:`after_commit` (publishing the tasks that
+        carry out what was just decided: never before the rows they name are visible)."""
         self.session.commit()
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this unit of work commits; dropped if it rolls back."""
+        self._after_commit.append(callback)
 
     def end_read(self) -> None:
         """End a read-only transaction now, returning its connection to the pool. A FastAPI

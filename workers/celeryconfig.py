@@ -16,7 +16,11 @@ MAX_RETRY_COUNTDOWN = 600
 
 QUEUES = ("registrations", "texts", "imports", "notifications")
 # Named queues, so a flood of one kind of work never starves another.
-TASK_QUEUES = {"intake.process": "registrations", "imports.run": "imports"}
+TASK_QUEUES = {
+    "intake.process": "registrations",
+    "imports.run": "imports",
+    "notifications.send": "notifications",
+}
 
 
 def queue_name(settings: Settings, queue: str) -> str:

@@ -10,7 +10,7 @@ import structlog
 from celery import Task
 
 from models.uow import UnitOfWork
-from workers import imports, services
+from workers import imports, notifications, services
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 
@@ -75,3 +75,18 @@ def run_import(self: Task, import_id: str) -> str:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
     finally:
         structlog.contextvars.unbind_contextvars("correlation_id")
+
+
+@task("notifications.send", max_retries=8)
+def send_notification(self: Task, outbox_id: str) -> str:
+    """Send one kept notification; failures retry with backoff, and the row keeps the error."""
+    try:
+        with UnitOfWork() as uow:
+            return notifications.send(uow, uuid.UUID(outbox_id))
+    except Exception as exc:
+        with UnitOfWork() as uow:
+            notifications.record_failure(uow, uuid.UUID(outbox_id), f"{type(exc).__name__}: {exc}")
+        if self.request.retries >= self.max_retries:
+            log.error("notification.failed", outbox_id=outbox_id, error=type(exc).__name__)
+            return "failed"
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
