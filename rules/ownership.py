@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from rules.entities import EntityRef, Kind
@@ -119,3 +119,11 @@ def _owned_by_source(entity: EntityRef, hint: str, agent_rule: str) -> Ownership
     if entity.kind is Kind.TEAM:
         return Ownership(entity, entity, None, "O4", f"{hint}: the team owns, team routing assigns")
     return Ownership(entity, entity, None, "O1", f"{hint}: it owns the lead and its routing assigns")
+
+
+def decide_number_owner(entity: EntityRef, number: str) -> Ownership:
+    """O6: a text (or call) to a smart number from an unknown phone makes a lead owned by the number's
+    entity: an agent's number, the agent owns and is assigned; a team's, an office's or a company's,
+    it owns and its routing assigns (a company number: company-owned, routed round robin)."""
+    decided = _owned_by_source(entity, f"smart number {number} of {entity.kind.value} {entity.slug}", "O6")
+    return replace(decided, rule="O6")
