@@ -18,6 +18,8 @@ from intake.schemas import (
     EntityOut,
     LeadOut,
     LeadPage,
+    MessageAccepted,
+    MessageIn,
     NotMatchedOut,
     ShareOut,
     SimulateIn,
@@ -32,6 +34,7 @@ from models.uow import UnitOfWork
 from rules.contact import InvalidPhone, normalize_email, normalize_phone
 from rules.ownership import Unclaimed
 from workers.services import decide_registration_owner, plan_routing
+from workers.texts_outbound import Refused, record_outbound_text
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
@@ -164,6 +167,37 @@ def get_timeline(
         TimelineEventOut(id=e.id, at=e.at, kind=e.kind, actor=e.actor, summary=e.summary, data=e.data) for e in page
     ]
     return TimelinePage(items=items, next=_encode_cursor(page[-1].at, page[-1].id) if more else None)
+
+
+@router.post(
+    "/leads/{lead_id}/messages",
+    status_code=202,
+    response_model=MessageAccepted,
+    responses={
+        401: {"description": "Missing or unknown user token"},
+        404: {"description": "No such lead the caller can see (V1)"},
+        409: {
+            "description": "S4/D8: the lead unsubscribed from texts; SH4: no smart number to send from; a merged lead"
+        },
+        422: {"description": "A blank or too long body, or a lead with no phone"},
+    },
+)
+def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: UoW) -> MessageAccepted:
+    """Text a lead the caller can see (V1). The text is recorded at once (S1 counts it from that moment)
+    and sent by a task through the SMS gateway, from the owner's smart number in the owner's name (SH4)."""
+    lead = uow.leads.visible(caller, lead_id)
+    if lead is None:
+        raise NOT_FOUND
+    recorded = record_outbound_text(uow, caller, lead, body.body)
+    if isinstance(recorded, Refused):
+        if recorded.status == 422:
+            field = recorded.field or "body"
+            raise Problem(
+                422, "Invalid request", recorded.detail, errors=[{"field": field, "message": recorded.detail}]
+            )
+        raise Problem(recorded.status, "Conflict", recorded.detail)
+    uow.commit()
+    return MessageAccepted(message_id=recorded)
 
 
 @router.post("/routing/simulate", response_model=SimulateOut, tags=["routing"])

@@ -333,3 +333,23 @@ class SimulateOut(BaseModel):
     skipped: list[SkipOut]
     rules_not_matched: list[NotMatchedOut]
     explanation: str
+
+
+class MessageIn(Input):
+    """An outbound text to a lead (SH4: it goes out from the owner's smart number in the owner's name)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    body: Annotated[str, Field(min_length=1, max_length=1600, description="The text; at most 1,600 characters.")]
+
+    @field_validator("body")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class MessageAccepted(BaseModel):
+    message_id: uuid.UUID
+    status: Literal["queued"] = "queued"

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     sms_gateway: Literal["log", "twilio"] = "log"
     smtp_url: str | None = None
+    # The From of notification mail (LEADRELAY_MAIL_FROM).
+    mail_from: str = "leadrelay <leadrelay@localhost>"
     intake_rate_per_key: float = 200.0
     intake_max_body_bytes: int = 256 * 1024
     # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).

@@ -27,10 +27,12 @@ from models.tables import (
     LeadShare,
     LeadStatus,
     Membership,
+    Message,
     RoutingRule,
     RoutingRuleMember,
     SiteActivity,
     SiteDomain,
+    SmartNumber,
     TimelineEvent,
     User,
 )
@@ -200,6 +202,38 @@ class OrgRepository:
         return self.session.execute(
             select(Entity).where(Entity.account_id == account_id, Entity.slug == slug)
         ).scalar_one_or_none()
+
+    def user(self, user_id: int) -> User:
+        user = self.session.get(User, user_id)
+        assert user is not None
+        return user
+
+    def smart_number_for(self, owner: Entity) -> tuple[str, Entity] | None:
+        """The number an owner's texts go out from (SH4), and whose it is: the owner's own smart number,
+        else its parent's (an office's company), else the account's company's; None when none has one.
+        An entity with several numbers uses the first registered."""
+        chain: list[Entity] = []
+        entity: Entity | None = owner
+        while entity is not None and entity not in chain:
+            chain.append(entity)
+            entity = self.session.get(Entity, entity.parent_id) if entity.parent_id else None
+        chain += self.session.execute(
+            select(Entity)
+            .where(Entity.account_id == owner.account_id, Entity.kind == EntityKind.COMPANY)
+            .order_by(Entity.id)
+        ).scalars()
+        ids = [e.id for e in chain]
+        numbers: dict[int, str] = {}
+        for entity_id, e164 in self.session.execute(
+            select(SmartNumber.entity_id, SmartNumber.e164)
+            .where(SmartNumber.entity_id.in_(ids))
+            .order_by(SmartNumber.id.desc())
+        ).all():
+            numbers[entity_id] = e164  # the lowest id wins: rows come last-registered first
+        for e in chain:
+            if e.id in numbers:
+                return numbers[e.id], e
+        return None
 
     def entity_ref(self, entity_id: int) -> EntityRef:
         entity = self.entity(entity_id)
@@ -431,6 +465,19 @@ class LeadRepository:
         if intake_id is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
         self.session.execute(stmt)
+
+    def add_outbound_text(self, values: dict[str, Any]) -> uuid.UUID:
+        """Record an outbound text (S1 reads these rows from the moment they are written)."""
+        message = Message(id=uuid.uuid4(), direction="outbound", status="queued", attempts=0, **values)
+        self.session.add(message)
+        self.session.flush()
+        return message.id
+
+    def message_for_update(self, message_id: uuid.UUID) -> Message | None:
+        """A text, locked until the transaction ends: a redelivered send task waits, then sees what the first did."""
+        return self.session.execute(
+            select(Message).where(Message.id == message_id).with_for_update()
+        ).scalar_one_or_none()
 
     def visible_to(self, caller: Caller) -> ColumnElement[bool]:
         """V1 as one SQL condition, used by every read: owner (and its admins), assignee, shares,

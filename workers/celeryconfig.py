@@ -19,6 +19,7 @@ QUEUES = ("registrations", "texts", "imports", "notifications")
 TASK_QUEUES = {
     "intake.process": "registrations",
     "imports.run": "imports",
+    "texts.send": "texts",
     "notifications.send": "notifications",
 }
 

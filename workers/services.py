@@ -26,6 +26,7 @@ from rules.ownership import (
 )
 from rules.routing import Decision, route
 from rules.uniqueness import unique_key
+from workers import notifications
 
 log = structlog.get_logger(__name__)
 
@@ -270,6 +271,7 @@ def _assign_new_lead(
         summary=summary,
         data=data,
     )
+    notifications.notify_new_lead_assigned(uow, lead)
 
 
 def _repeat_signup(

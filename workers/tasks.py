@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 import structlog
 from celery import Task
 
+from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, notifications, services
+from workers import imports, notifications, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 
@@ -89,4 +90,32 @@ def send_notification(self: Task, outbox_id: str) -> str:
         if self.request.retries >= self.max_retries:
             log.error("notification.failed", outbox_id=outbox_id, error=type(exc).__name__)
             return "failed"
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+
+
+# A copy of texts.send that finds the text's gateway call in flight looks again after this long.
+IN_FLIGHT_RECHECK_SECONDS = 10
+
+
+@task("texts.send", max_retries=5)
+def send_text(self: Task, message_id: str) -> str:
+    """Send one recorded outbound text, at most once. Gateway failures retry with backoff
+    (``LEADRELAY_TASK_MAX_RETRIES``, at most 5); the last one leaves the text ``failed`` with the error."""
+    key = uuid.UUID(message_id)
+    retries = min(self.max_retries, get_settings().task_max_retries)
+    try:
+        return texts_outbound.send_text(key, last_try=self.request.retries >= retries)
+    except texts_outbound.InFlight as exc:
+        # Another copy is calling the gateway (or was lost doing so): look again, until it is over or stale.
+        countdown = min(IN_FLIGHT_RECHECK_SECONDS, int(exc.stale_in) + 1)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=self.request.retries + 1) from exc
+    except texts_outbound.SendFailed as exc:
+        if exc.final:
+            return "failed"
+        log.warning("text.retry", message_id=message_id, retries=self.request.retries)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    except Exception as exc:  # the database: the text is still queued (or in flight) and is looked at again
+        if self.request.retries >= self.max_retries:
+            log.error("text.gave_up", message_id=message_id, error=type(exc).__name__)
+            return "error"
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc

@@ -3,9 +3,15 @@ Redis, two Celery worker processes and a uvicorn API server, all started here an
 
 from __future__ import annotations
 
+import mailbox
 import os
+import smtplib
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ from models.org import apply_org
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
-from tests.support.processes import api_server, celery_workers
+from tests.support.processes import api_server, celery_workers, free_port, wait_for
 
 PG_ADMIN = os.environ.get("LEADRELAY_TEST_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEADRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,8 +51,55 @@ def pg_database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+@dataclass(frozen=True)
+class SmtpSink:
+    """A real SMTP server of this run: its URL, and the mail it has received (kept in a Maildir)."""
+
+    url: str
+    maildir: Path
+
+    def messages(self) -> list[Message]:
+        return [message for _, message in mailbox.Maildir(self.maildir, create=False).items()]
+
+
 @pytest.fixture(scope="session")
-def pipeline_env(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    """aiosmtpd in its own process on a free port, keeping every mail in a Maildir; the workers send to it."""
+    folder = tmp_path_factory.mktemp("smtp")
+    port = free_port()
+    with (folder / "smtpd.log").open("wb") as out:
+        server = ["-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Mailbox", str(folder / "maildir")]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiosmtpd", *server],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def answers() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"aiosmtpd exited: {(folder / 'smtpd.log').read_text()[-2000:]}")
+                try:
+                    with smtplib.SMTP("127.0.0.1", port, timeout=1) as client:
+                        return client.noop()[0] == 250
+                except OSError:
+                    return False
+
+            wait_for(answers, timeout=30, what="the SMTP server")
+            yield SmtpSink(f"smtp://127.0.0.1:{port}", folder / "maildir")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(
+    pg_database: str, smtp_server: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """The settings every process of this run shares; the test process reads them too."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     env = {
@@ -56,6 +109,10 @@ def pipeline_env(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "LEADRELAY_QUEUE_PREFIX": prefix,
         "LEADRELAY_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "LEADRELAY_LOG_FORMAT": "json",
+        # Twilio auth tokens the SMS tests' org files name (sms.auth_tokens_env): two, for rotation.
+        "LEADRELAY_TEST_TWILIO_TOKEN": "twilio-test-token-current",
+        "LEADRELAY_TEST_TWILIO_TOKEN_NEXT": "twilio-test-token-next",
+        "LEADRELAY_SMTP_URL": smtp_server.url,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
