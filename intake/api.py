@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from intake import problems, routes_events, routes_imports, routes_intake, routes_leads
+from intake import problems, routes_events, routes_imports, routes_intake, routes_leads, routes_sms
 from leadrelay.settings import get_settings
 
 
@@ -36,4 +36,5 @@ def create_app() -> FastAPI:
     app.include_router(routes_leads.router)
     app.include_router(routes_events.router)
     app.include_router(routes_imports.router)
+    app.include_router(routes_sms.router)
     return app

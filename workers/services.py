@@ -107,6 +107,10 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
     if intake.status in FINAL:
         return Outcome(intake.status.value, intake.lead_id, reason="already processed")
     intake.attempts += 1
+    if intake.source is IntakeSource.SMS:
+        from workers import texts  # texts builds on this module: imported here, not at the top
+
+        return texts.process_inbound_text(uow, intake)
     work = intake_work(intake)
     if isinstance(work, SiteActivityEvent):
         return _process_activity(uow, intake, work)
@@ -120,6 +124,21 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
     uow.commit()
     log.info("intake.done", intake_id=str(intake.id), lead_id=str(outcome.lead_id), created=outcome.created)
     return outcome
+
+
+def record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownership: Ownership) -> Outcome:
+    """Make or join the lead of ``signup`` under ``ownership`` (D1-D4), routed (A1, A2) with its timeline,
+    for a source whose own worker decided the owner (a text from an unknown phone: O6). Does not commit."""
+    return _record_signup(uow, intake, signup, ownership)
+
+
+def finish_intake(intake: Intake, status: IntakeStatus, lead_id: uuid.UUID | None, reason: str | None) -> None:
+    _finish(intake, status, lead_id, reason)
+
+
+def reject_intake(uow: UnitOfWork, intake: Intake, reason: str) -> Outcome:
+    """O9 and kin: the intake ends ``rejected`` with its reason (kept, can be replayed); commits."""
+    return _reject(uow, intake, reason)
 
 
 def _finish(intake: Intake, status: IntakeStatus, lead_id: uuid.UUID | None, reason: str | None) -> None:

@@ -17,19 +17,24 @@ import base64
 import collections
 import io
 import json
+import os
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, CheckContext, GenerationMode, Response
 from sqlalchemy import select
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from intake.api import create_app
+from leadrelay.settings import get_settings
 from models.tables import Import, ImportStatus, Intake, IntakeStatus
 from models.uow import UnitOfWork
 from tests.integration.conftest import apply
@@ -50,8 +55,14 @@ OPERATIONS = [
     ("POST", "/v1/events"),
     ("POST", "/v1/imports"),
     ("GET", "/v1/imports/{import_id}"),
+    ("POST", "/v1/intake/sms/twilio"),
+    ("POST", "/v1/intake/sms/twilio/status"),
 ]
 IDS = [f"{method} {path}" for method, path in OPERATIONS]
+# Twilio's webhooks carry no credential but a signature of the request (X-Twilio-Signature): they are
+# fuzzed signed (``sign``), and a missing or wrong signature is a 403 (tests/integration/test_sms_inbound.py).
+SIGNED = {"/v1/intake/sms/twilio", "/v1/intake/sms/twilio/status"}
+CREDENTIALED = [(method, path) for method, path in OPERATIONS if path not in SIGNED]
 INTAKE_PREFIXES = ("/v1/intake", "/v1/events", "/v1/imports")
 
 # Bounded and reproducible: the same cases on every run, no example database written anywhere.
@@ -115,6 +126,10 @@ def live_schema(api: str) -> Any:
     return schemathesis.openapi.from_url(f"{api}/openapi.json", config=schemathesis.Config(seed=3))
 
 
+SMART_NUMBER = "+15559871234"  # the fuzzed account's company number (smart numbers are unique in a run)
+TWILIO_TOKEN_ENV = "LEADRELAY_TEST_TWILIO_TOKEN"  # set for every process by tests/integration/conftest.py
+
+
 class Fuzzed(Brokerage):
     """The account the fuzzing posts to, with an intake and an import of its own to read back."""
 
@@ -124,7 +139,10 @@ class Fuzzed(Brokerage):
 
 @pytest.fixture(scope="module")
 def fuzzed(api: str) -> Iterator[Fuzzed]:
-    b = Fuzzed(api, apply(brokerage()))
+    org = brokerage()
+    org["entities"][0]["smart_numbers"] = [SMART_NUMBER]
+    org["sms"] = {"provider": "twilio", "account_sid": "ACfuzz", "auth_tokens_env": [TWILIO_TOKEN_ENV]}
+    b = Fuzzed(api, apply(org))
     r = b.register("co", "seed@example.com")
     assert r.status_code == 202, r.text
     b.intake_id = r.json()["intake_id"]
@@ -155,6 +173,33 @@ def credentials(path: str, b: Brokerage) -> dict[str, str]:
     return {"Authorization": f"Bearer key-{b.s}"}
 
 
+class _Fields(dict[str, list[str]]):
+    """Form fields as Twilio's ``RequestValidator`` reads them (every value of a repeated field)."""
+
+    def getlist(self, key: str) -> list[str]:
+        return self[key]
+
+
+def sign(case: Case, b: Fuzzed) -> None:
+    """Sign the body the case will send (as ``requests`` encodes it) the way Twilio does, with the account's
+    token over the public URL, so the fuzzing reaches the handler; a body that cannot be encoded goes unsigned."""
+    url = get_settings().public_base_url.rstrip("/") + case.operation.path
+    try:
+        body = requests.Request("POST", url, data=case.body).prepare().body or ""
+    except (TypeError, ValueError):
+        return
+    fields = _Fields()
+    for key, value in urllib.parse.parse_qsl(
+        body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body, keep_blank_values=True
+    ):
+        fields.setdefault(key, []).append(value)
+    token = os.environ[TWILIO_TOKEN_ENV]
+    case.headers = {
+        **(case.headers or {}),
+        "X-Twilio-Signature": RequestValidator(token).compute_signature(url, fields),
+    }
+
+
 def aim(case: Case, b: Fuzzed, pick: int) -> None:
     """Point a generated case at this account's real things, so it gets past the 422 and the 404 into the
     handler, the store and the workers: a page on one of its domains (or an unknown one: O9), a provider
@@ -174,6 +219,9 @@ def aim(case: Case, b: Fuzzed, pick: int) -> None:
         case.path_parameters = {"intake_id": b.intake_id}
     elif path == "/v1/imports/{import_id}":
         case.path_parameters = {"import_id": b.import_id}
+    elif path in SIGNED and isinstance(case.body, dict):
+        # The smart number decides the account: To of an inbound text, From of a status callback.
+        case.body["To" if path.endswith("/twilio") else "From"] = (SMART_NUMBER, "+15550000001")[pick % 5 == 4]
     elif path == "/v1/imports" and isinstance(case.body, dict):
         case.body["owner"] = ("co", "co", "co", "downtown", "nobody")[pick % 5]
         case.body.pop("map", None)
@@ -201,6 +249,8 @@ def test_every_intake_endpoint_with_its_credential(method: str, path: str, live_
         if aimed and case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
             aim(case, fuzzed, pick)
         case.headers = {**(case.headers or {}), **credentials(path, fuzzed)}
+        if path in SIGNED:
+            sign(case, fuzzed)
         case.call_and_validate(checks=CHECKS, timeout=30)
 
     started = time.monotonic()
@@ -247,7 +297,7 @@ def settled(b: Brokerage, timeout: float = 60) -> tuple[dict[str, str | None], d
     return {str(i): r for i, r in dead}, {str(i): e for i, e in failed}
 
 
-@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
+@pytest.mark.parametrize(("method", "path"), CREDENTIALED, ids=[f"{m} {p}" for m, p in CREDENTIALED])
 def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_401_problem(
     method: str, path: str, live_schema: Any, fuzzed: Fuzzed
 ) -> None:

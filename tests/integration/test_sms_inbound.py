@@ -1,0 +1,616 @@
+"""Inbound texts (issue 4): Twilio's webhooks signed by the real ``twilio`` package, the reply routed to the
+lead and agent that texted that phone last (S1-S3, O6), STOP and START (S4, D8), and delivery reports of
+outbound texts, end to end through the API, Redis and two real Celery workers on PostgreSQL.
+
+Outbound texts are rows written straight into ``messages`` with explicit times: what S1 reads, whoever
+sends them (``POST /v1/leads/{id}/messages`` is tested on its own)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, func, select
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+
+from leadrelay.settings import get_settings
+from models.tables import (
+    Intake,
+    IntakeSource,
+    Lead,
+    Message,
+    MessageStatusCallback,
+    Outbox,
+)
+from models.uow import UnitOfWork
+from tests.integration.conftest import apply
+from tests.integration.test_pipeline import count_intakes
+from tests.support.client import Brokerage
+from tests.support.orgs import brokerage
+from workers import texts
+
+pytestmark = pytest.mark.integration
+
+TOKEN_ENV, NEXT_TOKEN_ENV = "LEADRELAY_TEST_TWILIO_TOKEN", "LEADRELAY_TEST_TWILIO_TOKEN_NEXT"
+TOKEN, NEXT_TOKEN = "twilio-test-token-current", "twilio-test-token-next"  # tests/integration/conftest.py
+INBOUND, STATUS = "/v1/intake/sms/twilio", "/v1/intake/sms/twilio/status"
+NOW = dt.datetime.now(dt.UTC)
+YESTERDAY = NOW - dt.timedelta(days=1)
+# Other messages in the table when the reply-routing query is explained: the issue asks for a million
+# (about 35 s to write); the suite uses a tenth, which already makes a sequential scan the planner's
+# loss. LEADRELAY_TEST_EXPLAIN_ROWS=1000000 runs the issue's figure (README shows that plan).
+EXPLAIN_ROWS = int(os.environ.get("LEADRELAY_TEST_EXPLAIN_ROWS", "100000"))
+
+_used: set[str] = set()
+
+
+def fresh_number() -> str:
+    """A possible US number not used yet in this run (smart numbers are unique across accounts)."""
+    while True:
+        number = f"+1555{random.randint(2_000_000, 9_999_999)}"
+        if number not in _used:
+            _used.add(number)
+            return number
+
+
+class Texting(Brokerage):
+    """An account with smart numbers (the company's, john's, the downtown office's) and Twilio's webhooks."""
+
+    numbers: dict[str, str]
+
+    def public(self, path: str) -> str:
+        return get_settings().public_base_url.rstrip("/") + path
+
+    def signed(self, path: str, fields: dict[str, str], *, token: str = TOKEN, url: str | None = None) -> str:
+        return str(RequestValidator(token).compute_signature(url or self.public(path), fields))
+
+    def post_signed(
+        self,
+        path: str,
+        fields: dict[str, str],
+        *,
+        token: str = TOKEN,
+        url: str | None = None,
+        sent: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Post ``sent`` (default: ``fields``) signed over ``fields`` and ``url`` with ``token``."""
+        signature = {"X-Twilio-Signature": self.signed(path, fields, token=token, url=url)}
+        return httpx.post(
+            f"{self.base}{path}", data=sent or fields, headers={**signature, **(headers or {})}, timeout=30
+        )
+
+    def inbound(self, from_: str, body: str, *, to: str = "co", sid: str | None = None) -> dict[str, str]:
+        return {
+            "MessageSid": sid or f"SM{uuid.uuid4().hex}",
+            "AccountSid": "ACtest",
+            "From": from_,
+            "To": self.numbers.get(to, to),
+            "Body": body,
+            "NumMedia": "0",
+            "ApiVersion": "2010-04-01",
+            "SmsStatus": "received",
+        }
+
+    def text_in(self, from_: str, body: str, **kwargs: Any) -> dict[str, Any]:
+        """Text the smart number and wait for the worker: the intake, with ``sid``."""
+        fields = self.inbound(from_, body, **kwargs)
+        r = self.post_signed(INBOUND, fields)
+        assert r.status_code == 200, r.text
+        intake = self.wait_done(str(self.sms_intake(fields["MessageSid"])))
+        assert intake["status"] == "done", intake
+        return {**intake, "sid": fields["MessageSid"]}
+
+    def sms_intake(self, sid: str) -> uuid.UUID:
+        with UnitOfWork() as uow:
+            return uow.session.execute(
+                select(Intake.id).where(
+                    Intake.account_id == self.account_id,
+                    Intake.source == IntakeSource.SMS,
+                    Intake.idempotency_key == sid,
+                )
+            ).scalar_one()
+
+    @property
+    def account_id(self) -> int:
+        with UnitOfWork() as uow:
+            account = uow.orgs.account_by_slug(self.org["account"])
+            assert account is not None
+            return account.id
+
+    def entity_id(self, slug: str) -> int:
+        with UnitOfWork() as uow:
+            entity = uow.orgs.entity_by_slug(self.account_id, slug)
+            assert entity is not None
+            return entity.id
+
+    def signup(self, site: str, email: str, phone: str) -> str:
+        intake = self.register_and_wait(site, email, phone=phone)
+        assert intake["status"] == "done", intake
+        return str(intake["lead_id"])
+
+    def texted(self, lead_id: str, agent: str, at: dt.datetime, *, sid: str | None = None, status: str = "sent") -> str:
+        """An outbound text to the lead's phone, as the send side records it, at ``at``."""
+        with UnitOfWork() as uow:
+            lead = uow.leads.get(uuid.UUID(lead_id))
+            assert lead is not None
+            assert lead.phone_e164 is not None
+            message = Message(
+                id=uuid.uuid4(),
+                account_id=lead.account_id,
+                lead_id=lead.id,
+                direction="outbound",
+                lead_phone=lead.phone_e164,
+                smart_number=self.numbers["co"],
+                body="12 Oak St just listed: https://listings.test/123",
+                agent_id=self.entity_id(agent),
+                provider_sid=sid,
+                status=status,
+                created_at=at,
+                updated_at=at,
+            )
+            uow.session.add(message)
+            uow.commit()
+            return str(message.id)
+
+    def events(self, lead_id: str, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.timeline(lead_id) if e["kind"] == kind]
+
+
+def texting_org(*, tokens: tuple[str, ...] = (TOKEN_ENV,), jill_takes_company_leads: bool = True) -> dict[str, Any]:
+    org = brokerage()
+    numbers = {"co": fresh_number(), "john": fresh_number(), "downtown": fresh_number()}
+    for entity in org["entities"]:
+        if entity["id"] in numbers:
+            entity["smart_numbers"] = [numbers[entity["id"]]]
+    org["sms"] = {"provider": "twilio", "account_sid": "ACtest", "auth_tokens_env": list(tokens)}
+    if jill_takes_company_leads:
+        org["routing"][0]["rules"] = [{"name": "Jill takes all", "agents": ["jill"]}]
+    org["_numbers"] = numbers
+    return org
+
+
+@pytest.fixture
+def texting(api: str) -> Iterator[Any]:
+    made: list[Texting] = []
+
+    def make(**kwargs: Any) -> Texting:
+        org = texting_org(**kwargs)
+        numbers = org.pop("_numbers")
+        t = Texting(api, apply(org))
+        t.numbers = numbers
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.site.close()
+
+
+@pytest.fixture
+def acme(texting: Any) -> Texting:
+    return texting()  # type: ignore[no-any-return]
+
+
+def inbound_messages(sid: str) -> list[Message]:
+    with UnitOfWork() as uow:
+        rows = list(uow.session.execute(select(Message).where(Message.provider_sid == sid)).scalars())
+        for row in rows:
+            uow.session.expunge(row)
+        return rows
+
+
+def lead_row(lead_id: str) -> Lead:
+    with UnitOfWork() as uow:
+        lead = uow.leads.get(uuid.UUID(lead_id))
+        assert lead is not None
+        uow.session.expunge(lead)
+        return lead
+
+
+def outbox_for(account_id: int, sid: str) -> list[Outbox]:
+    with UnitOfWork() as uow:
+        rows = list(
+            uow.session.execute(select(Outbox).where(Outbox.dedupe_key == f"text:{account_id}:{sid}")).scalars()
+        )
+        for row in rows:
+            uow.session.expunge(row)
+        return rows
+
+
+# --- signatures ---------------------------------------------------------------------------------------
+
+
+def test_a_validly_signed_text_is_kept_before_the_answer_and_answered_with_empty_twiml(acme: Texting) -> None:
+    """CONTRACT.md: ``200 text/xml <Response/>``; the text is stored before the answer (accepted means kept)."""
+    fields = acme.inbound(fresh_number(), "Hello")
+    fields["SomethingTwilioAddsLater"] = "kept"
+    r = acme.post_signed(INBOUND, fields)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/xml")
+    assert "<Response/>" in r.text
+    with UnitOfWork() as uow:
+        intake = uow.intakes.get(acme.sms_intake(fields["MessageSid"]))  # committed before the 200
+        assert intake is not None
+        assert "SomethingTwilioAddsLater=kept" in intake.raw_body
+        assert intake.payload["message_sid"] == fields["MessageSid"]
+        assert intake.payload["to"] == acme.numbers["co"]
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "missing",
+        "tampered body",
+        "wrong url",
+        "the server's own url",
+        "forwarded host",
+        "wrong token",
+        "unknown number",
+    ],
+)
+def test_a_missing_or_wrong_signature_or_an_unknown_number_is_403_and_stores_nothing(acme: Texting, how: str) -> None:
+    """The signature is checked with the account's token over ``LEADRELAY_PUBLIC_BASE_URL`` and the path, never
+    over the URL the request reached or one rebuilt from ``X-Forwarded-*``; a number no account has is refused."""
+    fields = acme.inbound(fresh_number(), "Hello")
+    before = count_intakes(acme.org["account"])
+    if how == "missing":
+        r = httpx.post(f"{acme.base}{INBOUND}", data=fields, timeout=30)
+    elif how == "tampered body":
+        r = acme.post_signed(INBOUND, fields, sent={**fields, "Body": "Hello, send me everything"})
+    elif how == "wrong url":
+        r = acme.post_signed(INBOUND, fields, url="https://elsewhere.example/v1/intake/sms/twilio")
+    elif how == "the server's own url":
+        r = acme.post_signed(INBOUND, fields, url=f"{acme.base}{INBOUND}")
+    elif how == "forwarded host":
+        forwarded = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https", "Host": "evil.example"}
+        r = acme.post_signed(INBOUND, fields, url=f"https://evil.example{INBOUND}", headers=forwarded)
+    elif how == "wrong token":
+        r = acme.post_signed(INBOUND, fields, token=NEXT_TOKEN)  # a real token, but not this account's
+    else:
+        fields["To"] = fresh_number()
+        r = acme.post_signed(INBOUND, fields)
+    assert r.status_code == 403, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == 403
+    assert count_intakes(acme.org["account"]) == before
+
+
+def test_rotation_both_the_old_and_the_new_token_are_valid_while_the_account_names_both(texting: Any) -> None:
+    rotating = texting(tokens=(TOKEN_ENV, NEXT_TOKEN_ENV))
+    for token in (TOKEN, NEXT_TOKEN):
+        r = rotating.post_signed(INBOUND, rotating.inbound(fresh_number(), "Hi"), token=token)
+        assert r.status_code == 200, (token, r.text)
+    rotated = texting(tokens=(NEXT_TOKEN_ENV,))
+    assert rotated.post_signed(INBOUND, rotated.inbound(fresh_number(), "Hi"), token=NEXT_TOKEN).status_code == 200
+    assert rotated.post_signed(INBOUND, rotated.inbound(fresh_number(), "Hi"), token=TOKEN).status_code == 403
+
+
+def test_a_signed_text_without_a_message_sid_is_a_422_naming_it(acme: Texting) -> None:
+    fields = acme.inbound(fresh_number(), "Hi")
+    del fields["MessageSid"]
+    r = acme.post_signed(INBOUND, fields)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [{"field": "MessageSid", "message": "required, at most 64 characters"}]
+
+
+# --- S1, S3: the John and Jill story ------------------------------------------------------------------
+
+
+def test_S1_john_texted_yesterday_jill_today_the_reply_goes_to_jill_on_the_lead_jill_texted(acme: Texting) -> None:
+    """Seed 001: John and Jill are in the same office; John's campaign texted his lead yesterday, Jill texted a
+    listing to her (company-owned) lead today: the reply goes to Jill, on the lead Jill texted (S3: with the
+    reason, and Jill is told). If John texts again, the next reply goes to him."""
+    phone = fresh_number()
+    johns = acme.signup("john", "ann@example.com", phone)  # John's site: John owns and is assigned (O2)
+    jills = acme.signup("co", "ann@example.com", phone)  # the company site: company-owned, routed to Jill
+    assert acme.lead(johns)["assigned_agent"]["id"] == "john"
+    assert acme.lead(jills)["assigned_agent"]["id"] == "jill"
+    acme.texted(johns, "john", YESTERDAY)
+    jills_text = acme.texted(jills, "jill", NOW - dt.timedelta(hours=1))
+
+    reply = acme.text_in(phone, "Is 12 Oak still available?")
+
+    assert reply["lead_id"] == jills
+    [event] = acme.events(jills, "text_received")
+    assert event["data"]["rule"] == "S1"
+    assert event["data"]["agent"] == "jill"
+    assert event["data"]["deciding_text"]["message_id"] == jills_text
+    assert event["data"]["deciding_text"]["agent"] == "jill"
+    assert "Jill Jones" in event["summary"]
+    assert "Is 12 Oak still available?" in event["summary"]
+    assert sorted(event["data"]["candidates"]) == sorted([johns, jills])
+    assert acme.events(johns, "text_received") == []
+    [message] = inbound_messages(reply["sid"])
+    assert (str(message.lead_id), message.direction, message.agent_id) == (jills, "inbound", acme.entity_id("jill"))
+    assert message.intake_id == uuid.UUID(reply["id"])
+    [mail] = outbox_for(acme.account_id, reply["sid"])
+    assert mail.to_address == "jill@co.test"
+    assert "Is 12 Oak still available?" in mail.body
+    assert phone not in mail.subject  # the subject is logged when the mail goes out
+
+    acme.texted(johns, "john", NOW)
+    assert acme.text_in(phone, "And 14 Oak?")["lead_id"] == johns
+
+
+def test_S1_three_duplicates_with_interleaved_texts_the_latest_text_decides_and_other_accounts_do_not_count(
+    acme: Texting, texting: Any
+) -> None:
+    phone = fresh_number()
+    johns = acme.signup("john", "bo@example.com", phone)
+    jills = acme.signup("co", "bo@example.com", phone)
+    taras = acme.signup("sunrise", "bo@example.com", phone)  # the team's lead, to its admin Tara (O4)
+    assert acme.lead(taras)["assigned_agent"]["id"] == "tara"
+    for lead_id, agent, hours_ago in ((johns, "john", 5), (jills, "jill", 4), (taras, "tara", 3), (johns, "john", 2)):
+        acme.texted(lead_id, agent, NOW - dt.timedelta(hours=hours_ago))
+    deciding = acme.texted(jills, "jill", NOW - dt.timedelta(hours=1))
+    # Another brokerage texted the same phone more recently: nothing crosses accounts (V4).
+    other = texting()
+    other.texted(other.signup("co", "bo@example.com", phone), "jill", NOW)
+
+    reply = acme.text_in(phone, "Yes please")
+    assert reply["lead_id"] == jills
+    assert acme.events(jills, "text_received")[0]["data"]["deciding_text"]["message_id"] == deciding
+
+    acme.texted(taras, "tara", NOW)
+    assert acme.text_in(phone, "Tara, call me")["lead_id"] == taras
+
+
+# --- S2, O6 ----------------------------------------------------------------------------------------
+
+
+def test_S2_with_no_outbound_text_the_lead_of_the_numbers_entity_else_the_most_recently_active(acme: Texting) -> None:
+    phone = fresh_number()
+    johns = acme.signup("john", "cy@example.com", phone)
+    company = acme.signup("co", "cy@example.com", phone)
+
+    to_company = acme.text_in(phone, "Hi", to="co")
+    assert to_company["lead_id"] == company
+    assert acme.events(company, "text_received")[0]["data"]["rule"] == "S2"
+    assert acme.text_in(phone, "Hi John", to="john")["lead_id"] == johns
+
+    # The downtown office owns neither lead: the most recently active one (John's, after its text above).
+    reply = acme.text_in(phone, "Anyone?", to="downtown")
+    assert reply["lead_id"] == johns
+    event = next(e for e in acme.events(johns, "text_received") if e["data"]["provider_sid"] == reply["sid"])
+    assert event["data"]["rule"] == "S2"
+    assert "most recently active" in event["data"]["reason"]
+
+
+def test_O6_an_unknown_phone_makes_a_lead_owned_by_the_numbers_entity_and_routed_by_its_rules(acme: Texting) -> None:
+    phone = fresh_number()
+    reply = acme.text_in(phone, "Saw your sign on Elm St", to="co")
+    lead = acme.lead(reply["lead_id"])
+    assert lead["owner"]["id"] == "co"
+    assert lead["assigned_agent"]["id"] == "jill"  # the company's rules: "Jill takes all"
+    assert lead["phone"] == phone
+    assert lead["source"]["kind"] == "sms"
+    kinds = [e["kind"] for e in acme.timeline(reply["lead_id"])]
+    assert kinds == ["created", "routed", "text_received"]
+    assert acme.events(reply["lead_id"], "created")[0]["data"]["rule"] == "O6"
+    assert acme.events(reply["lead_id"], "text_received")[0]["data"]["rule"] == "O6"
+    assert outbox_for(acme.account_id, reply["sid"])[0].to_address == "jill@co.test"
+
+    # An agent's number: the agent owns the lead and is assigned (O6 with O2's shape); the next text joins it.
+    other = fresh_number()
+    johns = acme.text_in(other, "Hi John", to="john")
+    assert acme.lead(johns["lead_id"])["owner"]["id"] == "john"
+    assert acme.lead(johns["lead_id"])["assigned_agent"]["id"] == "john"
+    assert acme.text_in(other, "Again", to="john")["lead_id"] == johns["lead_id"]
+
+
+def test_a_sender_that_is_not_a_phone_number_is_kept_and_rejected_with_its_reason(acme: Texting) -> None:
+    fields = acme.inbound("whatsapp:not-a-number", "Hi")
+    assert acme.post_signed(INBOUND, fields).status_code == 200
+    intake = acme.wait_done(str(acme.sms_intake(fields["MessageSid"])))
+    assert intake["status"] == "rejected"
+    assert intake["reason"].startswith("D9")
+
+
+# --- redelivery -------------------------------------------------------------------------------------------
+
+
+def test_a_message_sid_delivered_five_times_at_once_is_kept_and_routed_once(acme: Texting) -> None:
+    """Twilio retries: five copies of one text arriving together answer alike and make one reply."""
+    phone = fresh_number()
+    lead_id = acme.signup("co", "di@example.com", phone)
+    fields = acme.inbound(phone, "Only once please")
+    signature = acme.signed(INBOUND, fields)
+    answers: list[httpx.Response] = []
+    barrier = threading.Barrier(5)
+
+    def post() -> None:
+        barrier.wait()
+        answers.append(
+            httpx.post(f"{acme.base}{INBOUND}", data=fields, headers={"X-Twilio-Signature": signature}, timeout=30)
+        )
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(r.status_code, r.text) for r in answers] == [(200, answers[0].text)] * 5
+    intake = acme.wait_done(str(acme.sms_intake(fields["MessageSid"])))
+    assert intake["lead_id"] == lead_id
+    again = acme.post_signed(INBOUND, fields)  # a sixth, once it is processed
+    assert (again.status_code, again.text) == (200, answers[0].text)
+
+    with UnitOfWork() as uow:
+        intakes = uow.session.execute(
+            select(func.count()).select_from(Intake).where(Intake.idempotency_key == fields["MessageSid"])
+        ).scalar_one()
+    assert intakes == 1
+    assert len(inbound_messages(fields["MessageSid"])) == 1
+    assert len(acme.events(lead_id, "text_received")) == 1
+    assert len(outbox_for(acme.account_id, fields["MessageSid"])) == 1
+
+
+# --- S4: STOP and START -----------------------------------------------------------------------------------
+
+
+def test_S4_D8_stop_unsubscribes_the_lead_replied_on_only_and_start_resubscribes_it(acme: Texting) -> None:
+    phone = fresh_number()
+    johns = acme.signup("john", "ed@example.com", phone)
+    jills = acme.signup("co", "ed@example.com", phone)
+    acme.texted(johns, "john", YESTERDAY)
+    acme.texted(jills, "jill", NOW)
+
+    assert acme.text_in(phone, " stop ")["lead_id"] == jills
+    assert lead_row(jills).sms_unsubscribed is True
+    assert lead_row(johns).sms_unsubscribed is False  # D8: its duplicate stays subscribed
+    [note] = acme.events(jills, "sms_unsubscribed")
+    assert note["data"] == {**note["data"], "rule": "S4", "keyword": "STOP", "changed": True}
+    assert acme.events(johns, "sms_unsubscribed") == []
+
+    assert acme.text_in(phone, "START")["lead_id"] == jills
+    assert lead_row(jills).sms_unsubscribed is False
+    assert len(acme.events(jills, "sms_resubscribed")) == 1
+
+    assert acme.text_in(phone, "Please stop calling me at work")["lead_id"] == jills  # a message, not a keyword
+    assert lead_row(jills).sms_unsubscribed is False
+
+
+# --- delivery reports -----------------------------------------------------------------------------------
+
+
+def status(b: Texting, sid: str, value: str, *, error: str | None = None, token: str = TOKEN) -> httpx.Response:
+    fields = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": value,
+        "SmsStatus": value,
+        "AccountSid": "ACtest",
+        "From": b.numbers["co"],
+        "To": "+15552000000",
+        "ApiVersion": "2010-04-01",
+    }
+    if error:
+        fields["ErrorCode"] = error
+    return b.post_signed(STATUS, fields, token=token)
+
+
+def message_row(message_id: str) -> Message:
+    with UnitOfWork() as uow:
+        row = uow.session.get(Message, uuid.UUID(message_id))
+        assert row is not None
+        uow.session.expunge(row)
+        return row
+
+
+def kept_callbacks(sid: str) -> list[str]:
+    with UnitOfWork() as uow:
+        return sorted(
+            uow.session.execute(
+                select(MessageStatusCallback.status).where(MessageStatusCallback.provider_sid == sid)
+            ).scalars()
+        )
+
+
+def test_status_callbacks_out_of_order_are_kept_once_and_only_move_a_text_forward(acme: Texting) -> None:
+    lead_id = acme.signup("co", "fa@example.com", fresh_number())
+    sid = f"SM{uuid.uuid4().hex}"
+    message_id = acme.texted(lead_id, "jill", NOW, sid=sid, status="queued")
+    for value in ("sent", "delivered", "sending", "sent", "queued", "delivered"):
+        r = status(acme, sid, value)
+        assert r.status_code == 200, r.text
+        assert "<Response/>" in r.text
+    assert message_row(message_id).status == "delivered"
+    assert kept_callbacks(sid) == ["delivered", "queued", "sending", "sent"]
+
+    failing = f"SM{uuid.uuid4().hex}"
+    failed_id = acme.texted(lead_id, "jill", NOW, sid=failing, status="sent")
+    assert status(acme, failing, "undelivered", error="30003").status_code == 200
+    assert status(acme, failing, "sent").status_code == 200
+    row = message_row(failed_id)
+    assert (row.status, row.error) == ("undelivered", "gateway error 30003")
+
+
+def test_a_status_callback_before_the_sid_is_recorded_is_applied_when_it_is(acme: Texting) -> None:
+    """The gateway may report before the send call returns: the report is kept, and the send side applies it
+    (``workers.texts.apply_pending_statuses``) in the transaction that records the sid."""
+    lead_id = acme.signup("co", "gi@example.com", fresh_number())
+    sid = f"SM{uuid.uuid4().hex}"
+    assert status(acme, sid, "delivered").status_code == 200
+    message_id = acme.texted(lead_id, "jill", NOW, status="sending")
+    assert message_row(message_id).status == "sending"
+    with UnitOfWork() as uow:
+        message = uow.session.get(Message, uuid.UUID(message_id))
+        assert message is not None
+        message.provider_sid = sid
+        texts.apply_pending_statuses(uow, message)
+        uow.commit()
+    assert message_row(message_id).status == "delivered"
+
+
+def test_status_callbacks_are_signed_too(acme: Texting) -> None:
+    lead_id = acme.signup("co", "hu@example.com", fresh_number())
+    sid = f"SM{uuid.uuid4().hex}"
+    message_id = acme.texted(lead_id, "jill", NOW, sid=sid, status="sent")
+    assert status(acme, sid, "failed", token=NEXT_TOKEN).status_code == 403
+    r = httpx.post(f"{acme.base}{STATUS}", data={"MessageSid": sid, "MessageStatus": "failed"}, timeout=30)
+    assert r.status_code == 403
+    assert kept_callbacks(sid) == []
+    assert message_row(message_id).status == "sent"
+
+
+# --- the reply-routing query stays an index lookup -----------------------------------------------------------
+
+
+def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: Texting) -> None:
+    """Issue 4, done when: the query reading the last outbound texts to a phone stays an index lookup with a
+    million messages in the table (``EXPLAIN_ROWS``). The rows are written and analysed in a transaction that
+    is rolled back, so no other test sees them."""
+    phone = fresh_number()
+    lead_id = acme.signup("co", "ix@example.com", phone)
+    acme.texted(lead_id, "jill", NOW)
+    with UnitOfWork() as uow:
+        session = uow.session
+        # EXPLAIN_ROWS / 10 other leads of this account, each with its own phone and ten texts, both ways.
+        seed = {"account": acme.account_id, "owner": acme.entity_id("co"), "leads": EXPLAIN_ROWS // 10}
+        session.connection().exec_driver_sql(
+            "INSERT INTO leads (id, account_id, owner_entity_id, unique_key, status, in_pond, phone_e164, tags, "
+            "source_kind, email_unsubscribed, sms_unsubscribed, created_at, updated_at, last_activity_at) "
+            "SELECT gen_random_uuid(), %(account)s, %(owner)s, 'p:explain:' || g, 'active', false, "
+            "'+1556' || lpad(g::text, 7, '0'), '[]'::jsonb, 'explain', false, false, now(), now(), now() "
+            "FROM generate_series(1, %(leads)s) AS g",
+            seed,
+        )
+        session.connection().exec_driver_sql(
+            "INSERT INTO messages (id, account_id, lead_id, direction, lead_phone, body, status, attempts, "
+            "created_at, updated_at) "
+            "SELECT gen_random_uuid(), l.account_id, l.id, CASE WHEN mod(g, 2) = 0 THEN 'outbound' ELSE 'inbound' END, "
+            "l.phone_e164, 'x', 'sent', 0, now() - g * interval '1 hour', now() "
+            "FROM leads AS l CROSS JOIN generate_series(1, 10) AS g "
+            "WHERE l.account_id = %(account)s AND l.source_kind = 'explain'",
+            seed,
+        )
+        session.connection().exec_driver_sql("ANALYZE leads")
+        session.connection().exec_driver_sql("ANALYZE messages")
+        captured: list[tuple[str, Any]] = []
+        engine = session.get_bind()
+
+        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            if "row_number" in statement:
+                captured.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            found = uow.leads.last_outbound_texts(acme.account_id, phone)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        assert [str(m.lead_id) for m, _ in found] == [lead_id]
+        [(statement, parameters)] = captured
+        plan = "\n".join(row[0] for row in session.connection().exec_driver_sql(f"EXPLAIN {statement}", parameters))
+        uow.session.rollback()
+    print(f"\nEXPLAIN of the reply-routing query with {EXPLAIN_ROWS:,} more messages:\n{plan}")
+    assert "Seq Scan" not in plan, plan
+    assert re.search(r"Index Scan( Backward)? using ix_messages_account_id_lead_phone_direction_created_at", plan), plan
