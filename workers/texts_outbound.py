@@ -66,7 +66,7 @@ def record_outbound_text(uow: UnitOfWork, caller: Caller, lead: Lead, body: str)
     commit. The text goes out from the owner's smart number in the owner's name (SH4); the row keeps who
     really sent it and the assignee it counts for (S1). The caller commits."""
     if lead.status is LeadStatus.MERGED:
-        return Refused(409, f"M4: this lead was merged into {lead.merged_into_id}; text that lead instead")
+        return Refused(409, f"this lead was merged into {lead.merged_into_id}; text that lead instead")
     if not lead.phone_e164:
         return Refused(422, "lead_id: this lead has no phone number to text", field="lead_id")
     if lead.sms_unsubscribed:
@@ -169,7 +169,7 @@ def _claim(uow: UnitOfWork, message_id: uuid.UUID) -> TextToSend | str:
     if message is None:
         return "missing"
     if message.direction != "outbound" or message.provider_sid is not None:
-        return "skipped"
+        return _skip(message)
     if message.status == IN_FLIGHT:
         age = dt.datetime.now(dt.UTC) - message.updated_at
         if age < STALE_AFTER:
@@ -182,7 +182,7 @@ def _claim(uow: UnitOfWork, message_id: uuid.UUID) -> TextToSend | str:
         uow.commit()
         return "failed"
     if message.status != SENDABLE:
-        return "skipped"
+        return _skip(message)
     lead = uow.leads.get(message.lead_id) if message.lead_id else None
     if lead is None or lead.status is LeadStatus.DELETED:
         return _cancel(uow, message, "the lead was deleted before the text was sent")
@@ -205,6 +205,12 @@ def _claim(uow: UnitOfWork, message_id: uuid.UUID) -> TextToSend | str:
     )
     uow.commit()
     return text
+
+
+def _skip(message: Message) -> str:
+    # A redelivered or duplicated task: the text was sent (or settled) by another run.
+    log.info("text.send_skipped", message_id=str(message.id), status=message.status)
+    return "skipped"
 
 
 def _cancel(uow: UnitOfWork, message: Message, reason: str) -> str:

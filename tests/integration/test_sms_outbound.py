@@ -15,17 +15,32 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import select
 
-from models.tables import Lead, LeadShare, Message, TimelineEvent, User
+from leadrelay.settings import get_settings
+from models.tables import Lead, LeadShare, LeadStatus, Message, TimelineEvent, User
 from models.uow import UnitOfWork
 from tests.integration.conftest import REDIS_URL, broker_idle
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers, free_port, wait_for
-from workers.tasks import send_text
+from workers.celeryconfig import celery_config
 
 pytestmark = pytest.mark.integration
+
+
+def publish_send(message_id: str) -> None:
+    """Publish texts.send as the API does, on this run's broker and queue. A fresh app: the test process's
+    own Celery app may have read its configuration during collection, before ``pipeline_env`` was set
+    (pytest looks at every module-level name, and a task object imported into a test module is a proxy
+    that finalizes the app)."""
+    app = Celery("test-publisher", set_as_current=False)
+    app.conf.update(celery_config(get_settings()))
+    try:
+        app.send_task("texts.send", args=[message_id])
+    finally:
+        app.close()
 
 
 def smart_number() -> str:
@@ -315,18 +330,20 @@ def test_a_redelivered_send_task_does_not_send_twice(
     message_id = r.json()["message_id"]
     # Four more copies of the task at once, racing the first on two workers (a redelivery, a relay...).
     for _ in range(4):
-        send_text.apply_async(args=[message_id])
+        publish_send(message_id)
     first = wait_status(message_id, "sent", "failed")
     assert first.status == "sent"
     wait_for(broker_idle, timeout=60, interval=0.2, what="the copies of texts.send")
     # And one more after it is sent.
-    send_text.apply_async(args=[message_id])
+    publish_send(message_id)
     wait_for(broker_idle, timeout=30, interval=0.1, what="the late copy")
 
     again = message(message_id)
     assert (again.provider_sid, again.attempts, again.status) == (first.provider_sid, 1, "sent")
     lines = log_lines(workers)
     assert len(logged(lines, "text.sent", message_id=message_id)) == 1
+    # Six deliveries in all (the API's and five copies): one sent it, five found it sent.
+    assert len(logged(lines, "text.send_skipped", message_id=message_id, status="sent")) == 5
     # Logs never hold the lead's phone, the worker's or the API's.
     everything = "\n".join(lines + log_lines(api_logdir(tmp_path_factory)))
     assert phone not in everything
@@ -413,3 +430,50 @@ def test_a_missing_twilio_token_variable_ends_failed_naming_it(
     assert failed.status == "failed"
     assert failed.attempts == 3
     assert failed.error == f"the auth token variable {MISSING_TOKEN_ENV!r} is not set in the worker's environment"
+
+
+def test_a_merged_lead_is_409_naming_the_lead_it_was_merged_into(brokerage_factory: Any) -> None:
+    b = brokerage_factory(org=numbered_org())
+    merged = make_lead(b, "john", phone=lead_phone())
+    primary = make_lead(b, "co", phone=lead_phone())
+    with UnitOfWork() as uow:
+        row = uow.session.get(Lead, uuid.UUID(merged["id"]))
+        assert row is not None
+        row.status, row.merged_into_id, row.unique_key = LeadStatus.MERGED, uuid.UUID(primary["id"]), None
+        uow.commit()
+    r = text(b, "john", merged["id"])
+    assert r.status_code == 409, r.text
+    assert primary["id"] in r.json()["detail"]
+    assert texts_of(merged["id"]) == []
+
+
+def test_S4_a_text_still_queued_when_the_lead_unsubscribes_is_canceled_not_sent(
+    brokerage_factory: Any, workers: Path
+) -> None:
+    b = brokerage_factory(org=numbered_org())
+    lead = make_lead(b, "john", phone=lead_phone())
+    # A text recorded just before the lead's STOP was processed, its task not yet run.
+    with UnitOfWork() as uow:
+        row = uow.session.get(Lead, uuid.UUID(lead["id"]))
+        assert row is not None
+        message_id = uow.leads.add_outbound_text(
+            {
+                "account_id": row.account_id,
+                "lead_id": row.id,
+                "lead_phone": row.phone_e164,
+                "smart_number": numbers_of(b)["john"],
+                "body": "Still interested?",
+                "agent_id": row.assigned_agent_id,
+                "sent_by_user_id": user_id(b, "john"),
+                "sent_as": "John Smith",
+            }
+        )
+        row.sms_unsubscribed = True
+        uow.commit()
+    publish_send(str(message_id))
+    canceled = wait_status(str(message_id), "canceled", "sent", "failed")
+    assert canceled.status == "canceled"
+    assert canceled.error is not None
+    assert canceled.error.startswith("S4:")
+    assert canceled.provider_sid is None
+    assert logged(log_lines(workers), "text.sent", message_id=str(message_id)) == []
