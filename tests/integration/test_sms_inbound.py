@@ -305,7 +305,9 @@ def test_a_signed_text_without_a_message_sid_is_a_422_naming_it(acme: Texting) -
 # --- S1, S3: the John and Jill story ------------------------------------------------------------------
 
 
-def test_S1_john_texted_yesterday_jill_today_the_reply_goes_to_jill_on_the_lead_jill_texted(acme: Texting) -> None:
+def test_S1_john_texted_yesterday_jill_today_the_reply_goes_to_jill_on_the_lead_jill_texted(
+    acme: Texting, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Seed 001: John and Jill are in the same office; John's campaign texted his lead yesterday, Jill texted a
     listing to her (company-owned) lead today: the reply goes to Jill, on the lead Jill texted (S3: with the
     reason, and Jill is told). If John texts again, the next reply goes to him."""
@@ -339,6 +341,10 @@ def test_S1_john_texted_yesterday_jill_today_the_reply_goes_to_jill_on_the_lead_
 
     acme.texted(johns, "john", NOW)
     assert acme.text_in(phone, "And 14 Oak?")["lead_id"] == johns
+    # Logs never hold the lead's phone: the API's and the workers' (every log file of this run).
+    logs = "\n".join(path.read_text() for path in tmp_path_factory.getbasetemp().glob("**/*.log"))
+    assert "intake.accepted" in logs
+    assert phone[2:] not in logs
 
 
 def test_S1_three_duplicates_with_interleaved_texts_the_latest_text_decides_and_other_accounts_do_not_count(
