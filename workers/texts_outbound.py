@@ -24,6 +24,7 @@ from models.repositories import Caller
 from models.tables import Lead, LeadStatus, Message
 from models.uow import UnitOfWork
 from workers.gateway import GATEWAY_TIMEOUT_SECONDS, GatewayError, TextToSend, gateway_for
+from workers.texts import apply_pending_statuses
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +160,7 @@ def send_text(message_id: uuid.UUID, *, last_try: bool) -> str:
             _record_failure(uow, message_id, error, final=final)
         raise SendFailed(error, final=final) from exc
     with UnitOfWork() as uow:
-        _record_sent(uow, message_id, sid)
+        record_sent(uow, message_id, sid)
     return "sent"
 
 
@@ -221,21 +222,16 @@ def _cancel(uow: UnitOfWork, message: Message, reason: str) -> str:
     return "canceled"
 
 
-def _record_sent(uow: UnitOfWork, message_id: uuid.UUID, sid: str) -> None:
+def record_sent(uow: UnitOfWork, message_id: uuid.UUID, sid: str) -> None:
+    """The gateway took the text: keep its sid, mark it sent, apply the delivery reports already kept; commit."""
     message = uow.leads.message_for_update(message_id)
     assert message is not None
     message.provider_sid = sid
     message.status = "sent"
     message.error = None
-    _apply_early_status_callbacks(uow, message)
+    # Delivery reports can reach the webhook before the gateway call returns the sid: apply those kept.
+    apply_pending_statuses(uow, message)
     uow.commit()
-
-
-def _apply_early_status_callbacks(uow: UnitOfWork, message: Message) -> None:
-    """Status callbacks can reach the webhook before the gateway call returns the sid; they are kept by
-    (sid, status) and applied here, once the sid is on the row."""
-    # The inbound side of issue 4 (workers/texts.py) applies them; wired in once it lands.
-    _ = (uow, message)
 
 
 def _record_failure(uow: UnitOfWork, message_id: uuid.UUID, error: str, *, final: bool) -> None:

@@ -25,6 +25,7 @@ from tests.integration.conftest import REDIS_URL, broker_idle
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers, free_port, wait_for
+from workers import texts, texts_outbound
 from workers.celeryconfig import celery_config
 
 pytestmark = pytest.mark.integration
@@ -447,14 +448,10 @@ def test_a_merged_lead_is_409_naming_the_lead_it_was_merged_into(brokerage_facto
     assert texts_of(merged["id"]) == []
 
 
-def test_S4_a_text_still_queued_when_the_lead_unsubscribes_is_canceled_not_sent(
-    brokerage_factory: Any, workers: Path
-) -> None:
-    b = brokerage_factory(org=numbered_org())
-    lead = make_lead(b, "john", phone=lead_phone())
-    # A text recorded just before the lead's STOP was processed, its task not yet run.
+def queued_text(b: Brokerage, lead_id: str) -> str:
+    """A text recorded as the API records it, its send task not published."""
     with UnitOfWork() as uow:
-        row = uow.session.get(Lead, uuid.UUID(lead["id"]))
+        row = uow.session.get(Lead, uuid.UUID(lead_id))
         assert row is not None
         message_id = uow.leads.add_outbound_text(
             {
@@ -468,8 +465,18 @@ def test_S4_a_text_still_queued_when_the_lead_unsubscribes_is_canceled_not_sent(
                 "sent_as": "John Smith",
             }
         )
-        row.sms_unsubscribed = True
         uow.commit()
+    return str(message_id)
+
+
+def test_S4_a_text_still_queued_when_the_lead_unsubscribes_is_canceled_not_sent(
+    brokerage_factory: Any, workers: Path
+) -> None:
+    b = brokerage_factory(org=numbered_org())
+    lead = make_lead(b, "john", phone=lead_phone())
+    # A text recorded just before the lead's STOP was processed, its task not yet run.
+    message_id = queued_text(b, lead["id"])
+    set_unsubscribed(lead["id"])
     publish_send(str(message_id))
     canceled = wait_status(str(message_id), "canceled", "sent", "failed")
     assert canceled.status == "canceled"
@@ -477,3 +484,21 @@ def test_S4_a_text_still_queued_when_the_lead_unsubscribes_is_canceled_not_sent(
     assert canceled.error.startswith("S4:")
     assert canceled.provider_sid is None
     assert logged(log_lines(workers), "text.sent", message_id=str(message_id)) == []
+
+
+def test_a_delivery_report_that_came_before_the_sid_was_recorded_is_applied_when_it_is(brokerage_factory: Any) -> None:
+    b = brokerage_factory(org=numbered_org())
+    lead = make_lead(b, "john", phone=lead_phone())
+    message_id = queued_text(b, lead["id"])
+    sid = "SM" + uuid.uuid4().hex
+    with UnitOfWork() as uow:  # the webhook's worker keeps the report: no text has that sid yet
+        account = uow.orgs.account_by_slug(b.org["account"])
+        assert account is not None
+        assert texts.record_status_callback(
+            uow, account_id=account.id, provider_sid=sid, status="delivered", error_code=None, raw={}
+        )
+    assert message(message_id).status == "queued"
+    with UnitOfWork() as uow:  # then the send records the gateway's answer
+        texts_outbound.record_sent(uow, uuid.UUID(message_id), sid)
+    row = message(message_id)
+    assert (row.provider_sid, row.status) == (sid, "delivered")
