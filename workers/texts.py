@@ -170,7 +170,7 @@ def _notify(
     if agent is None or not agent.email:
         return
     name = " ".join(p for p in (lead.first_name, lead.last_name) if p) or "A lead"
-    subject = "A lead replied STOP: unsubscribed from texts" if action == "unsubscribe" else "New text from a lead"
+    subject = "A lead unsubscribed from texts" if action == "unsubscribe" else "New text from a lead"
     link = f"{get_settings().public_base_url.rstrip('/')}/v1/leads/{lead.id}"
     body = (
         f"{name} ({lead.phone_e164}) texted {text.to}:\n\n{text.body}\n\n"
