@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from models.uow import UnitOfWork
 
 DEMO_ORG = Path(__file__).parent / "demo" / "org.yaml"
 DEMO_KEY = "demo-site-key"
+# The demo account's Twilio auth token lives in this variable (tokens are never stored); a published
+# demo secret, used only to sign the sample inbound text below.
+DEMO_TOKEN_ENV = "LEADRELAY_DEMO_TWILIO_TOKEN"  # noqa: S105 (a variable name)
+DEMO_TOKEN = "demo-twilio-token"  # noqa: S105 (the published demo secret)
+DEMO_SMART_NUMBER = "+15550100000"
+ANN_PHONE = "+15550102001"
 # Wide enough for the table when output is not a terminal (a log file, CI).
 console = Console(width=140) if not sys.stdout.isatty() else Console()
 
@@ -30,7 +37,7 @@ SAMPLES: list[tuple[str, str, dict[str, object]]] = [
     (
         "https://kvcore-demo.com/listings/123",
         "ann@example.com",
-        {"first_name": "Ann", "price_max": 1_500_000},
+        {"first_name": "Ann", "price_max": 1_500_000, "phone": ANN_PHONE},
     ),  # O3 + Luxury rule
     (
         "https://kvcore-demo.com/buy",
@@ -124,9 +131,54 @@ def _print_leads(intakes: dict[str, dict[str, object]]) -> None:
         console.print(f"[yellow]rejected intake {intake['id']}[/yellow]: {intake['reason']}")
 
 
+def _text_conversation(base: str, public_base_url: str, first_intake: dict[str, object]) -> None:
+    """S1 in the demo: John texts Ann's company lead, Ann replies to the company's smart number, and
+    the reply is routed to the agent who texted her last and lands on that lead's timeline."""
+    from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+
+    lead_id = str(first_intake["lead_id"])  # Ann's company lead, assigned to John by the Luxury rule
+    john = httpx.Client(base_url=base, headers={"Authorization": "Bearer demo-john-token"}, timeout=30)
+    with john:
+        sent = john.post(
+            f"/v1/leads/{lead_id}/messages", json={"body": "Hi Ann, John here: 123 Main St is open Sunday."}
+        )
+        sent.raise_for_status()
+        form = {
+            "MessageSid": f"SMdemo{uuid.uuid4().hex}",
+            "AccountSid": "ACdemo",
+            "From": ANN_PHONE,
+            "To": DEMO_SMART_NUMBER,
+            "Body": "Great, see you Sunday!",
+            "NumMedia": "0",
+        }
+        url = public_base_url.rstrip("/") + "/v1/intake/sms/twilio"
+        signature = RequestValidator(DEMO_TOKEN).compute_signature(url, form)
+        reply = httpx.post(f"{base}/v1/intake/sms/twilio", data=form, headers={"X-Twilio-Signature": signature})
+        reply.raise_for_status()
+        deadline = time.monotonic() + 60
+        events: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            events = john.get(f"/v1/leads/{lead_id}/timeline").json()["items"]
+            if any(e["kind"] == "text_received" for e in events):
+                break
+            time.sleep(0.2)
+    table = Table(title="A text conversation (S1: the reply goes to the agent who texted last)")
+    for column in ("at", "kind", "who", "summary"):
+        table.add_column(column, overflow="fold")
+    for e in events:
+        if str(e["kind"]).startswith("text_"):
+            table.add_row(str(e["at"])[11:19], str(e["kind"]), str(e["actor"]), str(e["summary"]))
+    console.print(table)
+
+
 def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The demo's published Twilio token (the org file names the variable), and the URL the API
+    # checks signatures against: this run's own address unless one is configured.
+    os.environ.setdefault(DEMO_TOKEN_ENV, DEMO_TOKEN)
+    env = {**env, DEMO_TOKEN_ENV: os.environ[DEMO_TOKEN_ENV]}
+    env.setdefault("LEADRELAY_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     upgrade(settings.effective_database_url)
     with UnitOfWork() as uow:
         apply_org(uow.session, load_org_file(DEMO_ORG))
@@ -141,8 +193,10 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     ]
     try:
         _wait_healthy(base, procs)
-        intakes = _wait_final(base, _post_samples(base))
+        ids = _post_samples(base)
+        intakes = _wait_final(base, ids)
         _print_leads(intakes)
+        _text_conversation(base, env["LEADRELAY_PUBLIC_BASE_URL"], intakes[ids[0]])
         if exit_after_demo:
             return 0
         console.print(f"API on {base} (OpenAPI at {base}/docs). Ctrl-C stops all.")

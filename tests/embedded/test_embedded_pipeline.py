@@ -87,6 +87,10 @@ def test_the_readme_demo_command_shows_routed_leads(tmp_path: Path) -> None:
     assert "john (agent)" in out
     assert "sunrise (team)" in out
     assert "rejected intake" in out
+    # S1 in the demo: John texts Ann, Ann's reply is routed back to John on that lead's timeline.
+    assert "A text conversation" in out
+    assert "text_sent" in out
+    assert "text_received" in out
 
 
 def test_embedded_O1_an_uploaded_import_runs_on_the_worker_on_sqlite(embedded_brokerage: Brokerage) -> None:

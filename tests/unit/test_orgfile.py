@@ -76,7 +76,8 @@ def errors_of(data: dict[str, Any]) -> list[str]:
 # --- what parses -------------------------------------------------------------------------------------
 
 
-def test_the_demo_org_file_parses() -> None:
+def test_the_demo_org_file_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADRELAY_DEMO_TWILIO_TOKEN", "demo-twilio-token")  # as `leadrelay dev` sets it
     spec = load_org_file(DEMO_ORG)
     assert spec.account == "demo"
     assert spec.duplication is True
