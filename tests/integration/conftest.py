@@ -28,6 +28,8 @@ from models.uow import UnitOfWork
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers, free_port, wait_for
+from workers.app import app as celery_app
+from workers.celeryconfig import celery_config
 
 PG_ADMIN = os.environ.get("LEADRELAY_TEST_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEADRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -118,6 +120,9 @@ def pipeline_env(
     os.environ.update(env)
     get_settings.cache_clear()
     dispose_engine()
+    # The Celery app read its configuration from the defaults when a test module imported a task at
+    # collection: point it at this run's broker and queues, so a task published here reaches the workers.
+    celery_app.conf.update(celery_config(get_settings()))
     yield env
     for k, v in saved.items():
         if v is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,7 +180,7 @@ def test_idempotency_key_answers_with_the_first_intake_and_makes_one_lead(acme: 
     assert len(leads_with_email(acme, "oli@example.com")) == 1
 
 
-def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage) -> None:
+def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage, workers: Path) -> None:
     intake = acme.register_and_wait("co", "pat@example.com")
     lead_id = uuid.UUID(intake["lead_id"])
 
@@ -203,8 +204,13 @@ def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage) -> None:
         outcome = services.process_intake(uow, uuid.UUID(intake["id"]))
     assert outcome.reason == "already processed"
     assert str(outcome.lead_id) == intake["lead_id"]
-    process_intake.apply_async(args=[intake["id"]])  # and a real redelivery through the broker
-    wait_for(broker_idle, timeout=30, what="the redelivered task to be consumed and acknowledged")
+    sent = process_intake.apply_async(args=[intake["id"]])  # and a real redelivery through the broker
+    logs = list(workers.glob("worker-*.log"))
+
+    def consumed() -> bool:
+        return broker_idle() and any(f"intake.process[{sent.id}] succeeded" in p.read_text() for p in logs)
+
+    wait_for(consumed, timeout=30, what="the redelivered task to be consumed by a worker and acknowledged")
     assert snapshot() == before
     assert acme.site.get(f"/v1/intake/{intake['id']}").json()["lead_id"] == intake["lead_id"]
 
