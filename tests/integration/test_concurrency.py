@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -27,8 +28,17 @@ async def post_all(b: Brokerage, bodies: list[dict[str, Any]], *, parallel: int)
     async with httpx.AsyncClient(base_url=b.base, headers=dict(b.site.headers), timeout=60, limits=limits) as client:
 
         async def post(body: dict[str, Any]) -> str:
+            # As a careful client does: a key per signup, so resending after a dropped connection
+            # (the server may have kept the first) answers with the first intake and adds nothing.
+            headers = {"Idempotency-Key": str(uuid.uuid4())}
             async with sem:
-                r = await client.post("/v1/intake/registrations", json=body)
+                for attempt in range(3):
+                    try:
+                        r = await client.post("/v1/intake/registrations", json=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
                 assert r.status_code == 202, r.text
                 return str(r.json()["intake_id"])
 
