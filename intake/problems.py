@@ -54,6 +54,13 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
+def invalid(field: str, message: str, *, detail: str | None = None) -> Problem:
+    """422 naming one bad field; the detail is ``field: message`` unless given."""
+    return Problem(
+        422, "Invalid request", detail or f"{field}: {message}", errors=[{"field": field, "message": message}]
+    )
+
+
 def problem_response(
     status: int,
     title: str,

@@ -13,11 +13,11 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import AfterValidator, BaseModel
 
 from intake.deps import CurrentUser, UoW
-from intake.problems import Problem
+from intake.problems import Problem, invalid
 from intake.schemas import storable, unstorable
 from models.tables import Import, User
 from workers import imports
-from workers.tasks import run_import
+from workers.app import publish
 
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
 log = structlog.get_logger(__name__)
@@ -53,10 +53,6 @@ class ImportOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
-
-
-def _invalid(exc: imports.ImportInvalid) -> Problem:
-    return Problem(422, "Invalid request", str(exc), errors=[{"field": exc.field, "message": exc.message}])
 
 
 def _pieces(stream: IO[bytes]) -> Iterator[bytes]:
@@ -95,12 +91,7 @@ def post_import(
     The file is kept before the answer; the import then runs on the imports queue."""
     filename = file.filename or "import.csv"
     if unstorable(filename) is not None:
-        raise Problem(
-            422,
-            "Invalid request",
-            "file: its name contains a NUL character or an unpaired surrogate",
-            errors=[{"field": "file", "message": "its name contains a NUL character or an unpaired surrogate"}],
-        )
+        raise invalid("file", "its name contains a NUL character or an unpaired surrogate")
     try:
         mapping = imports.parse_map(map_ or [])
         imports.check_header(file.file.read(HEADER_PEEK), mapping)
@@ -109,13 +100,10 @@ def post_import(
     except imports.ImportRefused as exc:
         raise Problem(403, "Forbidden", str(exc)) from exc
     except imports.ImportInvalid as exc:
-        raise _invalid(exc) from exc
+        raise invalid(exc.field, exc.message) from exc
     size = imports.store_upload(uow, import_id, _pieces(file.file))
     uow.commit()
-    try:
-        run_import.apply_async(args=[str(import_id)])
-    except Exception as exc:  # the upload is kept; `leadrelay import` or a later relay can run it
-        log.warning("import.enqueue_failed", import_id=str(import_id), error=type(exc).__name__)
+    publish("imports.run", import_id)
     log.info("import.accepted", import_id=str(import_id), bytes=size)
     status_url = str(request.url_for("get_import", import_id=import_id))
     response.headers["Location"] = status_url

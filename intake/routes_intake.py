@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from intake import providers
 from intake.deps import UNAUTHORIZED, AccountCredential, IntakeKeyCaller, UoW
-from intake.problems import Problem, field_path
+from intake.problems import Problem, field_path, invalid
 from intake.providers import HotPadsLead, RealtorComLead
 from intake.schemas import (
     Accepted,
@@ -34,8 +34,8 @@ from models.security import hash_secret
 from models.tables import Intake, IntakeSource
 from rules.contact import normalize_email
 from rules.ownership import Unclaimed
+from workers.app import publish
 from workers.services import decide_page_owner
-from workers.tasks import process_intake
 
 router = APIRouter(prefix="/v1/intake", tags=["intake"])
 log = structlog.get_logger(__name__)
@@ -54,15 +54,6 @@ class ApiConnectionCaller:
     account_id: int
     connection_id: int
     provider: str
-
-
-def enqueue(intake_id: uuid.UUID) -> None:
-    """Hand an intake to the workers. A failed publish loses nothing: the row is committed, and
-    ``leadrelay intake replay`` (and the relay) send it again."""
-    try:
-        process_intake.apply_async(args=[str(intake_id)])
-    except Exception as exc:
-        log.warning("intake.enqueue_failed", intake_id=str(intake_id), error=type(exc).__name__)
 
 
 @router.post(
@@ -164,12 +155,7 @@ def get_candidates(
     registration."""
     ownership = decide_page_owner(uow.orgs, caller.account_id, query.page_url)
     if isinstance(ownership, Unclaimed):
-        raise Problem(
-            422,
-            "Invalid request",
-            f"page_url: {ownership.reason}",
-            errors=[{"field": "page_url", "message": ownership.reason}],
-        )
+        raise invalid("page_url", ownership.reason)
     if not uow.orgs.account(caller.account_id).duplication:
         return CandidatePage(items=[])
     candidates = uow.leads.duplicate_candidates(
@@ -193,7 +179,7 @@ def accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, res
     """After the commit: publish (a new intake only) and answer 202 with where to follow it."""
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
-        enqueue(intake_id)
+        publish("intake.process", intake_id)
     log.info("intake.accepted", intake_id=str(intake_id), source=source, replay=not new)
     status_url = str(request.url_for("get_intake", intake_id=intake_id))
     response.headers["Location"] = status_url
@@ -238,7 +224,7 @@ def _decode(fmt: str, raw: bytes) -> dict[str, Any]:
     found = unstorable(body)
     if found is not None:
         field, message = found[0] or "body", found[1]
-        raise Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
+        raise invalid(field, message)
     return body
 
 
@@ -249,16 +235,9 @@ def _parse(fmt: str, raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise Problem(
-            422, "Invalid request", f"body: not JSON ({exc.msg})", errors=[{"field": "body", "message": "not JSON"}]
-        ) from exc
+        raise invalid("body", "not JSON", detail=f"body: not JSON ({exc.msg})") from exc
     if not isinstance(body, dict):
-        raise Problem(
-            422,
-            "Invalid request",
-            "body: must be a JSON object",
-            errors=[{"field": "body", "message": "must be an object"}],
-        )
+        raise invalid("body", "must be an object", detail="body: must be a JSON object")
     return body
 
 

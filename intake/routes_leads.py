@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Query
 
 from intake.deps import CurrentUser, UoW
-from intake.problems import Problem
+from intake.problems import Problem, invalid
 from intake.schemas import (
     AgentOut,
     EntityOut,
@@ -56,12 +56,7 @@ def _decode_cursor(cursor: str | None, id_type: Callable[[str], K]) -> tuple[dt.
         at, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return dt.datetime.fromisoformat(at), id_type(row_id)
     except (ValueError, TypeError) as exc:
-        raise Problem(
-            422,
-            "Invalid request",
-            "cursor: not a cursor this API gave",
-            errors=[{"field": "cursor", "message": "invalid cursor"}],
-        ) from exc
+        raise invalid("cursor", "invalid cursor", detail="cursor: not a cursor this API gave") from exc
 
 
 def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
@@ -120,9 +115,7 @@ def list_leads(
         try:
             filters["phone_e164"] = normalize_phone(phone)
         except InvalidPhone as exc:
-            raise Problem(
-                422, "Invalid request", f"phone: {exc}", errors=[{"field": "phone", "message": str(exc)}]
-            ) from exc
+            raise invalid("phone", str(exc)) from exc
     for param, column, slug in (
         ("owner", "owner_entity_id", owner),
         ("assigned_agent", "assigned_agent_id", assigned_agent),
@@ -130,12 +123,7 @@ def list_leads(
         if slug:
             entity = uow.orgs.entity_by_slug(caller.account_id, slug)
             if entity is None:
-                raise Problem(
-                    422,
-                    "Invalid request",
-                    f"{param}: unknown entity {slug!r}",
-                    errors=[{"field": param, "message": "unknown entity"}],
-                )
+                raise invalid(param, "unknown entity", detail=f"{param}: unknown entity {slug!r}")
             filters[column] = entity.id
     if status:
         filters["status"] = LeadStatus(status)
@@ -191,10 +179,7 @@ def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: 
     recorded = record_outbound_text(uow, caller, lead, body.body)
     if isinstance(recorded, Refused):
         if recorded.status == 422:
-            field = recorded.field or "body"
-            raise Problem(
-                422, "Invalid request", recorded.detail, errors=[{"field": field, "message": recorded.detail}]
-            )
+            raise invalid(recorded.field or "body", recorded.detail, detail=recorded.detail)
         raise Problem(recorded.status, "Conflict", recorded.detail)
     uow.commit()
     return MessageAccepted(message_id=recorded)

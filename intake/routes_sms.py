@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-import uuid
 from typing import Annotated, Any
 
 import structlog
@@ -20,7 +19,7 @@ from fastapi import APIRouter, Header, Request, Response
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from intake.deps import UoW
-from intake.problems import Problem
+from intake.problems import Problem, invalid
 from intake.routes_intake import RawBody
 from intake.schemas import unstorable
 from leadrelay.settings import get_settings
@@ -29,8 +28,8 @@ from models.uow import UnitOfWork
 from rules.contact import InvalidPhone, mask_phone, normalize_phone
 from rules.texts import InboundText
 from workers import texts
+from workers.app import publish
 from workers.celeryconfig import queue_name
-from workers.tasks import process_intake
 
 router = APIRouter(prefix="/v1/intake/sms", tags=["intake"])
 log = structlog.get_logger(__name__)
@@ -130,16 +129,12 @@ def _check_signature(request: Request, form: _Form, token_envs: list[str], signa
         raise _forbidden("X-Twilio-Signature does not match this request")
 
 
-def _invalid(field: str, message: str) -> Problem:
-    return Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
-
-
 def _storable(raw: bytes, form: _Form) -> None:
     found = unstorable({key: values[0] if len(values) == 1 else values for key, values in form.items()})
     if found is None and "\x00" in raw.decode("utf-8", errors="replace"):
         found = ("body", "contains a NUL character")
     if found is not None:
-        raise _invalid(found[0] or "body", found[1])
+        raise invalid(found[0] or "body", found[1])
 
 
 def _e164(number: str | None) -> str | None:
@@ -181,9 +176,9 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
     sid = (form.first("MessageSid") or "").strip()
     sender = (form.first("From") or "").strip()
     if not sid or len(sid) > 64:
-        raise _invalid("MessageSid", "required, at most 64 characters")
+        raise invalid("MessageSid", "required, at most 64 characters")
     if not sender:
-        raise _invalid("From", "required")
+        raise invalid("From", "required")
     try:
         num_media = max(0, int(form.first("NumMedia") or 0))
     except ValueError:
@@ -212,18 +207,10 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
     uow.commit()
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
-        _enqueue(intake_id)
+        # On the texts queue, so a flood of registrations never delays a reply.
+        publish("intake.process", intake_id, queue=queue_name(get_settings(), "texts"))
     log.info("intake.accepted", intake_id=str(intake_id), source="sms", replay=not new, sender=mask_phone(sender))
     return _twiml()
-
-
-def _enqueue(intake_id: uuid.UUID) -> None:
-    """On the texts queue, so a flood of registrations never delays a reply; a failed publish loses
-    nothing (the intake is committed; ``leadrelay intake replay`` sends it again)."""
-    try:
-        process_intake.apply_async(args=[str(intake_id)], queue=queue_name(get_settings(), "texts"))
-    except Exception as exc:
-        log.warning("intake.enqueue_failed", intake_id=str(intake_id), error=type(exc).__name__)
 
 
 @router.post(
@@ -250,9 +237,9 @@ def post_twilio_status(raw: RawBody, uow: UoW, request: Request, signature: Sign
     _storable(raw, form)
     status = (form.first("MessageStatus") or form.first("SmsStatus") or "").strip().lower()
     if not sid or len(sid) > 64:
-        raise _invalid("MessageSid", "required, at most 64 characters")
+        raise invalid("MessageSid", "required, at most 64 characters")
     if not status or len(status) > 20:
-        raise _invalid("MessageStatus", "required, at most 20 characters")
+        raise invalid("MessageStatus", "required, at most 20 characters")
     error_code = (form.first("ErrorCode") or "").strip()[:20] or None
     texts.record_status_callback(
         uow,

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from models.base import UTCDateTime
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity
-from models.tables import Import, ImportChunk, ImportRejection, Lead, LeadCampaign, SiteActivity, TimelineEvent
+from models.tables import ImportChunk, ImportRejection, Lead, LeadCampaign, SiteActivity, TimelineEvent
 
 _TEMP = MetaData()
 
@@ -59,7 +59,6 @@ STAGE = Table(
     Column("zip", String(10)),
     prefixes=["TEMPORARY"],
 )
-STAGE_COLUMNS = tuple(c.name for c in STAGE.columns)
 
 # The rows that will make a lead: the first of their unique key in the file, and no lead has it yet.
 NEW = Table(
@@ -140,15 +139,6 @@ class ImportStore:
         yield write
         if batch:
             conn.execute(insert(table), batch)
-
-    def writer_stage(self) -> Any:
-        return self.writer(STAGE)
-
-    def writer_routed(self) -> Any:
-        return self.writer(ROUTED)
-
-    def writer_decisions(self) -> Any:
-        return self.writer(DECISIONS)
 
     def index_staging(self) -> None:
         self.session.connection().exec_driver_sql(
@@ -423,4 +413,4 @@ def import_rejections(session: Session, import_id: uuid.UUID, limit: int) -> lis
     return [(int(line), reason) for line, reason in rows]
 
 
-__all__ = ["STAGE_COLUMNS", "Import", "ImportStore", "import_rejections", "read_chunks"]
+__all__ = ["DECISIONS", "NEW", "ROUTED", "STAGE", "ImportStore", "import_rejections", "read_chunks"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from rules.entities import EntityRef, Kind
@@ -20,6 +21,15 @@ class Ownership:
     assignee: EntityRef | None
     rule: str
     reason: str
+
+    def owner_assigned(self) -> tuple[str, dict[str, Any]]:
+        """The ``routed`` timeline event (summary, data) when no rule runs: the owner agent is the
+        assignee (O2, O5, an agent's import)."""
+        assert self.assignee is not None, "only an agent owner is its own assignee"
+        return (
+            f"Assigned to {self.assignee.name} ({self.rule}: the owner is the assignee)",
+            {"rule": None, "agent": self.assignee.slug, "skipped": [], "explanation": self.reason},
+        )
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,11 @@ class Decision:
     tried: tuple[Tried, ...]
     explanation: str
 
-    def summary(self, routing_entity: str) -> str:
+    def summary(self, routing_entity: str, *, in_pond: bool = False) -> str:
         """The timeline line for this decision (A7); the details are in :meth:`as_data`."""
         if self.agent is not None and self.rule is not None:
             return f"Assigned to {self.agent.name} by {routing_entity}'s rule {self.rule.name!r}"
-        return "Not assigned: " + self.explanation
+        return "Not assigned: " + self.explanation + (" (in the team pond)" if in_pond else "")
 
     def as_data(self) -> dict[str, Any]:
         """The decision as the timeline (A7) and the simulate endpoint show it."""

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import delete, select, text, update
 
 from models.db import get_engine
-from models.imports import DECISIONS, ROUTED, ImportStore, import_rejections, read_chunks
+from models.imports import DECISIONS, ROUTED, STAGE, ImportStore, import_rejections, read_chunks
 from models.repositories import Caller, to_ref
 from models.tables import Import, ImportChunk, ImportStatus, User
 from models.uow import UnitOfWork
@@ -289,12 +289,8 @@ class _Run:
             at=self.at,
         )
         if entity is None:
-            assert assignee is not None
-            store.add_owner_routed_events(
-                summary=f"Assigned to {assignee.name} ({self.ownership.rule}: the owner is the assignee)",
-                data={"rule": None, "agent": assignee.slug, "skipped": [], "explanation": self.ownership.reason},
-                at=self.at,
-            )
+            routed, data = self.ownership.owner_assigned()
+            store.add_owner_routed_events(summary=routed, data=data, at=self.at)
         else:
             store.add_routed_events(at=self.at)
         self._phase("timeline")
@@ -356,7 +352,7 @@ class _Run:
         owner_id, duplication = self.owner.id, self.duplication
         csv_rows = csv.reader(text_stream, delimiter=delimiter)
         line = 2  # the header was line 1
-        with self.store.writer_stage() as write:
+        with self.store.writer(STAGE) as write:
             for cells in csv_rows:
                 start, line = line, csv_rows.line_num + 2
                 if not cells or (len(cells) == 1 and not cells[0].strip()):
@@ -404,7 +400,7 @@ class _Run:
             while batch := self.store.new_leads(after_line, ROUTING_BATCH):
                 signups = [LeadSignup(source_kind="import", price_max=p, zip=z) for _, _, p, z in batch]
                 chosen, rules, default = route_many(rules, default, signups)
-                with self.store.writer_routed() as write:
+                with self.store.writer(ROUTED) as write:
                     for (_, lead_id, _, _), decision in zip(batch, chosen, strict=True):
                         key = _decision_key(decision)
                         if key not in decisions:
@@ -419,10 +415,10 @@ class _Run:
             if orgs_uow is not self.uow:
                 orgs_uow.commit()
         in_pond = entity.kind is Kind.TEAM
-        with self.store.writer_decisions() as write:
+        with self.store.writer(DECISIONS) as write:
             for index, decision in decisions.values():
                 pond = decision.agent is None and in_pond
-                summary = decision.summary(entity.slug) + (" (in the team pond)" if pond else "")
+                summary = decision.summary(entity.slug, in_pond=pond)
                 campaign = decision.rule.campaign if decision.rule is not None and decision.agent is not None else None
                 data = {"routing_entity": entity.slug, **decision.as_data()}
                 write((index, decision.agent.id if decision.agent else None, pond, campaign, summary, _json(data)))

@@ -22,6 +22,7 @@ from models.repositories import dialect_insert
 from models.tables import Lead, Outbox
 from models.uow import UnitOfWork
 from rules.contact import mask_email
+from workers.app import publish
 
 log = structlog.get_logger(__name__)
 
@@ -45,17 +46,7 @@ def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address:
         .returning(Outbox.id)
     ).scalar_one_or_none()
     if inserted is not None:
-        uow.after_commit(lambda: publish(inserted))
-
-
-def publish(outbox_id: uuid.UUID) -> None:
-    """Hand a kept notification to the notifications queue; a failed publish loses nothing (the row stays pending)."""
-    from workers.tasks import send_notification  # the tasks module imports the services, not the reverse
-
-    try:
-        send_notification.apply_async(args=[str(outbox_id)])
-    except Exception as exc:
-        log.warning("notification.enqueue_failed", outbox_id=str(outbox_id), error=type(exc).__name__)
+        uow.after_commit(lambda: publish("notifications.send", inserted))
 
 
 def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:

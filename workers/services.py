@@ -259,13 +259,7 @@ def _assign_new_lead(
     if decision is None:
         assert ownership.assignee is not None
         lead.assigned_agent_id = ownership.assignee.id
-        data: dict[str, Any] = {
-            "rule": None,
-            "agent": ownership.assignee.slug,
-            "skipped": [],
-            "explanation": ownership.reason,
-        }
-        summary = f"Assigned to {ownership.assignee.name} ({ownership.rule}: the owner is the assignee)"
+        summary, data = ownership.owner_assigned()
     else:
         routing_entity = ownership.routing_entity
         assert routing_entity is not None
@@ -274,10 +268,9 @@ def _assign_new_lead(
             uow.orgs.move_cursor(routing_entity.id, decision.rule, decision.cursor)
         if decision.agent is not None:
             lead.assigned_agent_id = decision.agent.id
-            summary = f"Assigned to {decision.agent.name} by {routing_entity.slug}'s rule {decision.rule.name if decision.rule else ''!r}"
         else:
             lead.in_pond = routing_entity.kind is Kind.TEAM
-            summary = "Not assigned: " + decision.explanation + (" (in the team pond)" if lead.in_pond else "")
+        summary = decision.summary(routing_entity.slug, in_pond=lead.in_pond)
         if decision.rule is not None and decision.rule.campaign and decision.agent is not None:
             uow.leads.start_campaign(lead.id, decision.rule.campaign)
         data = {"routing_entity": routing_entity.slug, **decision.as_data()}

@@ -23,6 +23,7 @@ from leadrelay.settings import get_settings
 from models.repositories import Caller
 from models.tables import Lead, LeadStatus, Message
 from models.uow import UnitOfWork
+from workers.app import publish
 from workers.gateway import GATEWAY_TIMEOUT_SECONDS, GatewayError, TextToSend, gateway_for
 from workers.texts import apply_pending_statuses
 
@@ -122,23 +123,13 @@ def record_outbound_text(uow: UnitOfWork, caller: Caller, lead: Lead, body: str)
             "rule": "SH4" if on_behalf else None,
         },
     )
-    uow.after_commit(lambda: publish(message_id))
+    uow.after_commit(lambda: publish("texts.send", message_id))
     return message_id
 
 
 def _preview(body: str, limit: int = 160) -> str:
     text = " ".join(body.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def publish(message_id: uuid.UUID) -> None:
-    """Hand a recorded text to the texts queue; a failed publish loses nothing (the row stays queued)."""
-    from workers.tasks import send_text  # the tasks module imports the services, not the reverse
-
-    try:
-        send_text.apply_async(args=[str(message_id)])
-    except Exception as exc:
-        log.warning("text.enqueue_failed", message_id=str(message_id), error=type(exc).__name__)
 
 
 def send_text(message_id: uuid.UUID, *, last_try: bool) -> str:
