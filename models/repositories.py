@@ -38,6 +38,7 @@ from models.tables import (
     User,
 )
 from rules.entities import AgentState, EntityRef, Kind
+from rules.permissions import Actor, AgentTarget, EntityTarget, LeadFacts, UserTarget
 from rules.routing import Member, Rule
 
 
@@ -83,15 +84,8 @@ class Candidate:
     owner: Entity
 
 
-@dataclass(frozen=True)
-class Caller:
-    """A user as the read API's visibility filter (V1) needs it."""
-
-    user_id: int
-    account_id: int
-    slug: str
-    agent_id: int | None
-    admin_of: frozenset[int]  # entity ids
+# A user as the rules and the visibility filter (V1) see it.
+Caller = Actor
 
 
 class IntakeRepository:
@@ -325,6 +319,56 @@ class OrgRepository:
         else:
             self.session.execute(update(RoutingRule).where(RoutingRule.id == rule.id).values(cursor=cursor))
 
+    def user_target(self, account_id: int, slug: str) -> UserTarget | None:
+        """A user of the account by id (SH5: a user of another account is not found)."""
+        user = self.session.execute(
+            select(User).where(User.account_id == account_id, User.slug == slug)
+        ).scalar_one_or_none()
+        return UserTarget(user.id, user.slug, user.name, user.active, user.agent_id) if user else None
+
+    def agent_target(self, account_id: int, slug: str) -> AgentTarget | None:
+        """An agent of the account by id, with the groups it is connected to."""
+        agent = self.session.execute(
+            select(Entity).where(Entity.account_id == account_id, Entity.slug == slug, Entity.kind == EntityKind.AGENT)
+        ).scalar_one_or_none()
+        if agent is None:
+            return None
+        groups = self.session.execute(select(Membership.group_id).where(Membership.agent_id == agent.id)).scalars()
+        return AgentTarget(agent.id, agent.slug, agent.name, agent.active, frozenset(groups))
+
+    def entity_target(self, account_id: int, slug: str) -> EntityTarget | None:
+        entity = self.entity_by_slug(account_id, slug)
+        if entity is None:
+            return None
+        parent = self.session.get(Entity, entity.parent_id) if entity.parent_id else None
+        return EntityTarget(to_ref(entity, parent), entity.active)
+
+    def mail_addresses(self, entity_id: int) -> list[tuple[str, str]]:
+        """Who hears about an entity's leads (T3): an agent itself, else the entity's admins; (name, email) pairs."""
+        entity = self.entity(entity_id)
+        if entity.kind is EntityKind.AGENT:
+            if entity.email:
+                return [(entity.name, entity.email)]
+            user = self.session.execute(select(User).where(User.agent_id == entity.id)).scalar_one_or_none()
+            return [(user.name, user.email)] if user is not None and user.email else []
+        admins = self.session.execute(
+            select(User.name, User.email)
+            .join(AdminRole, AdminRole.user_id == User.id)
+            .where(AdminRole.entity_id == entity_id, User.email.is_not(None), User.active.is_(True))
+            .order_by(User.slug)
+        ).all()
+        return [(name, email) for name, email in admins]
+
+    def user_mail_address(self, user_id: int) -> tuple[str, str] | None:
+        user = self.user(user_id)
+        if user.email:
+            return user.name, user.email
+        if user.agent_id is not None:
+            agent = self.entity(user.agent_id)
+            if agent.email:
+                return user.name, agent.email
+        return None
+
     def smart_number_by_e164(self, e164: str) -> SmartNumber | None:
         """The smart number with this E.164 form, of whichever account registered it (one only)."""
         return self.session.execute(select(SmartNumber).where(SmartNumber.e164 == e164)).scalar_one_or_none()
@@ -489,6 +533,83 @@ class LeadRepository:
             select(Message).where(Message.id == message_id).with_for_update()
         ).scalar_one_or_none()
 
+    def facts(self, lead_ids: Sequence[uuid.UUID], *, lock: bool = False) -> dict[uuid.UUID, LeadFacts]:
+        """What the rules need to decide on these leads, in six queries whatever their number. With
+        ``lock`` the lead rows are locked (in id order, so two bulk jobs cannot deadlock) until commit."""
+        if not lead_ids:
+            return {}
+        stmt = (
+            select(
+                Lead.id,
+                Lead.account_id,
+                Lead.status,
+                Lead.owner_entity_id,
+                Lead.assigned_agent_id,
+                Lead.routed_via_entity_id,
+                Lead.in_pond,
+                Account.duplication,
+            )
+            .join(Account, Account.id == Lead.account_id)
+            .where(Lead.id.in_(list(lead_ids)))
+            .order_by(Lead.id)
+        )
+        if lock:
+            stmt = stmt.with_for_update(of=Lead)
+        rows = self.session.execute(stmt).all()
+        if not rows:
+            return {}
+        ids = [row.id for row in rows]
+        parent = aliased(Entity)
+        people = {row.owner_entity_id for row in rows} | {
+            row.assigned_agent_id for row in rows if row.assigned_agent_id
+        }
+        refs: dict[int, EntityRef] = {}
+        hidden: set[int] = set()
+        for entity, par in self.session.execute(
+            select(Entity, parent).outerjoin(parent, parent.id == Entity.parent_id).where(Entity.id.in_(people))
+        ).all():
+            refs[entity.id] = to_ref(entity, par)
+            if entity.private and entity.hide_from_team:
+                hidden.add(entity.id)
+        group = aliased(Entity)
+        groups: dict[int, set[tuple[int, EntityKind]]] = {}
+        for agent_id, group_id, kind in self.session.execute(
+            select(Membership.agent_id, Membership.group_id, group.kind)
+            .join(group, group.id == Membership.group_id)
+            .where(Membership.agent_id.in_(people))
+        ).all():
+            groups.setdefault(agent_id, set()).add((group_id, kind))
+        shares: dict[uuid.UUID, dict[int, str]] = {i: {} for i in ids}
+        for lead_id, user_id, permission in self.session.execute(
+            select(LeadShare.lead_id, LeadShare.user_id, LeadShare.permission).where(LeadShare.lead_id.in_(ids))
+        ).all():
+            shares[lead_id][user_id] = permission
+        campaigns = self.campaigns_of(ids)
+        watchers = (EntityKind.TEAM, EntityKind.COMPANY)
+        out: dict[uuid.UUID, LeadFacts] = {}
+        for row in rows:
+            owner = refs[row.owner_entity_id]
+            seen: set[int] = set()
+            for agent_id in (row.owner_entity_id if owner.kind is Kind.AGENT else None, row.assigned_agent_id):
+                if agent_id is not None and agent_id not in hidden:
+                    seen |= {g for g, kind in groups.get(agent_id, ()) if kind in watchers}
+            assignee_groups = {g for g, _ in groups.get(row.assigned_agent_id, ())} if row.assigned_agent_id else set()
+            out[row.id] = LeadFacts(
+                id=row.id,
+                account_id=row.account_id,
+                status=row.status.value,
+                owner=owner,
+                assignee_id=row.assigned_agent_id,
+                routed_via_id=row.routed_via_entity_id,
+                in_pond=row.in_pond,
+                shares=shares[row.id],
+                seen_by_groups=frozenset(seen),
+                assignee_groups=frozenset(assignee_groups),
+                duplication=row.duplication,
+                campaigns=tuple(campaigns[row.id]),
+            )
+        return out
+
     def visible_to(self, caller: Caller) -> ColumnElement[bool]:
         """V1 as one SQL condition, used by every read: owner (and its admins), assignee, shares,
         an office admin for company leads routed through the office, a team or company admin for
@@ -500,7 +621,12 @@ class LeadRepository:
         if caller.agent_id is not None:
             conds += [Lead.owner_entity_id == caller.agent_id, Lead.assigned_agent_id == caller.agent_id]
         if admin_of:
-            conds += [Lead.owner_entity_id.in_(admin_of), Lead.routed_via_entity_id.in_(admin_of)]
+            below = select(Entity.id).where(Entity.parent_id.in_(admin_of))  # a company admin: its offices' leads
+            conds += [
+                Lead.owner_entity_id.in_(admin_of),
+                Lead.owner_entity_id.in_(below),
+                Lead.routed_via_entity_id.in_(admin_of),
+            ]
             groups = select(Entity.id).where(
                 Entity.id.in_(admin_of), Entity.kind.in_([EntityKind.TEAM, EntityKind.COMPANY])
             )

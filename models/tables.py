@@ -461,3 +461,44 @@ class Outbox(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[dt.datetime | None]
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Job(Base):
+    """A bulk action (SH7, T4) on many leads, run by a task in chunks: each lead gets the same rule as
+    one at a time; what the rule refuses is kept in ``job_failures`` with the reason."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index(None, "account_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(20))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lead_ids: Mapped[list[str]] = mapped_column(default=list)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.QUEUED)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    # Leads decided so far (changed or refused), committed with each chunk: a redelivered task resumes here.
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class JobFailure(Base):
+    """A lead a bulk job did not change, and the rule that refused it."""
+
+    __tablename__ = "job_failures"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # Not a foreign key: the id may name no lead of the account (reported as not found).
+    lead_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
