@@ -195,8 +195,8 @@ def plan_edit(actor: Actor, lead: LeadFacts, changes: Mapping[str, object]) -> E
 
 @dataclass(frozen=True)
 class SharePlan(Plan):
-    user: UserTarget = field(default_factory=lambda: UserTarget(0, "", "", False))
-    permission: str = "view"
+    user: UserTarget
+    permission: str
     previous: str | None = None  # the permission the user had, when the share is changed
 
 
@@ -223,7 +223,7 @@ def plan_share(actor: Actor, lead: LeadFacts, user: UserTarget | None, permissio
 
 @dataclass(frozen=True)
 class UnsharePlan(Plan):
-    user_id: int = 0
+    user_id: int
 
 
 def plan_unshare(actor: Actor, lead: LeadFacts, user: UserTarget | None) -> UnsharePlan | Refusal:
@@ -271,7 +271,7 @@ def plan_assign(actor: Actor, lead: LeadFacts, agent: AgentTarget | None, *, pon
 
 @dataclass(frozen=True)
 class TransferPlan(Plan):
-    to: EntityRef | None = None
+    to: EntityRef
     # T6: the new assignee when it is decided here (a transfer to an agent, or an assignee connected
     # to the new owner); None with ``route`` set: the new owner's routing rules choose.
     assignee_id: int | None = None
@@ -314,7 +314,7 @@ def plan_transfer(actor: Actor, lead: LeadFacts, to: EntityTarget | None) -> Tra
 
 @dataclass(frozen=True)
 class StatusPlan(Plan):
-    status: str = "archived"  # archived | deleted
+    status: str  # archived | deleted
 
 
 def plan_archive(actor: Actor, lead: LeadFacts) -> StatusPlan | Refusal:
@@ -348,7 +348,7 @@ def plan_delete(actor: Actor, lead: LeadFacts) -> StatusPlan | Refusal:
 
 @dataclass(frozen=True)
 class UnsubscribePlan(Plan):
-    channel: str = "email"
+    channel: str
 
 
 def plan_unsubscribe(actor: Actor, lead: LeadFacts, channel: str) -> UnsubscribePlan | Refusal:
@@ -360,8 +360,8 @@ def plan_unsubscribe(actor: Actor, lead: LeadFacts, channel: str) -> Unsubscribe
 
 @dataclass(frozen=True)
 class CampaignPlan(Plan):
-    name: str = ""
-    start: bool = True
+    name: str
+    start: bool
 
 
 def plan_campaign(actor: Actor, lead: LeadFacts, name: str, *, start: bool) -> CampaignPlan | Refusal:

@@ -120,6 +120,8 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
         return _reject(uow, intake, ownership.reason)
 
     outcome = _record_signup(uow, intake, signup, ownership)
+    if outcome.status == "rejected":
+        return _reject(uow, intake, outcome.reason or "rejected")
     _finish(intake, IntakeStatus.DONE, outcome.lead_id, None)
     uow.commit()
     log.info("intake.done", intake_id=str(intake.id), lead_id=str(outcome.lead_id), created=outcome.created)
@@ -128,7 +130,8 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
 
 def record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownership: Ownership) -> Outcome:
     """Make or join the lead of ``signup`` under ``ownership`` (D1-D4), routed (A1, A2) with its timeline,
-    for a source whose own worker decided the owner (a text from an unknown phone: O6). Does not commit."""
+    for a source whose own worker decided the owner (a text from an unknown phone: O6). Does not commit.
+    ``rejected`` (with the reason) when a replayed intake meets its deleted lead (X4)."""
     return _record_signup(uow, intake, signup, ownership)
 
 
@@ -162,36 +165,49 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
         email_normalized=signup.email_normalized,
         phone_e164=signup.phone,
     )
-    lead_id = uow.leads.insert_if_absent(
-        {
-            "account_id": account.id,
-            "owner_entity_id": ownership.owner.id,
-            "unique_key": key,
-            "email": signup.email,
-            "email_normalized": signup.email_normalized,
-            "phone_e164": signup.phone,
-            "first_name": signup.first_name,
-            "last_name": signup.last_name,
-            "tags": list(signup.tags),
-            "lead_type": signup.lead_type,
-            "price_min": signup.price_min,
-            "price_max": signup.price_max,
-            "zip": signup.zip,
-            "source_kind": signup.source_kind,
-            "source_detail": _source_detail(signup),
-            "created_by_intake_id": intake.id,
-            "created_at": at,
-            "updated_at": at,
-            "last_activity_at": at,
-        }
-    )
+    values = {
+        "account_id": account.id,
+        "owner_entity_id": ownership.owner.id,
+        "unique_key": key,
+        "email": signup.email,
+        "email_normalized": signup.email_normalized,
+        "phone_e164": signup.phone,
+        "first_name": signup.first_name,
+        "last_name": signup.last_name,
+        "tags": list(signup.tags),
+        "lead_type": signup.lead_type,
+        "price_min": signup.price_min,
+        "price_max": signup.price_max,
+        "zip": signup.zip,
+        "source_kind": signup.source_kind,
+        "source_detail": _source_detail(signup),
+        "created_by_intake_id": intake.id,
+        "created_at": at,
+        "updated_at": at,
+        "last_activity_at": at,
+    }
+    lead_id = uow.leads.insert_if_absent(values)
+    tombstone: Lead | None = None
     if lead_id is None:
         assert key is not None
         existing = uow.leads.by_unique_key(account.id, key)
         assert existing is not None, "the conflicting lead is committed before ON CONFLICT returns"
-        rule = "D3" if not account.duplication else "D4"
-        _repeat_signup(uow, existing, intake, signup, at, rule, "same unique lead; no new lead")
-        return Outcome("done", existing.id)
+        live = uow.leads.surviving(existing)
+        if live is not None:
+            # D4/D3; a merged lead's key leads to the lead it was merged into (M4).
+            rule = "D3" if not account.duplication else "D4"
+            _repeat_signup(uow, live, intake, signup, at, rule, "same unique lead; no new lead")
+            return Outcome("done", live.id)
+        # X4: a deleted lead holds the key. This intake already made or joined a lead once: a replay
+        # does not bring it back. A new signup makes a new lead, which says what was deleted.
+        if intake.lead_id is not None:
+            return Outcome("rejected", reason=_deleted_reason(uow, existing))
+        tombstone = existing
+        existing.unique_key = None
+        uow.session.flush()
+        lead_id = uow.leads.insert_if_absent(values)
+        if lead_id is None:  # the key was taken again in between: the next attempt joins that lead
+            raise RuntimeError("the unique key was taken while freeing it from a deleted lead")
 
     lead = uow.leads.get(lead_id)
     assert lead is not None
@@ -202,12 +218,30 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
         intake_id=intake.id,
         at=at,
         summary=f"Registered on {_source_detail(signup)} ({signup.source_kind})",
-        data={"rule": ownership.rule, "owner": ownership.owner.slug, "reason": ownership.reason},
+        data={
+            "rule": ownership.rule,
+            "owner": ownership.owner.slug,
+            "reason": ownership.reason,
+            **({"X4": _deleted_reason(uow, tombstone), "replaces": str(tombstone.id)} if tombstone else {}),
+        },
     )
     _assign_new_lead(uow, lead, intake, ownership, signup, at)
     if signup.email_normalized:
         _claim_site_activity(uow, account, lead, ownership, signup.email_normalized)
     return Outcome("done", lead_id, created=True)
+
+
+def _deleted_reason(uow: UnitOfWork, tombstone: Lead) -> str:
+    """X4: who deleted the lead that held this person's key, and when."""
+    dead = tombstone
+    while dead.status is LeadStatus.MERGED and dead.merged_into_id is not None:
+        nxt = uow.leads.get(dead.merged_into_id)
+        if nxt is None:
+            break
+        dead = nxt
+    who = uow.orgs.user(dead.deleted_by_user_id).slug if dead.deleted_by_user_id else "someone"
+    when = dead.deleted_at.isoformat() if dead.deleted_at else "earlier"
+    return f"X4: lead {dead.id} of this person was deleted by {who} at {when}; a replay does not bring it back"
 
 
 def _claim_site_activity(uow: UnitOfWork, account: Account, lead: Lead, ownership: Ownership, email: str) -> None:

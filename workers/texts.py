@@ -67,7 +67,8 @@ def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
         ownership = decide_number_owner(entity, text.to)
         signup = LeadSignup(source_kind="sms", phone=phone, message=text.body, source_detail=f"text to {text.to}")
         outcome = services.record_signup(uow, intake, signup, ownership)
-        assert outcome.lead_id is not None
+        if outcome.lead_id is None:  # X4: a replayed text whose lead was deleted
+            return services.reject_intake(uow, intake, outcome.reason or "rejected")
         lead = uow.leads.get(outcome.lead_id)
         created = outcome.created
         rule, reason = choice.rule, f"{choice.reason} ({ownership.reason})"
