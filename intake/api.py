@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from intake import problems, routes_events, routes_imports, routes_intake, routes_leads, routes_sms
+from intake import problems, routes_events, routes_imports, routes_intake, routes_leads, routes_sms, routes_work
 from leadrelay.settings import get_settings
 
 
@@ -34,6 +34,7 @@ def create_app() -> FastAPI:
 
     app.include_router(routes_intake.router)
     app.include_router(routes_leads.router)
+    app.include_router(routes_work.router)
     app.include_router(routes_events.router)
     app.include_router(routes_imports.router)
     app.include_router(routes_sms.router)

@@ -353,3 +353,155 @@ class MessageIn(Input):
 class MessageAccepted(BaseModel):
     message_id: uuid.UUID
     status: Literal["queued"] = "queued"
+
+
+# --- Working the leads (issue 5) ---
+
+Slug = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class LeadPatch(Input):
+    """SH2/V2: the contact's details. Only the fields sent change; ``null`` clears a name or the phone."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    first_name: Name | None = None
+    last_name: Name | None = None
+    phone: Phone = None
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(default=None, max_length=50)
+
+    @model_validator(mode="after")
+    def _something(self) -> LeadPatch:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of first_name, last_name, phone, tags")
+        if "tags" in self.model_fields_set and self.tags is None:
+            raise ValueError("tags: send a list (empty to clear)")
+        return self
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
+class AssignIn(Input):
+    """A3: ``{"agent_id": ...}`` to an agent, or ``{"pond": true}`` to the team's pond."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of_required("agent_id", "pond"))
+
+    agent_id: Slug | None = None
+    pond: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AssignIn:
+        if (self.agent_id is None) == (not self.pond):
+            raise ValueError("send either agent_id or pond: true")
+        return self
+
+
+class ShareIn(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Slug
+    permission: Literal["view", "edit"] = "view"
+
+
+class TransferIn(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    to: Slug = Field(description="The entity (agent, team, office or company id) that will own the lead.")
+
+
+class MergeIn(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    primary_id: uuid.UUID
+    other_id: uuid.UUID
+    assigned_agent_id: Slug | None = Field(default=None, description="M6: the assignee an admin chooses.")
+
+
+class MergeMoves(BaseModel):
+    timeline_events: int
+    messages: int
+    site_activity: int
+
+
+class MergePreviewOut(BaseModel):
+    """M7: what the merge would do; nothing has changed."""
+
+    primary_id: uuid.UUID
+    other_id: uuid.UUID
+    owner: EntityOut
+    assigned_agent: AgentOut | None
+    moves: MergeMoves
+    stops: list[str] = Field(description="The other lead's active campaigns, stopped with a note each (M5).")
+    merged_note: str
+    merged_note_data: dict[str, Any]
+    rules: list[str]
+
+
+class UnsubscribeIn(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["email", "sms"]
+
+
+class CampaignIn(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class CampaignPage(BaseModel):
+    items: list[str]
+    next: str | None = None
+
+
+MAX_BULK_LEADS = 50_000
+
+
+class BulkIn(Input):
+    """SH7/T4: one action on many leads, each decided by the same rule as one at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["share", "transfer", "assign", "archive"]
+    lead_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_BULK_LEADS)
+    user_id: Slug | None = Field(default=None, description="share: the user")
+    permission: Literal["view", "edit"] = "view"
+    to: Slug | None = Field(default=None, description="transfer: the new owner")
+    agent_id: Slug | None = Field(default=None, description="assign: the agent")
+    pond: bool | None = Field(default=None, description="assign: to the team's pond")
+
+    @model_validator(mode="after")
+    def _params(self) -> BulkIn:
+        needed = {"share": "user_id", "transfer": "to"}.get(self.action)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"{needed}: required for {self.action}")
+        if self.action == "assign" and (self.agent_id is None) == (not self.pond):
+            raise ValueError("agent_id: send either agent_id or pond: true for assign")
+        return self
+
+
+class JobAccepted(BaseModel):
+    job_id: uuid.UUID
+    status_url: str
+
+
+class JobFailureOut(BaseModel):
+    lead_id: uuid.UUID
+    reason: str
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    action: str
+    status: Literal["queued", "running", "done", "failed"]
+    total: int
+    done: int
+    failed: list[JobFailureOut]
+    error: str | None = None
+
+
+class LeaveOut(BaseModel):
+    rerouted: int = Field(description="Team-owned leads it was assigned, routed again by the team's rules (A5).")
+    unshared: int = Field(description="Team-owned leads shared with it, no longer (A5).")
+    kept: int = Field(description="Leads it owns, which stay with it (T5).")

@@ -399,16 +399,17 @@ def plan_leave_team(actor: Actor, team: EntityRef | None, agent: AgentTarget | N
 # --- Export (V3) ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExportScope:
-    """V3: which leads a user's export holds. An agent: the leads it owns and the company- (or
-    office-) owned leads assigned to it, never team-owned ones. An admin: the leads of the entities
-    it administers (an office's too, under a company). Never another account's (V4)."""
-
-    account_id: int
-    agent_id: int | None
-    admin_of: frozenset[int]
-
-
-def export_scope(actor: Actor) -> ExportScope:
-    return ExportScope(actor.account_id, actor.agent_id, actor.admin_of)
+def in_export(actor: Actor, lead: LeadFacts) -> bool:
+    """V3: an agent's export holds the leads it owns and the company- (or office-) owned leads
+    assigned to it, never team-owned ones; an admin's, the leads of the entities it administers (an
+    office's too, under a company). Active and archived leads; never another account's (V4).
+    ``LeadRepository.export_condition`` says the same in SQL."""
+    if actor.account_id != lead.account_id or lead.status not in ("active", "archived"):
+        return False
+    owner = lead.owner
+    if actor.agent_id is not None:
+        if owner.id == actor.agent_id:
+            return True
+        if lead.assignee_id == actor.agent_id and owner.kind in (Kind.COMPANY, Kind.OFFICE):
+            return True
+    return owner.kind is not Kind.AGENT and is_owner(actor, lead)

@@ -19,6 +19,8 @@ QUEUES = ("registrations", "texts", "imports", "notifications")
 TASK_QUEUES = {
     "intake.process": "registrations",
     "imports.run": "imports",
+    # Bulk work shares the imports queue: neither holds up signups or texts.
+    "jobs.run": "imports",
     "texts.send": "texts",
     "notifications.send": "notifications",
 }

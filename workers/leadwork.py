@@ -84,12 +84,12 @@ class Targets:
 
 @dataclass
 class Mailbag:
-    """Mail decided while applying plans: one per (address, cause) for single actions, or one digest
-    per address for a bulk job (SH7, T4: a note on each lead, one mail to each person)."""
+    """Mail decided while applying plans, as lines (one per lead) by (address, cause); ``counts`` says
+    how many leads a line list stands for when a bulk job's digest names only the first ones."""
 
-    digest: bool = False
     items: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     names: dict[str, str] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, to: tuple[str, str] | None, cause: str, line: str) -> None:
         if to is None:
@@ -467,8 +467,10 @@ def send_mail(uow: UnitOfWork, account_id: int, mail: Mailbag, *, job_id: uuid.U
     }
     for (address, cause), lines in mail.items.items():
         one, many = subjects[cause.split(":", 1)[0]]
-        subject = one if len(lines) == 1 else many.format(n=len(lines))
-        body = "\n".join([f"Hello {mail.names[address]},", "", subject + ":", "", *lines, ""])
+        count = mail.counts.get((address, cause), len(lines))
+        subject = one if count == 1 else many.format(n=count)
+        more = [f"... and {count - len(lines)} more"] if count > len(lines) else []
+        body = "\n".join([f"Hello {mail.names[address]},", "", subject + ":", "", *lines, *more, ""])
         dedupe = f"job:{job_id}:{cause}:{address}" if job_id else f"{cause}:{uuid.uuid4()}"
         notifications.queue_mail(
             uow, account_id=account_id, dedupe_key=dedupe, to_address=address, subject=subject, body=body

@@ -11,7 +11,7 @@ from celery import Task
 
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, notifications, services, texts_outbound
+from workers import imports, jobs, notifications, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 
@@ -73,6 +73,25 @@ def run_import(self: Task, import_id: str) -> str:
             imports.mark_failed(key, f"{type(exc).__name__}: {exc}")
             return "failed"
         log.warning("import.retry", import_id=import_id, retries=self.request.retries, error=type(exc).__name__)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    finally:
+        structlog.contextvars.unbind_contextvars("correlation_id")
+
+
+@task("jobs.run", max_retries=3)
+def run_job(self: Task, job_id: str) -> str:
+    """Run a bulk job (SH7, T4) chunk by chunk; a retry resumes after the last committed chunk.
+    Past the retries the job is failed with the error (the chunks done stay done)."""
+    structlog.contextvars.bind_contextvars(correlation_id=job_id)
+    key = uuid.UUID(job_id)
+    try:
+        return jobs.run_job(key)
+    except Exception as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("job.dead", job_id=job_id, error=repr(exc))
+            jobs.mark_failed(key, f"{type(exc).__name__}: {exc}")
+            return "failed"
+        log.warning("job.retry", job_id=job_id, retries=self.request.retries, error=type(exc).__name__)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
     finally:
         structlog.contextvars.unbind_contextvars("correlation_id")

@@ -29,7 +29,7 @@ from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers, free_port, wait_for
 from workers.app import app as celery_app
-from workers.celeryconfig import celery_config
+from workers.celeryconfig import QUEUES, celery_config
 
 PG_ADMIN = os.environ.get("LEADRELAY_TEST_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEADRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -154,9 +154,7 @@ def broker_idle() -> bool:
     """No message of this run waits in a queue or is held unacknowledged by a worker."""
     prefix = os.environ["LEADRELAY_QUEUE_PREFIX"]
     client = redis.Redis.from_url(REDIS_URL)
-    queued = sum(
-        int(client.llen(f"{prefix}{prefix}{q}")) for q in ("registrations", "texts", "imports", "notifications")
-    )
+    queued = sum(int(client.llen(f"{prefix}{prefix}{q}")) for q in QUEUES)
     return queued == 0 and int(client.hlen(f"{prefix}unacked")) == 0
 
 
