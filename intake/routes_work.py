@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from intake.deps import CurrentUser, UoW
@@ -36,7 +36,6 @@ from intake.schemas import (
     TransferIn,
     UnsubscribeIn,
 )
-from leadrelay.settings import get_settings
 from models.repositories import Caller
 from models.uow import UnitOfWork
 from rules.permissions import Refusal, Refused
@@ -195,14 +194,14 @@ def merge_leads(body: MergeIn, caller: CurrentUser, uow: UoW) -> LeadOut:
 
 
 @router.post("/leads/bulk", status_code=202, response_model=JobAccepted, responses=RULE_ERRORS)
-def bulk(body: BulkIn, caller: CurrentUser, uow: UoW, response: Response) -> JobAccepted:
+def bulk(body: BulkIn, caller: CurrentUser, uow: UoW, request: Request, response: Response) -> JobAccepted:
     """SH7/T4: queue one action on many leads. The job applies the same rule lead by lead, in chunks,
     keeps each refusal with its reason, and reports its progress at ``status_url``."""
     params = body.model_dump(include={"user_id", "permission", "to", "agent_id", "pond"}, exclude_none=True)
     created = jobs.create_job(uow, caller, body.action, list(body.lead_ids), params)
     if isinstance(created, Refusal):
         raise refused(created)
-    url = f"{get_settings().public_base_url.rstrip('/')}/v1/jobs/{created}"
+    url = str(request.url_for("get_job", job_id=created))
     response.headers["Location"] = url
     return JobAccepted(job_id=created, status_url=url)
 
