@@ -32,17 +32,18 @@ def plan_merge(actor: Actor, primary: LeadFacts, other: LeadFacts, assignee: int
             return Refusal("M4", f"{name}: this lead was already merged into another", Refused.CONFLICT, name)
     if primary.id == other.id:
         return Refusal("M3", "a lead cannot be merged with itself", Refused.INVALID, "other_id")
-    if not (can_edit(actor, primary) and can_edit(actor, other)):
-        return Refusal("SH2", "merging needs edit access to both leads")
-    rules: list[str] = []
     a, b = primary.owner, other.owner
+    if a.id != b.id and a.kind is not Kind.AGENT and b.kind is not Kind.AGENT:
+        return Refusal(
+            "M2",
+            f"leads owned by two different entities ({a.kind.value} {a.slug}, {b.kind.value} {b.slug}) cannot be merged",
+            Refused.CONFLICT,
+        )
+    rules: list[str] = []
+    if a.id == b.id and not (can_edit(actor, primary) and can_edit(actor, other)):
+        return Refusal("SH2", "merging needs edit access to both leads")
     if a.id != b.id:
-        if a.kind is not Kind.AGENT and b.kind is not Kind.AGENT:
-            return Refusal(
-                "M2",
-                f"leads owned by two different entities ({a.kind.value} {a.slug}, {b.kind.value} {b.slug}) cannot be merged",
-                Refused.CONFLICT,
-            )
+        # The actor gives its own lead (the other) to the other party's lead, which it need only see.
         owns_primary, owns_other = is_owner(actor, primary), is_owner(actor, other)
         if not (owns_primary or owns_other):
             return Refusal("M1", "ownership is only given away: merge from a lead you own into the other party's")
