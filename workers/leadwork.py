@@ -174,6 +174,26 @@ class _Writer:
     ) -> None:
         self.uow, self.actor, self.facts, self.mail, self.now, self.events = uow, actor, facts, mail, now, events
         self.session = uow.session
+        # Who hears about an entity's or a user's leads, asked once per writer, not once per lead.
+        self._addresses: dict[int, list[tuple[str, str]]] = {}
+        self._user_addresses: dict[int, tuple[str, str] | None] = {}
+
+    def mail_addresses(self, entity_id: int) -> list[tuple[str, str]]:
+        if entity_id not in self._addresses:
+            self._addresses[entity_id] = self.uow.orgs.mail_addresses(entity_id)
+        return self._addresses[entity_id]
+
+    def user_mail_address(self, user_id: int) -> tuple[str, str] | None:
+        if user_id not in self._user_addresses:
+            self._user_addresses[user_id] = self.uow.orgs.user_mail_address(user_id)
+        return self._user_addresses[user_id]
+
+    def lead_lines(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The leads as a mail names them, in one query."""
+        rows = self.session.execute(
+            select(Lead.id, Lead.first_name, Lead.last_name).where(Lead.id.in_(list(lead_ids)))
+        ).all()
+        return {lead_id: _lead_line(lead_id, first, last) for lead_id, first, last in rows}
 
     def event(self, lead_id: uuid.UUID, kind: str, summary: str, data: dict[str, Any]) -> None:
         self.events.append(
@@ -223,13 +243,14 @@ class _Writer:
                 set_={"permission": insert.excluded.permission, "shared_by_user_id": insert.excluded.shared_by_user_id},
             )
         )
+        lines = self.lead_lines([p.lead_id for p in new])
         for p in new:
             data = {"rule": "SH3", "user": p.user.slug, "permission": p.permission, "previous": p.previous}
             self.event(p.lead_id, "shared", p.note, data)
             self.mail.add(
-                self.uow.orgs.user_mail_address(p.user.id),
+                self.user_mail_address(p.user.id),
                 f"shared:{p.user.id}",
-                f"{_lead_line(self.uow, p.lead_id)} ({'view & edit' if p.permission == 'edit' else 'view only'}, "
+                f"{lines[p.lead_id]} ({'view & edit' if p.permission == 'edit' else 'view only'}, "
                 f"shared by {self.actor.slug})",
             )
 
@@ -250,6 +271,7 @@ class _Writer:
             if target == lead.assignee_id and lead.in_pond == (target is None):
                 continue  # already so: nothing to note
             groups[target].append(p)
+        lines = self.lead_lines([p.lead_id for group in groups.values() for p in group]) if groups else {}
         for target, group in groups.items():
             ids = [p.lead_id for p in group]
             self.session.execute(
@@ -261,8 +283,8 @@ class _Writer:
             for p in group:
                 data = {"rule": "A3", "agent": p.agent.slug if p.agent else None, "owner_unchanged": "A4"}
                 self.event(p.lead_id, "assigned" if p.agent else "pond", p.note, data)
-                for to in self.uow.orgs.mail_addresses(p.agent.id) if p.agent else []:
-                    line = f"{_lead_line(self.uow, p.lead_id)} (assigned by {self.actor.slug})"
+                for to in self.mail_addresses(p.agent.id) if p.agent else []:
+                    line = f"{lines[p.lead_id]} (assigned by {self.actor.slug})"
                     self.mail.add(to, f"assigned:{to[1]}", line)
 
     def transfer(self, plans: list[Any]) -> dict[uuid.UUID, Refusal]:
@@ -314,8 +336,9 @@ class _Writer:
                 lead.routed_via_entity_id = None if p.to.kind is Kind.AGENT else lead.routed_via_entity_id
             data = {"rule": "T3", "from": previous.slug, "to": p.to.slug, "assignee_kept": not p.route}
             self.event(lead.id, "transferred", p.note, data)
-            for to in self.uow.orgs.mail_addresses(p.to.id):
-                self.mail.add(to, f"transferred:{p.to.id}", f"{_lead_line(self.uow, lead.id)} (from {previous.name})")
+            line = _lead_line(lead.id, lead.first_name, lead.last_name)
+            for to in self.mail_addresses(p.to.id):
+                self.mail.add(to, f"transferred:{p.to.id}", f"{line} (from {previous.name})")
         # The unique keys move first: two leads trading owners must not meet half-way.
         self.session.flush()
         for group in to_route.values():
@@ -326,7 +349,7 @@ class _Writer:
                     lead.id,
                     "routed",
                     decision.summary(target.slug, in_pond=lead.in_pond),
-                    {"rule": "T6", "routing_entity": target.slug, **decision.as_data()},
+                    {"cause": "T6", "routing_entity": target.slug, **decision.as_data()},
                 )
         return refusals
 
@@ -422,11 +445,9 @@ def _clash(to: EntityRef) -> Refusal:
     )
 
 
-def _lead_line(uow: UnitOfWork, lead_id: uuid.UUID) -> str:
+def _lead_line(lead_id: uuid.UUID, first_name: str | None, last_name: str | None) -> str:
     """A lead as a mail names it: its name (never its email or phone) and its link."""
-    lead = uow.leads.get(lead_id)
-    assert lead is not None
-    name = " ".join(part for part in (lead.first_name, lead.last_name) if part) or "(no name given)"
+    name = " ".join(part for part in (first_name, last_name) if part) or "(no name given)"
     return f"{name}: {get_settings().public_base_url.rstrip('/')}/v1/leads/{lead_id}"
 
 
@@ -739,7 +760,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
                     "at": now,
                     "summary": f"{agent.name} left {team.ref.name}: "
                     + decision.summary(team.ref.slug, in_pond=lead.in_pond),
-                    "data": {"rule": "A5", "routing_entity": team.ref.slug, **decision.as_data()},
+                    "data": {"cause": "A5", "routing_entity": team.ref.slug, **decision.as_data()},
                 }
             )
     unshared: list[uuid.UUID] = []
