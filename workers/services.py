@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy import exists, select
 
 from models.repositories import ClaimedActivity, OrgRepository
-from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
+from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus, TimelineEvent
 from models.uow import UnitOfWork
 from rules.activity import SiteActivityEvent, describe_activity
 from rules.entities import Kind
@@ -200,7 +201,7 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
             return Outcome("done", live.id)
         # X4: a deleted lead holds the key. This intake already made or joined a lead once: a replay
         # does not bring it back. A new signup makes a new lead, which says what was deleted.
-        if intake.lead_id is not None:
+        if _made_or_joined(uow, intake, existing):
             return Outcome("rejected", reason=_deleted_reason(uow, existing))
         tombstone = existing
         existing.unique_key = None
@@ -229,6 +230,21 @@ def _record_signup(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownershi
     if signup.email_normalized:
         _claim_site_activity(uow, account, lead, ownership, signup.email_normalized)
     return Outcome("done", lead_id, created=True)
+
+
+def _made_or_joined(uow: UnitOfWork, intake: Intake, tombstone: Lead) -> bool:
+    """X4: whether this intake already made or joined the deleted lead that holds its key. Its lead id
+    says so on a first replay; a rejection clears it, so a second replay (``intake replay --status
+    rejected``) is known by the lead it created or the events it left there (moved to the lead the
+    tombstone was merged into, if any), through the (lead, intake, kind) index."""
+    if intake.lead_id is not None or tombstone.created_by_intake_id == intake.id:
+        return True
+    leads = [tombstone.id] + ([tombstone.merged_into_id] if tombstone.merged_into_id else [])
+    return bool(
+        uow.session.execute(
+            select(exists().where(TimelineEvent.lead_id.in_(leads), TimelineEvent.intake_id == intake.id))
+        ).scalar_one()
+    )
 
 
 def _deleted_reason(uow: UnitOfWork, tombstone: Lead) -> str:
