@@ -334,7 +334,9 @@ class _Writer:
             else:
                 lead.assigned_agent_id = p.assignee_id
                 lead.routed_via_entity_id = None if p.to.kind is Kind.AGENT else lead.routed_via_entity_id
-            data = {"rule": "T3", "from": previous.slug, "to": p.to.slug, "assignee_kept": not p.route}
+            # T6: kept only when the assignee stays the same (a transfer to an agent assigns it).
+            kept = not p.route and p.assignee_id == self.facts[lead.id].assignee_id
+            data = {"rule": "T3", "from": previous.slug, "to": p.to.slug, "assignee_kept": kept}
             self.event(lead.id, "transferred", p.note, data)
             line = _lead_line(lead.id, lead.first_name, lead.last_name)
             for to in self.mail_addresses(p.to.id):
