@@ -40,6 +40,7 @@ from models.uow import UnitOfWork
 from tests.integration.conftest import apply
 from tests.integration.test_pipeline import count_intakes
 from tests.support.client import Brokerage
+from tests.support.leads import make_lead
 from tests.support.orgs import brokerage
 from tests.support.processes import wait_for
 
@@ -496,3 +497,108 @@ def test_text_that_cannot_be_stored_is_a_422_naming_the_field_not_a_500(fuzzed: 
     with fuzzed.user("olivia") as olivia:
         r = olivia.post("/v1/imports", files={"file": ("a.csv", b"email\nnul@example.com\n")}, data={"owner": "co\x00"})
     assert [e["field"] for e in assert_problem(r, 422)["errors"]] == ["owner"]
+
+
+# Working the leads (issue 5): every operation a user token reaches, fuzzed as the company admin.
+WORK_OPERATIONS = [
+    ("PATCH", "/v1/leads/{lead_id}"),
+    ("POST", "/v1/leads/{lead_id}/assign"),
+    ("POST", "/v1/leads/{lead_id}/shares"),
+    ("DELETE", "/v1/leads/{lead_id}/shares/{user_id}"),
+    ("POST", "/v1/leads/{lead_id}/transfer"),
+    ("POST", "/v1/leads/merge/preview"),
+    ("POST", "/v1/leads/merge"),
+    ("POST", "/v1/leads/{lead_id}/archive"),
+    ("DELETE", "/v1/leads/{lead_id}"),
+    ("POST", "/v1/leads/{lead_id}/unsubscribe"),
+    ("GET", "/v1/leads/{lead_id}/campaigns"),
+    ("POST", "/v1/leads/{lead_id}/campaigns"),
+    ("DELETE", "/v1/leads/{lead_id}/campaigns/{name}"),
+    ("POST", "/v1/leads/bulk"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/v1/export.csv"),
+    ("POST", "/v1/teams/{team_id}/members/{agent_id}/leave"),
+]
+WORK_FUZZ = settings(FUZZ, max_examples=25)
+SLUGS = ["john", "jill", "bob", "tara", "olivia", "co", "downtown", "sunrise", "nobody"]
+
+
+@pytest.fixture
+def worked(api: str) -> Iterator[tuple[Brokerage, list[str], str]]:
+    """An account of the operation's own with leads of every owner kind (most of them the company admin's
+    to manage) for the fuzzing to work on, and a bulk job to read."""
+    b = Brokerage(api, apply(brokerage()))
+    account = b.org["account"]
+    shapes = [
+        ("co", "jill", "downtown"),
+        ("downtown", "bob", "downtown"),
+        ("co", "bob", "co"),
+        ("sunrise", "john", "sunrise"),
+        ("john", "john", None),
+    ]
+    leads = [
+        make_lead(account, owner=o, assignee=a, routed_via=v, campaigns=["Drip"], shares={"bob": "view"})
+        for _ in range(5)
+        for o, a, v in shapes
+    ]
+    with b.user("olivia") as olivia:
+        r = olivia.post("/v1/leads/bulk", json={"action": "archive", "lead_ids": leads[:2]})
+    assert r.status_code == 202, r.text
+    yield b, leads, r.json()["job_id"]
+    b.site.close()
+
+
+def aim_work(case: Case, leads: list[str], job_id: str, pick: int) -> None:
+    """Name this account's own leads, users, entities and job, so the cases reach the rules."""
+    params = dict(case.path_parameters or {})
+    if "lead_id" in params:
+        params["lead_id"] = leads[pick % len(leads)]
+    if "user_id" in params:  # the fixture shares every lead with bob
+        params["user_id"] = ("bob", "bob", "tara")[pick % 3]
+    if "agent_id" in params:  # john is on the team
+        params["agent_id"] = ("john", "john", "bob")[pick % 3]
+    if "team_id" in params:
+        params["team_id"] = "sunrise"
+    if "job_id" in params:
+        params["job_id"] = job_id
+    if "name" in params:
+        params["name"] = "Drip"
+    case.path_parameters = params
+    if isinstance(case.body, dict):
+        for name in ("user_id", "agent_id", "to", "assigned_agent_id"):
+            if isinstance(case.body.get(name), str):
+                case.body[name] = SLUGS[(pick + len(name)) % len(SLUGS)]
+        for name, offset in (("primary_id", 0), ("other_id", 1)):
+            if name in case.body:
+                case.body[name] = leads[(pick + offset) % len(leads)]
+        if isinstance(case.body.get("lead_ids"), list):
+            case.body["lead_ids"] = leads[pick % len(leads) : pick % len(leads) + 5]
+
+
+@pytest.mark.parametrize(("method", "path"), WORK_OPERATIONS, ids=[f"{m} {p}" for m, p in WORK_OPERATIONS])
+def test_every_lead_operation_with_a_user_token(
+    method: str, path: str, live_schema: Any, worked: tuple[Brokerage, list[str], str]
+) -> None:
+    """The same checks for working the leads (issue 5), as the company admin (the team admin for leaving a
+    team): no 5xx, every refusal problem+json, every answer as /openapi.json documents it. Two in three
+    schema-valid cases name the account's own leads and people."""
+    b, leads, job_id = worked
+    operation = live_schema[path][method]
+    cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+    label = operation.label
+    STATUSES.pop(label, None)
+
+    @WORK_FUZZ
+    @given(case=cases, aimed=st.sampled_from([True, True, False]), pick=st.integers(0, 59))
+    def fuzz(case: Case, aimed: bool, pick: int) -> None:
+        if aimed and case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
+            aim_work(case, leads, job_id, pick)
+        user = "tara" if path.startswith("/v1/teams/") else "olivia"  # a team admin takes agents off its team
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer tok-{user}-{b.s}"}
+        case.call_and_validate(checks=CHECKS, timeout=30)
+
+    started = time.monotonic()
+    fuzz()
+    seen = dict(sorted(STATUSES[label].items()))
+    print(f"\n{label}: {sum(seen.values())} requests in {time.monotonic() - started:.1f}s, by status {seen}")
+    assert any(200 <= status < 300 for status in seen), f"{label}: no case got past the refusals: {seen}"
