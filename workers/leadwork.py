@@ -312,11 +312,22 @@ class _Writer:
                 wanted[key] = lead.id
         if wanted:
             taken = self.session.execute(
-                select(Lead.unique_key).where(
+                select(Lead.id, Lead.unique_key, Lead.status).where(
                     Lead.account_id == self.actor.account_id, Lead.unique_key.in_(list(wanted))
                 )
-            ).scalars()
-            for key in taken:
+            ).all()
+            # X4: a deleted lead's tombstone lets its key go, as it does for a new signup: no lead to clash with.
+            tombstones = [lead_id for lead_id, _, status in taken if status is LeadStatus.DELETED]
+            if tombstones:
+                self.session.execute(
+                    update(Lead)
+                    .where(Lead.id.in_(tombstones))
+                    .values(unique_key=None)
+                    .execution_options(synchronize_session=False)
+                )
+            for _, key, status in taken:
+                if status is LeadStatus.DELETED:
+                    continue
                 assert key is not None
                 refusals[wanted[key]] = _clash(next(p.to for p in plans if p.lead_id == wanted[key]))
         to_route: dict[int, list[tuple[TransferPlan, Lead]]] = defaultdict(list)

@@ -352,6 +352,22 @@ def test_T1_D1_a_transfer_onto_an_owner_with_a_lead_for_that_email_is_409(acme: 
     assert len(leads_with_email(acme, email)) == 2
 
 
+def test_T3_X4_a_deleted_lead_of_the_new_owner_does_not_block_a_transfer(acme: Brokerage) -> None:
+    email = new_email("tomb")
+    lead = make_lead(acct(acme), owner="john", assignee="john", email=email)
+    deleted = make_lead(acct(acme), owner="jill", assignee="jill", email=email)
+    with acme.user("jill") as jill:
+        assert jill.delete(f"/v1/leads/{deleted}").status_code == 204
+    with acme.user("john") as john:  # the tombstone lets its key go, as for a new signup (X4)
+        moved = ok(john.post(f"/v1/leads/{lead}/transfer", json={"to": "jill"}))
+    assert (moved["owner"]["id"], moved["assigned_agent"]["id"]) == ("jill", "jill")
+    assert lead_row(deleted).status.value == "deleted"
+    assert lead_row(deleted).unique_key is None
+    assert lead_row(lead).unique_key is not None
+    with acme.user("jill") as jill:
+        assert jill.get(f"/v1/leads/{deleted}").status_code == 404
+
+
 # --- Merge (M1-M7) ------------------------------------------------------------------------------------
 
 
