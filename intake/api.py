@@ -22,8 +22,10 @@ def create_app() -> FastAPI:
     @app.middleware("http")
     async def _bounded_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
-        # CSV uploads have their own, larger limit; every other body the intake one.
-        limit = settings.import_max_bytes if request.url.path == "/v1/imports" else settings.intake_max_body_bytes
+        # CSV uploads and bulk jobs have their own, larger limits; every other body the intake one.
+        limit = {"/v1/imports": settings.import_max_bytes, "/v1/leads/bulk": settings.bulk_max_bytes}.get(
+            request.url.path, settings.intake_max_body_bytes
+        )
         if length and length.isdigit() and int(length) > limit:
             return problems.problem_response(413, "Request too large", f"bodies are limited to {limit} bytes")
         return await call_next(request)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     intake_max_body_bytes: int = 256 * 1024
     # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).
     import_max_bytes: int = 512 * 1024 * 1024
+    # POST /v1/leads/bulk: up to 50,000 lead ids (about 2 MB of JSON).
+    bulk_max_bytes: int = 4 * 1024 * 1024
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
     # Queue names are prefixed so several installations (or test runs) can share one Redis.

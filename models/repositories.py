@@ -468,12 +468,14 @@ class LeadRepository:
         ).scalar_one_or_none()
 
     def add_events(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append many timeline events in one INSERT; an (lead, intake, kind) already there is skipped."""
+        """Append many timeline events in one executemany (one cached statement, whatever the number of
+        rows); an (lead, intake, kind) already there is skipped."""
         if rows:
             self.session.execute(
-                dialect_insert(self.session, TimelineEvent)
-                .values([{"actor": "system", **row} for row in rows])
-                .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
+                dialect_insert(self.session, TimelineEvent).on_conflict_do_nothing(
+                    index_elements=["lead_id", "intake_id", "kind"]
+                ),
+                [{"actor": "system", "intake_id": None, "data": {}, **row} for row in rows],
             )
 
     def duplicate_candidates(
