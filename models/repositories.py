@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -477,6 +477,14 @@ class LeadRepository:
                 ),
                 [{"actor": "system", "intake_id": None, "data": {}, **row} for row in rows],
             )
+
+    def has_event_of(self, lead_ids: Sequence[uuid.UUID], intake_id: uuid.UUID) -> bool:
+        """Whether the intake left an event on any of these leads (the (lead, intake, kind) index)."""
+        return bool(
+            self.session.execute(
+                select(exists().where(TimelineEvent.lead_id.in_(list(lead_ids)), TimelineEvent.intake_id == intake_id))
+            ).scalar_one()
+        )
 
     def duplicate_candidates(
         self, *, account_id: int, email_normalized: str, other_than_owner_id: int, limit: int = 50

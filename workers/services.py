@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import exists, select
 
 from models.repositories import ClaimedActivity, OrgRepository
-from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus, TimelineEvent
+from models.tables import Account, Intake, IntakeSource, IntakeStatus, Lead, LeadStatus
 from models.uow import UnitOfWork
 from rules.activity import SiteActivityEvent, describe_activity
 from rules.entities import Kind
@@ -240,11 +239,7 @@ def _made_or_joined(uow: UnitOfWork, intake: Intake, tombstone: Lead) -> bool:
     if intake.lead_id is not None or tombstone.created_by_intake_id == intake.id:
         return True
     leads = [tombstone.id] + ([tombstone.merged_into_id] if tombstone.merged_into_id else [])
-    return bool(
-        uow.session.execute(
-            select(exists().where(TimelineEvent.lead_id.in_(leads), TimelineEvent.intake_id == intake.id))
-        ).scalar_one()
-    )
+    return uow.leads.has_event_of(leads, intake.id)
 
 
 def _deleted_reason(uow: UnitOfWork, tombstone: Lead) -> str:
