@@ -58,43 +58,42 @@ def process_intake(self: Task, intake_id: str) -> str:
         structlog.contextvars.unbind_contextvars("correlation_id")
 
 
+def _whole_or_retry(
+    self: Task, what: str, key: uuid.UUID, run: Callable[[uuid.UUID], str], fail: Callable[[uuid.UUID, str], None]
+) -> str:
+    """Run an import or a bulk job under its id as the correlation id; any failure retries with
+    backoff, and past the retries the row is failed with the error."""
+    structlog.contextvars.bind_contextvars(correlation_id=str(key))
+    try:
+        return run(key)
+    except Exception as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("task.dead", kind=what, id=str(key), error=repr(exc))
+            fail(key, f"{type(exc).__name__}: {exc}")
+            return "failed"
+        log.warning("task.retry", kind=what, id=str(key), retries=self.request.retries, error=type(exc).__name__)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    finally:
+        structlog.contextvars.unbind_contextvars("correlation_id")
+
+
+def _import(key: uuid.UUID) -> str:
+    with imports.spooled_upload(key) as path:
+        return imports.run_import(key, imports.file_chunks(path)).status
+
+
 @task("imports.run", max_retries=3)
 def run_import(self: Task, import_id: str) -> str:
     """Run an uploaded CSV import (kept in the database) on the imports queue, whole or not at all.
     A failure retries from the start; past the retries the import is failed with the error."""
-    structlog.contextvars.bind_contextvars(correlation_id=import_id)
-    key = uuid.UUID(import_id)
-    try:
-        with imports.spooled_upload(key) as path:
-            return imports.run_import(key, imports.file_chunks(path)).status
-    except Exception as exc:
-        if self.request.retries >= self.max_retries:
-            log.error("import.dead", import_id=import_id, error=repr(exc))
-            imports.mark_failed(key, f"{type(exc).__name__}: {exc}")
-            return "failed"
-        log.warning("import.retry", import_id=import_id, retries=self.request.retries, error=type(exc).__name__)
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    finally:
-        structlog.contextvars.unbind_contextvars("correlation_id")
+    return _whole_or_retry(self, "import", uuid.UUID(import_id), _import, imports.mark_failed)
 
 
 @task("jobs.run", max_retries=3)
 def run_job(self: Task, job_id: str) -> str:
     """Run a bulk job (SH7, T4) chunk by chunk; a retry resumes after the last committed chunk.
     Past the retries the job is failed with the error (the chunks done stay done)."""
-    structlog.contextvars.bind_contextvars(correlation_id=job_id)
-    key = uuid.UUID(job_id)
-    try:
-        return jobs.run_job(key)
-    except Exception as exc:
-        if self.request.retries >= self.max_retries:
-            log.error("job.dead", job_id=job_id, error=repr(exc))
-            jobs.mark_failed(key, f"{type(exc).__name__}: {exc}")
-            return "failed"
-        log.warning("job.retry", job_id=job_id, retries=self.request.retries, error=type(exc).__name__)
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    finally:
-        structlog.contextvars.unbind_contextvars("correlation_id")
+    return _whole_or_retry(self, "job", uuid.UUID(job_id), jobs.run_job, jobs.mark_failed)
 
 
 @task("notifications.send", max_retries=8)
