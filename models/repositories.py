@@ -637,10 +637,14 @@ class LeadRepository:
             conds += [Lead.owner_entity_id == caller.agent_id, Lead.assigned_agent_id == caller.agent_id]
         if admin_of:
             below = select(Entity.id).where(Entity.parent_id.in_(admin_of))  # a company admin: its offices' leads
+            companies = select(Entity.id).where(
+                Entity.account_id == caller.account_id, Entity.kind == EntityKind.COMPANY
+            )
             conds += [
                 Lead.owner_entity_id.in_(admin_of),
                 Lead.owner_entity_id.in_(below),
-                Lead.routed_via_entity_id.in_(admin_of),
+                # An office admin: the company's leads routed through its office.
+                and_(Lead.routed_via_entity_id.in_(admin_of), Lead.owner_entity_id.in_(companies)),
             ]
             groups = select(Entity.id).where(
                 Entity.id.in_(admin_of), Entity.kind.in_([EntityKind.TEAM, EntityKind.COMPANY])

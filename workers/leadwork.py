@@ -325,9 +325,12 @@ class _Writer:
                     .values(unique_key=None)
                     .execution_options(synchronize_session=False)
                 )
-            for _, key, status in taken:
+            for holder, key, status in taken:
                 if status is LeadStatus.DELETED:
                     continue
+                assert key is not None
+                if holder == wanted[key]:
+                    continue  # D3: with duplication off the key names no owner, and the lead keeps its own
                 assert key is not None
                 refusals[wanted[key]] = _clash(next(p.to for p in plans if p.lead_id == wanted[key]))
         to_route: dict[int, list[tuple[TransferPlan, Lead]]] = defaultdict(list)
@@ -344,7 +347,8 @@ class _Writer:
                 to_route[p.to.id].append((p, lead))
             else:
                 lead.assigned_agent_id = p.assignee_id
-                lead.routed_via_entity_id = None if p.to.kind is Kind.AGENT else lead.routed_via_entity_id
+                # The old owner's routing no longer speaks for the lead (V1: an office admin saw it through it).
+                lead.routed_via_entity_id = None
             # T6: kept only when the assignee stays the same (a transfer to an agent assigns it).
             kept = not p.route and p.assignee_id == self.facts[lead.id].assignee_id
             data = {"rule": "T3", "from": previous.slug, "to": p.to.slug, "assignee_kept": kept}
