@@ -60,7 +60,8 @@ _TITLES = {
 def refused(refusal: Refusal) -> Problem:
     """A rule's refusal as the contract gives it: 403/409/404 with the rule in the detail, or 422 naming the field."""
     if refusal.kind is Refused.INVALID:
-        return invalid(refusal.field or "body", refusal.detail, detail=f"{refusal.field}: {refusal.detail}")
+        field = refusal.field or "body"
+        return invalid(field, refusal.detail, detail=f"{field}: {refusal.detail}")
     if refusal.rule == "V1" and refusal.kind is Refused.NOT_FOUND:
         return NOT_FOUND
     status, title = _TITLES[refusal.kind]
