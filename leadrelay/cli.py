@@ -105,6 +105,21 @@ def intake_replay(
     console.print(f"replayed {len(ids)} {status} intake(s)")
 
 
+@app.command("relay")
+def relay(
+    every: Annotated[float | None, typer.Option(help="seconds between passes (LEADRELAY_RELAY_EVERY_SECONDS)")] = None,
+    once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
+) -> None:
+    """Send again the task of kept work not done a while after it was stored (intakes, texts, mail,
+    bulk jobs, imports). Safe on several hosts at once (rows are claimed with SKIP LOCKED)."""
+    from workers.relay import run_forever, sweep
+
+    if once:
+        console.print(sweep())
+        return
+    run_forever(every)
+
+
 @app.command("import")
 def import_csv(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     import_max_bytes: int = 512 * 1024 * 1024
     # POST /v1/leads/bulk: up to 50,000 lead ids (about 2 MB of JSON).
     bulk_max_bytes: int = 4 * 1024 * 1024
+    # The relay sends again the task of kept work not done this long after it was stored (or last relayed),
+    # every relay_every_seconds (LEADRELAY_RELAY_AFTER_SECONDS, LEADRELAY_RELAY_EVERY_SECONDS).
+    relay_after_seconds: float = 120.0
+    relay_every_seconds: float = 15.0
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
     # Queue names are prefixed so several installations (or test runs) can share one Redis.

@@ -876,3 +876,41 @@ __all__ = [
     "dialect_insert",
     "to_ref",
 ]
+
+
+class RelayRepository:
+    """The relay's queries: kept work (intakes, outbound texts, mail, bulk jobs, imports) that is not done
+    a while after it was stored or last relayed, so its task may have been lost."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def claim(
+        self,
+        table: Any,
+        conditions: Sequence[ColumnElement[bool]],
+        *,
+        cutoff: dt.datetime,
+        now: dt.datetime,
+        limit: int,
+    ) -> list[Any]:
+        """Mark up to ``limit`` waiting rows relayed now and return them (id first). Rows another relay
+        or a running task holds are skipped (``FOR UPDATE SKIP LOCKED``), so relays on several hosts
+        share the work and never send one row twice in a pass."""
+        touched = func.coalesce(table.relayed_at, table.created_at)
+        waiting = (
+            select(table.id)
+            .where(*conditions, touched < cutoff)
+            .order_by(touched)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        columns = [table.id, table.source] if table is Intake else [table.id]
+        stmt = (
+            update(table)
+            .where(table.id.in_(waiting.scalar_subquery()))
+            .values(relayed_at=now)
+            .returning(*columns)
+            .execution_options(synchronize_session=False)
+        )
+        return list(self.session.execute(stmt).all())

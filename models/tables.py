@@ -328,6 +328,8 @@ class Message(Base):
     intake_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -354,6 +356,8 @@ class Intake(Base):
     lead_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     processed_at: Mapped[dt.datetime | None]
 
@@ -401,6 +405,8 @@ class Import(Base):
     rejected: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 
@@ -460,6 +466,8 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
     sent_at: Mapped[dt.datetime | None]
 
 
@@ -489,6 +497,8 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 

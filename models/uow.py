@@ -8,7 +8,7 @@ from types import TracebackType
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory
-from models.repositories import IntakeRepository, LeadRepository, OrgRepository
+from models.repositories import IntakeRepository, LeadRepository, OrgRepository, RelayRepository
 
 
 class UnitOfWork:
@@ -16,6 +16,7 @@ class UnitOfWork:
     intakes: IntakeRepository
     orgs: OrgRepository
     leads: LeadRepository
+    relay: RelayRepository
 
     def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
         self._factory = factory
@@ -26,6 +27,7 @@ class UnitOfWork:
         self.intakes = IntakeRepository(self.session)
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
+        self.relay = RelayRepository(self.session)
         return self
 
     def __exit__(

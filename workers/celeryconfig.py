@@ -23,6 +23,8 @@ TASK_QUEUES = {
     "jobs.run": "imports",
     "texts.send": "texts",
     "notifications.send": "notifications",
+    # The relay's pass, when run by celery beat (``leadrelay relay`` is the same loop without beat).
+    "relay.sweep": "registrations",
 }
 
 
@@ -87,4 +89,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_remote_control": not embedded,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "beat_schedule": {
+            "relay": {"task": "relay.sweep", "schedule": settings.relay_every_seconds, "options": {"expires": 60}}
+        },
     }

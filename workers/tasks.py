@@ -11,7 +11,7 @@ from celery import Task
 
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, jobs, notifications, services, texts_outbound
+from workers import imports, jobs, notifications, relay, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 
@@ -137,3 +137,9 @@ def send_text(self: Task, message_id: str) -> str:
             log.error("text.gave_up", message_id=message_id, error=type(exc).__name__)
             return "error"
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+
+
+@app.task(name="relay.sweep", ignore_result=True)  # type: ignore[untyped-decorator]
+def relay_sweep() -> dict[str, int]:
+    """One relay pass, for celery beat (``celery -A workers beat``); ids only, so nothing to retry."""
+    return relay.sweep()

@@ -1,0 +1,67 @@
+"""The relay (issue 6, RELIABILITY.md): the database is the system of record and the broker only
+carries ids, so a lost message, a killed worker or a Redis restart must delay work, never lose it.
+Every pass claims the kept work that is not done a while after it was stored or last relayed
+(``FOR UPDATE SKIP LOCKED``: relays on several hosts share it) and publishes its task again. Every
+task is idempotent by its data, so a copy that was only slow does no harm."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from leadrelay.settings import get_settings
+from models.tables import Import, ImportStatus, Intake, IntakeSource, IntakeStatus, Job, JobStatus, Message, Outbox
+from models.uow import UnitOfWork
+from workers.app import publish
+from workers.celeryconfig import queue_name
+
+log = structlog.get_logger(__name__)
+
+# What waits for a task, and which task. Imports and bulk jobs only while queued: once running, a worker
+# holds them (a killed one's message comes back from the broker's visibility timeout).
+WAITING: dict[str, tuple[Any, list[Any], str]] = {
+    "intakes": (Intake, [Intake.status.in_([IntakeStatus.ACCEPTED, IntakeStatus.PROCESSING])], "intake.process"),
+    "texts": (Message, [Message.direction == "outbound", Message.status == "queued"], "texts.send"),
+    "mail": (Outbox, [Outbox.status == "pending"], "notifications.send"),
+    "jobs": (Job, [Job.status == JobStatus.QUEUED], "jobs.run"),
+    "imports": (Import, [Import.status == ImportStatus.QUEUED], "imports.run"),
+}
+
+
+def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, int]:
+    """One pass: claim what waits longer than ``after`` (``LEADRELAY_RELAY_AFTER_SECONDS``), commit, then
+    publish each task again; how many of each kind were sent."""
+    settings = get_settings()
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now - (after if after is not None else dt.timedelta(seconds=settings.relay_after_seconds))
+    sends: list[tuple[str, uuid.UUID, str | None]] = []
+    counts: dict[str, int] = {}
+    with UnitOfWork() as uow:
+        for kind, (table, conditions, task) in WAITING.items():
+            rows = uow.relay.claim(table, conditions, cutoff=cutoff, now=now, limit=limit)
+            counts[kind] = len(rows)
+            for row in rows:
+                # An SMS intake runs on the texts queue, as the webhook sends it.
+                queue = queue_name(settings, "texts") if table is Intake and row.source is IntakeSource.SMS else None
+                sends.append((task, row.id, queue))
+        uow.commit()
+    for task, key, queue in sends:
+        publish(task, key, queue=queue)
+    if any(counts.values()):
+        log.warning("relay.resent", **counts)
+    return counts
+
+
+def run_forever(every: float | None = None) -> None:
+    """``leadrelay relay``: a pass every ``every`` seconds (``LEADRELAY_RELAY_EVERY_SECONDS``) until stopped."""
+    interval = every if every is not None else get_settings().relay_every_seconds
+    while True:
+        try:
+            sweep()
+        except Exception as exc:  # the database is down: the next pass tries again
+            log.error("relay.failed", error=type(exc).__name__)
+        time.sleep(interval)
