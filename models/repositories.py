@@ -374,6 +374,15 @@ class OrgRepository:
                 return user.name, agent.email
         return None
 
+    def move_cursors(self, entity_id: int, before: Sequence[Rule], after: Sequence[Rule]) -> None:
+        """Write back the cursors ``route_many`` moved (``after`` lists the rules in ``before``'s order)."""
+        for old, new in zip(before, after, strict=True):
+            if old.cursor != new.cursor:
+                self.move_cursor(entity_id, new, new.cursor)
+
+    def user_id_of_agent(self, agent_id: int) -> int | None:
+        return self.session.execute(select(User.id).where(User.agent_id == agent_id)).scalar_one_or_none()
+
     def smart_number_by_e164(self, e164: str) -> SmartNumber | None:
         """The smart number with this E.164 form, of whichever account registered it (one only)."""
         return self.session.execute(select(SmartNumber).where(SmartNumber.e164 == e164)).scalar_one_or_none()
@@ -476,6 +485,45 @@ class LeadRepository:
                     index_elements=["lead_id", "intake_id", "kind"]
                 ),
                 [{"actor": "system", "intake_id": None, "data": {}, **row} for row in rows],
+            )
+
+    def history_counts(self, lead_id: uuid.UUID) -> dict[str, int]:
+        """What a merge moves from this lead (M7's preview): its events, texts and site activity."""
+        return {
+            name: int(
+                self.session.execute(
+                    select(func.count()).select_from(table).where(table.lead_id == lead_id)
+                ).scalar_one()
+            )
+            for name, table in (
+                ("timeline_events", TimelineEvent),
+                ("messages", Message),
+                ("site_activity", SiteActivity),
+            )
+        }
+
+    def move_history(self, from_id: uuid.UUID, to_id: uuid.UUID) -> None:
+        """M4: a lead's timeline, texts and site activity go to another lead. An event of the same intake
+        and kind on both keeps its place but no longer its intake id (one per intake, lead and kind)."""
+        mine = aliased(TimelineEvent)
+        self.session.execute(
+            update(TimelineEvent)
+            .where(
+                TimelineEvent.lead_id == from_id,
+                TimelineEvent.intake_id.is_not(None),
+                exists().where(
+                    mine.lead_id == to_id, mine.intake_id == TimelineEvent.intake_id, mine.kind == TimelineEvent.kind
+                ),
+            )
+            .values(intake_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        for table in (TimelineEvent, Message, SiteActivity):
+            self.session.execute(
+                update(table)
+                .where(table.lead_id == from_id)
+                .values(lead_id=to_id)
+                .execution_options(synchronize_session=False)
             )
 
     def has_event_of(self, lead_ids: Sequence[uuid.UUID], intake_id: uuid.UUID) -> bool:

@@ -394,7 +394,7 @@ class _Run:
         with contextlib.ExitStack() as stack:
             orgs_uow = stack.enter_context(UnitOfWork()) if self.store.postgres else self.uow
             rules, default = orgs_uow.orgs.routing_rules(entity, lock=True)
-            before = {(r.id, r.name): r.cursor for r in [*rules, default]}
+            before = [*rules, default]
             decisions: dict[tuple[Any, ...], tuple[int, Decision]] = {}
             after_line, done = 0, 0
             while batch := self.store.new_leads(after_line, ROUTING_BATCH):
@@ -409,9 +409,7 @@ class _Run:
                 after_line = batch[-1][0]
                 done += len(batch)
                 self.report("routing", done, to_make)
-            for rule in [*rules, default]:
-                if before[(rule.id, rule.name)] != rule.cursor:
-                    orgs_uow.orgs.move_cursor(entity.id, rule, rule.cursor)
+            orgs_uow.orgs.move_cursors(entity.id, before, [*rules, default])
             if orgs_uow is not self.uow:
                 orgs_uow.commit()
         in_pond = entity.kind is Kind.TEAM

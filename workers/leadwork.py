@@ -9,11 +9,10 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import structlog
-from sqlalchemy import delete, exists, func, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import delete, func, select, update
 
 from leadrelay.settings import get_settings
 from models.repositories import dialect_insert
@@ -23,10 +22,6 @@ from models.tables import (
     LeadShare,
     LeadStatus,
     Membership,
-    Message,
-    SiteActivity,
-    TimelineEvent,
-    User,
 )
 from models.uow import UnitOfWork
 from rules.entities import EntityRef, Kind
@@ -66,9 +61,6 @@ from rules.uniqueness import unique_key
 from workers import notifications
 
 log = structlog.get_logger(__name__)
-
-BulkAction = Literal["share", "transfer", "assign", "archive"]
-BULK_ACTIONS: tuple[BulkAction, ...] = ("share", "transfer", "assign", "archive")
 
 
 @dataclass(frozen=True)
@@ -472,7 +464,7 @@ def reroute(uow: UnitOfWork, entity: EntityRef, leads: Sequence[Lead]) -> list[D
     """A2 for leads that already exist (T6, A5): the entity's rules in order, the cursors moved in the
     caller's transaction; no eligible agent leaves the lead unassigned (in the pond for a team)."""
     rules, default = uow.orgs.routing_rules(entity, lock=True)
-    before = {(r.id, r.name): r.cursor for r in [*rules, default]}
+    before = [*rules, default]
     signups = [
         LeadSignup(
             source_kind=lead.source_kind,
@@ -484,9 +476,7 @@ def reroute(uow: UnitOfWork, entity: EntityRef, leads: Sequence[Lead]) -> list[D
         for lead in leads
     ]
     decisions, rules, default = route_many(rules, default, signups)
-    for rule in [*rules, default]:
-        if before[(rule.id, rule.name)] != rule.cursor:
-            uow.orgs.move_cursor(entity.id, rule, rule.cursor)
+    uow.orgs.move_cursors(entity.id, before, [*rules, default])
     for lead, decision in zip(leads, decisions, strict=True):
         lead.routed_via_entity_id = entity.id
         lead.assigned_agent_id = decision.agent.id if decision.agent else None
@@ -608,11 +598,7 @@ def merge(
         return decided
     other_row = uow.leads.get(other_id)
     assert other_row is not None
-    moves = {
-        "timeline_events": _count(uow, TimelineEvent.lead_id == other_id),
-        "messages": _count(uow, Message.lead_id == other_id),
-        "site_activity": _count(uow, SiteActivity.lead_id == other_id),
-    }
+    moves = uow.leads.history_counts(other_id)
     owner = uow.orgs.entity(other_row.owner_entity_id)
     note, data = merged_note(
         name=" ".join(p for p in (other_row.first_name, other_row.last_name) if p),
@@ -637,11 +623,6 @@ def merge(
     return outcome
 
 
-def _count(uow: UnitOfWork, condition: Any) -> int:
-    table = condition.left.table
-    return int(uow.session.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
-
-
 def _carry_out_merge(uow: UnitOfWork, actor: Actor, plan: MergePlan, outcome: MergeOutcome) -> None:
     """M4/M5: the primary keeps its data (blanks filled from the other) and gains the other's timeline,
     texts and activity; the other's campaigns stop with a note each; the other becomes ``merged``.
@@ -651,27 +632,7 @@ def _carry_out_merge(uow: UnitOfWork, actor: Actor, plan: MergePlan, outcome: Me
     primary, other = uow.leads.get(plan.primary_id), uow.leads.get(plan.other_id)
     assert primary is not None
     assert other is not None
-    # An event of the same intake and kind on both leads keeps its place but no longer its intake id.
-    mine = aliased(TimelineEvent)
-    session.execute(
-        update(TimelineEvent)
-        .where(
-            TimelineEvent.lead_id == other.id,
-            TimelineEvent.intake_id.is_not(None),
-            exists().where(
-                mine.lead_id == primary.id, mine.intake_id == TimelineEvent.intake_id, mine.kind == TimelineEvent.kind
-            ),
-        )
-        .values(intake_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    for table in (TimelineEvent, Message, SiteActivity):
-        session.execute(
-            update(table)
-            .where(table.lead_id == other.id)
-            .values(lead_id=primary.id)
-            .execution_options(synchronize_session=False)
-        )
+    uow.leads.move_history(other.id, primary.id)
     session.execute(delete(LeadCampaign).where(LeadCampaign.lead_id == other.id))
     # Leads merged into the other now point straight at the primary: a merged lead points at a live one.
     session.execute(
@@ -781,7 +742,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
                 }
             )
     unshared: list[uuid.UUID] = []
-    if agent_user := _user_of_agent(uow, agent.id):
+    if agent_user := uow.orgs.user_id_of_agent(agent.id):
         unshared = list(
             session.execute(
                 delete(LeadShare)
@@ -815,7 +776,3 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
     uow.commit()
     log.info("team.left", team=team.ref.slug, agent=agent.slug, rerouted=len(leads), unshared=len(unshared))
     return LeaveOutcome(len(leads), len(unshared), kept)
-
-
-def _user_of_agent(uow: UnitOfWork, agent_id: int) -> int | None:
-    return uow.session.execute(select(User.id).where(User.agent_id == agent_id)).scalar_one_or_none()
