@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Queue names are prefixed so several installations (or test runs) can share one Redis.
     queue_prefix: str = ""
+    # Retries of a failing intake or outbound text (at most 5), LEADRELAY_RETRY_BACKOFF_SECONDS apart, doubling.
     task_max_retries: int = Field(default=5, ge=0)
+    retry_backoff_seconds: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")

@@ -34,8 +34,9 @@ def task(name: str, *, max_retries: int = 5) -> Callable[[F], Any]:
     )
 
 
-def backoff(retries: int) -> int:
-    return int(min(2 ** (retries + 1), MAX_RETRY_COUNTDOWN))
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: ``LEADRELAY_RETRY_BACKOFF_SECONDS`` doubled each time (2, 4, 8...)."""
+    return float(min(get_settings().retry_backoff_seconds * 2**retries, MAX_RETRY_COUNTDOWN))
 
 
 @task("intake.process", max_retries=5)
@@ -47,7 +48,7 @@ def process_intake(self: Task, intake_id: str) -> str:
             outcome = services.process_intake(uow, uuid.UUID(intake_id))
         return outcome.status
     except Exception as exc:
-        if self.request.retries >= self.max_retries:
+        if self.request.retries >= min(self.max_retries, get_settings().task_max_retries):
             log.error("intake.dead", intake_id=intake_id, error=repr(exc))
             with UnitOfWork() as uow:
                 services.mark_dead(uow, uuid.UUID(intake_id), f"{type(exc).__name__}: {exc}")
