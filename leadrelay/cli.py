@@ -83,6 +83,51 @@ def worker(ctx: typer.Context, concurrency: int = 2, loglevel: str = "INFO") -> 
     celery_app.worker_main(argv=[*argv, *ctx.args])
 
 
+@app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower(
+    ctx: typer.Context,
+    port: int = 5555,
+    address: str = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LEADRELAY_FLOWER_BASIC_AUTH",
+            show_envvar=True,
+            help="user:password[,user2:password2]; required in production. Prefer the environment variable: "
+            "an option shows in the process list",
+        ),
+    ] = None,
+    purge_offline_workers: Annotated[
+        int, typer.Option(help="seconds after which an offline worker leaves the view (0: never)")
+    ] = 600,
+) -> None:
+    """Flower for the workers, read-only: it watches workers and tasks, and never revokes a task nor
+    stops a worker. Extra options go to Flower."""
+    from workers import app as celery_app
+
+    settings = get_settings()
+    if settings.broker_is_embedded:
+        console.print("[red]Flower needs LEADRELAY_BROKER_URL (Redis): the embedded broker carries no events[/red]")
+        raise typer.Exit(2)
+    users = [u.strip() for u in basic_auth.split(",")] if basic_auth else []
+    if any(not user or not password for user, _, password in (u.partition(":") for u in users)):
+        console.print("[red]--basic-auth (LEADRELAY_FLOWER_BASIC_AUTH): user:password[,user2:password2][/red]")
+        raise typer.Exit(2)
+    if not users and settings.env == "production":
+        console.print("[red]Flower in production needs LEADRELAY_FLOWER_BASIC_AUTH (user:password)[/red]")
+        raise typer.Exit(2)
+    argv = ["flower", f"--port={port}", f"--address={address}", "--read_only=true"]
+    if purge_offline_workers > 0:
+        # Worker names change with every container or host restart; the old ones would stay listed offline.
+        argv.append(f"--purge_offline_workers={purge_offline_workers}")
+    if users:
+        argv.append(f"--basic_auth={','.join(users)}")
+    # Flower reads the rest from the Celery app: broker URL and transport options (the queue prefix) included.
+    code = celery_app.start(argv=[*argv, *ctx.args])
+    if code:
+        raise typer.Exit(code)
+
+
 @intake_app.command("replay")
 def intake_replay(
     status: Annotated[str, typer.Option(help="rejected or dead")] = "dead",
