@@ -6,7 +6,17 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from intake import problems, routes_events, routes_imports, routes_intake, routes_leads, routes_sms, routes_work
+from intake import (
+    operations,
+    problems,
+    routes_admin,
+    routes_events,
+    routes_imports,
+    routes_intake,
+    routes_leads,
+    routes_sms,
+    routes_work,
+)
 from leadrelay.settings import get_settings
 
 
@@ -30,14 +40,13 @@ def create_app() -> FastAPI:
             return problems.problem_response(413, "Request too large", f"bodies are limited to {limit} bytes")
         return await call_next(request)
 
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    # Added last, so it is the outermost middleware and counts every answer, 413s included.
+    operations.install(app)
     app.include_router(routes_intake.router)
     app.include_router(routes_leads.router)
     app.include_router(routes_work.router)
     app.include_router(routes_events.router)
     app.include_router(routes_imports.router)
     app.include_router(routes_sms.router)
+    app.include_router(routes_admin.router)
     return app

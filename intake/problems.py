@@ -10,6 +10,8 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 
 PROBLEM = "application/problem+json"
@@ -58,6 +60,20 @@ def invalid(field: str, message: str, *, detail: str | None = None) -> Problem:
     """422 naming one bad field; the detail is ``field: message`` unless given."""
     return Problem(
         422, "Invalid request", detail or f"{field}: {message}", errors=[{"field": field, "message": message}]
+    )
+
+
+# How soon a client may try again after a 503.
+RETRY_AFTER_SECONDS = 5
+
+
+def unavailable(what: str, exc: BaseException) -> Problem:
+    """503: ``what`` does not answer. The request's transaction was rolled back, so nothing of it is kept."""
+    return Problem(
+        503,
+        "Unavailable",
+        f"{what} is unavailable ({type(exc).__name__}); nothing was stored, try again",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -112,6 +128,16 @@ def install(app: FastAPI) -> None:
             headers=dict(exc.headers) if exc.headers else None,
         )
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeoutError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL down, restarting or unreachable (or every pooled connection busy): say so at once, with
+        # Retry-After. The unit of work rolled the request back: a 503 stores nothing, not even half.
+        log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
+        p = unavailable("the database", exc)
+        return problem_response(p.status, p.title, p.detail, headers=p.headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette still re-raises it after this answer, so uvicorn logs the traceback too.
@@ -147,6 +173,7 @@ def _document_problems(app: FastAPI) -> None:
 
 def _problem_responses(operation: dict[str, Any]) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    responses.setdefault("503", {"description": "The database is unavailable; nothing was stored (Retry-After)"})
     if operation.get("security"):
         responses.setdefault("401", {"description": "Missing or unknown credential"})
     if "requestBody" in operation:

@@ -28,8 +28,7 @@ from models.uow import UnitOfWork
 from rules.contact import InvalidPhone, mask_phone, normalize_phone
 from rules.texts import InboundText
 from workers import texts
-from workers.app import publish
-from workers.celeryconfig import queue_name
+from workers.relay import send_intake
 
 router = APIRouter(prefix="/v1/intake/sms", tags=["intake"])
 log = structlog.get_logger(__name__)
@@ -208,7 +207,7 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
         # On the texts queue, so a flood of registrations never delays a reply.
-        publish("intake.process", intake_id, queue=queue_name(get_settings(), "texts"))
+        send_intake(intake_id, IntakeSource.SMS)
     log.info("intake.accepted", intake_id=str(intake_id), source="sms", replay=not new, sender=mask_phone(sender))
     return _twiml()
 

@@ -228,6 +228,22 @@ class IntakeOut(BaseModel):
     reason: str | None
 
 
+class ReplayIn(BaseModel):
+    """Which kept intakes of the caller's account to send through the pipeline again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["dead", "rejected"] = Field(
+        default="dead", description="dead (failed past its retries) or rejected (e.g. an unclaimed page, O9)"
+    )
+    since: AwareDatetime | None = Field(default=None, description="only intakes stored since then (with its offset)")
+
+
+class ReplayOut(BaseModel):
+    replayed: int
+    intake_ids: list[uuid.UUID] = Field(description="The intakes sent again (follow each at /v1/intake/{id})")
+
+
 class EntityOut(BaseModel):
     id: str
     kind: str

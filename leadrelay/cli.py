@@ -136,18 +136,18 @@ def intake_replay(
     """Send kept intakes through the pipeline again (after registering a domain, say: O9)."""
     from models.tables import IntakeStatus
     from models.uow import UnitOfWork
+    from workers.relay import send_intake
     from workers.services import reopen_intakes
-    from workers.tasks import process_intake
 
     if status not in ("rejected", "dead"):
         raise typer.BadParameter("rejected or dead", param_hint="--status")
     with UnitOfWork() as uow:
-        ids = reopen_intakes(
+        rows = reopen_intakes(
             uow, IntakeStatus(status), since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since
         )
-    for intake_id in ids:
-        process_intake.apply_async(args=[str(intake_id)])
-    console.print(f"replayed {len(ids)} {status} intake(s)")
+    for intake_id, source in rows:
+        send_intake(intake_id, source)
+    console.print(f"replayed {len(rows)} {status} intake(s)")
 
 
 @app.command("relay")

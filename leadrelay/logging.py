@@ -15,7 +15,7 @@ EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # E.164 (+15551234567) and North American forms ((555) 010-2233, 555.010.2233); not dates or times.
 PHONE_RE = re.compile(r"\+\d{8,15}\b|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b")
 # Fields the logging setup itself writes; they hold no personal data and must stay readable.
-_META = frozenset({"timestamp", "level", "logger", "correlation_id", "intake_id", "lead_id"})
+_META = frozenset({"timestamp", "level", "logger", "correlation_id", "intake_id", "lead_id", "task", "task_id"})
 
 
 def mask_text(text: str) -> str:

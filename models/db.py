@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from leadrelay.settings import get_settings
 
+CONNECT_TIMEOUT_SECONDS = 5
 _lock = threading.Lock()
 _engine: Engine | None = None
 _session_factory: sessionmaker[Session] | None = None
@@ -35,7 +36,16 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    # A server that does not answer fails a connect in CONNECT_TIMEOUT_SECONDS, so a request gets its 503
+    # quickly instead of hanging; a full pool is waited on no longer than that either.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=CONNECT_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def get_engine() -> Engine:

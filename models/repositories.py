@@ -19,9 +19,14 @@ from models.tables import (
     ApiConnection,
     Entity,
     EntityKind,
+    Import,
+    ImportStatus,
     Intake,
     IntakeKey,
+    IntakeSource,
     IntakeStatus,
+    Job,
+    JobStatus,
     Lead,
     LeadCampaign,
     LeadShare,
@@ -29,6 +34,7 @@ from models.tables import (
     Membership,
     Message,
     MessageStatusCallback,
+    Outbox,
     RoutingRule,
     RoutingRuleMember,
     SiteActivity,
@@ -132,13 +138,26 @@ class IntakeRepository:
                 update(Intake).where(Intake.id.in_(list(ids))).values(status=IntakeStatus.ACCEPTED, reason=None)
             )
 
-    def ids_with_status(
-        self, statuses: Iterable[str], *, since: dt.datetime | None = None, limit: int = 1000
-    ) -> list[uuid.UUID]:
-        stmt = select(Intake.id).where(Intake.status.in_(list(statuses))).order_by(Intake.created_at).limit(limit)
+    def with_status(
+        self,
+        statuses: Iterable[str],
+        *,
+        since: dt.datetime | None = None,
+        account_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[uuid.UUID, IntakeSource]]:
+        """(id, source) of the intakes in ``statuses``, oldest first; of one account when given."""
+        stmt = (
+            select(Intake.id, Intake.source)
+            .where(Intake.status.in_(list(statuses)))
+            .order_by(Intake.created_at)
+            .limit(limit)
+        )
         if since is not None:
             stmt = stmt.where(Intake.created_at >= since)
-        return list(self.session.execute(stmt).scalars())
+        if account_id is not None:
+            stmt = stmt.where(Intake.account_id == account_id)
+        return [(key, source) for key, source in self.session.execute(stmt).all()]
 
 
 class OrgRepository:
@@ -192,6 +211,21 @@ class OrgRepository:
             return None
         admin_of = self.session.execute(select(AdminRole.entity_id).where(AdminRole.user_id == user.id)).scalars()
         return Caller(user.id, user.account_id, user.slug, user.agent_id, frozenset(admin_of))
+
+    def is_company_admin(self, caller: Caller) -> bool:
+        """The caller administers its account's company (account-wide operations, such as replaying intakes)."""
+        return bool(
+            caller.admin_of
+            and self.session.execute(
+                select(
+                    exists().where(
+                        Entity.id.in_(list(caller.admin_of)),
+                        Entity.account_id == caller.account_id,
+                        Entity.kind == EntityKind.COMPANY,
+                    )
+                )
+            ).scalar_one()
+        )
 
     def entity(self, entity_id: int) -> Entity:
         entity = self.session.get(Entity, entity_id)
@@ -957,8 +991,82 @@ class RelayRepository:
         stmt = (
             update(table)
             .where(table.id.in_(waiting.scalar_subquery()))
-            .values(relayed_at=now)
+            .values(relayed_at=now, relays=table.relays + 1)
             .returning(*columns)
             .execution_options(synchronize_session=False)
         )
         return list(self.session.execute(stmt).all())
+
+
+# Upper bounds (seconds) of the intake latency histogram, from stored to done.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A cumulative histogram: ``buckets[i]`` intakes took at most ``LATENCY_BUCKETS[i]`` seconds."""
+
+    buckets: tuple[int, ...]
+    count: int
+    total_seconds: float
+
+
+class MetricsRepository:
+    """What ``GET /metrics`` reports, read from the database, so every API, worker and relay process on
+    every host is counted, and a restart forgets nothing. Each figure is one aggregate query."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def _seconds(self, start: Any, end: Any) -> ColumnElement[Any]:
+        if self.session.get_bind().dialect.name == "sqlite":
+            return (func.julianday(end) - func.julianday(start)) * 86400.0
+        return func.extract("epoch", end - start)
+
+    def intakes(self) -> list[tuple[str, str, int]]:
+        """(source, status, count) of every kept intake."""
+        stmt = select(Intake.source, Intake.status, func.count()).group_by(Intake.source, Intake.status)
+        return [(str(source), str(status), int(n)) for source, status, n in self.session.execute(stmt).all()]
+
+    def intake_latency(self) -> Latency:
+        """Seconds from stored to done of every intake that is done."""
+        seconds = self._seconds(Intake.created_at, Intake.processed_at)
+        row = self.session.execute(
+            select(
+                *[func.count().filter(seconds <= bound) for bound in LATENCY_BUCKETS],
+                func.count(),
+                func.coalesce(func.sum(seconds), 0.0),
+            ).where(Intake.status == IntakeStatus.DONE, Intake.processed_at.is_not(None))
+        ).one()
+        return Latency(tuple(int(n) for n in row[: len(LATENCY_BUCKETS)]), int(row[-2]), float(row[-1]))
+
+    def relay_resends(self) -> dict[str, int]:
+        """How many times the relay sent each kind of kept work again."""
+        tables: dict[str, Any] = {"intakes": Intake, "texts": Message, "mail": Outbox, "jobs": Job, "imports": Import}
+        return {
+            kind: int(self.session.execute(select(func.coalesce(func.sum(table.relays), 0))).scalar_one())
+            for kind, table in tables.items()
+        }
+
+    def dead_letters(self) -> dict[str, int]:
+        """Work that ended failed past its retries: dead intakes, failed mail, texts, imports and bulk jobs."""
+        counts = {
+            "intakes": select(func.count()).where(Intake.status == IntakeStatus.DEAD),
+            "mail": select(func.count()).where(Outbox.status == "failed"),
+            "texts": select(func.count()).where(Message.direction == "outbound", Message.status == "failed"),
+            "imports": select(func.count()).where(Import.status == ImportStatus.FAILED),
+            "jobs": select(func.count()).where(Job.status == JobStatus.FAILED),
+        }
+        return {kind: int(self.session.execute(stmt).scalar_one()) for kind, stmt in counts.items()}
+
+    def assigned_per_agent(self) -> list[tuple[str, str, int]]:
+        """(account slug, agent slug, live leads assigned to the agent): how evenly routing spreads the work."""
+        stmt = (
+            select(Account.slug, Entity.slug, func.count())
+            .select_from(Lead)
+            .join(Entity, Entity.id == Lead.assigned_agent_id)
+            .join(Account, Account.id == Lead.account_id)
+            .where(Lead.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]))
+            .group_by(Account.slug, Entity.slug)
+        )
+        return [(str(account), str(agent), int(n)) for account, agent, n in self.session.execute(stmt).all()]

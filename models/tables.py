@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -330,6 +331,8 @@ class Message(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the relay last sent its task again (the row was not done a while after it was stored).
     relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -358,6 +361,8 @@ class Intake(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the relay last sent its task again (the row was not done a while after it was stored).
     relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     processed_at: Mapped[dt.datetime | None]
 
@@ -407,6 +412,8 @@ class Import(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the relay last sent its task again (the row was not done a while after it was stored).
     relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 
@@ -468,6 +475,8 @@ class Outbox(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the relay last sent its task again (the row was not done a while after it was stored).
     relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     sent_at: Mapped[dt.datetime | None]
 
 
@@ -499,6 +508,8 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the relay last sent its task again (the row was not done a while after it was stored).
     relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 

@@ -8,7 +8,7 @@ from types import TracebackType
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory
-from models.repositories import IntakeRepository, LeadRepository, OrgRepository, RelayRepository
+from models.repositories import IntakeRepository, LeadRepository, MetricsRepository, OrgRepository, RelayRepository
 
 
 class UnitOfWork:
@@ -17,6 +17,7 @@ class UnitOfWork:
     orgs: OrgRepository
     leads: LeadRepository
     relay: RelayRepository
+    metrics: MetricsRepository
 
     def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
         self._factory = factory
@@ -28,6 +29,7 @@ class UnitOfWork:
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
         self.relay = RelayRepository(self.session)
+        self.metrics = MetricsRepository(self.session)
         return self
 
     def __exit__(

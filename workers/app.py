@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
 
 from leadrelay.settings import get_settings
 from models.db import dispose_engine
@@ -17,6 +17,10 @@ app = Celery("leadrelay", set_as_current=True)
 # A callable is a promise: Celery reads it when the configuration is first needed.
 app.add_defaults(lambda: celery_config(get_settings()))
 log = structlog.get_logger(__name__)
+
+# The message header carrying the correlation id: the intake (or import, or job) id a chain of tasks began
+# with. Celery's own ``correlation_id`` is the task id, hence a name of our own.
+CORRELATION_HEADER = "leadrelay_correlation_id"
 
 
 def publish(task_name: str, key: uuid.UUID, *, queue: str | None = None) -> None:
@@ -35,3 +39,26 @@ def publish(task_name: str, key: uuid.UUID, *, queue: str | None = None) -> None
 def _fresh_engine_per_child(**_: Any) -> None:
     # Prefork children must not share the parent's database sockets.
     dispose_engine(close=False)
+
+
+@before_task_publish.connect  # type: ignore[untyped-decorator]
+def _carry_correlation_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Whatever the publisher is doing for (an HTTP request's intake, a task's own correlation id) goes along.
+    correlation_id = structlog.contextvars.get_contextvars().get("correlation_id")
+    if correlation_id and headers is not None:
+        headers.setdefault(CORRELATION_HEADER, correlation_id)
+
+
+@task_prerun.connect  # type: ignore[untyped-decorator]
+def _bind_correlation_id(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: Any) -> None:
+    # A task published without one (by the relay, or a replay) is its own origin: its argument is the row's id.
+    structlog.contextvars.clear_contextvars()
+    correlation_id = task.request.get(CORRELATION_HEADER) or (str(args[0]) if args else None)
+    structlog.contextvars.bind_contextvars(task=task.name, task_id=task_id)
+    if correlation_id:
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _clear_correlation_id(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()

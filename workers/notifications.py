@@ -74,11 +74,14 @@ def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
     return "sent"
 
 
-def record_failure(uow: UnitOfWork, outbox_id: uuid.UUID, error: str) -> None:
-    """Keep the last error on the row; it stays pending (and is retried) until it is sent."""
+def record_failure(uow: UnitOfWork, outbox_id: uuid.UUID, error: str, *, final: bool = False) -> None:
+    """Keep the last error on the row. It stays pending (and is retried) until it is sent, or, after the
+    last retry, ends ``failed``: a dead letter the relay leaves alone and ``GET /metrics`` counts."""
     row = uow.session.get(Outbox, outbox_id)
     if row is not None and row.status != "sent":
         row.error = error[:2000]
+        if final:
+            row.status = "failed"
         uow.commit()
 
 

@@ -32,6 +32,16 @@ WAITING: dict[str, tuple[Any, list[Any], str]] = {
 }
 
 
+def intake_queue(source: IntakeSource) -> str | None:
+    """An SMS intake runs on the texts queue, as the webhook sends it; every other on ``intake.process``'s own."""
+    return queue_name(get_settings(), "texts") if source is IntakeSource.SMS else None
+
+
+def send_intake(key: uuid.UUID, source: IntakeSource) -> None:
+    """Publish a kept intake's task again (the relay, a replay), on its source's queue."""
+    publish("intake.process", key, queue=intake_queue(source))
+
+
 def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, int]:
     """One pass: claim what waits longer than ``after`` (``LEADRELAY_RELAY_AFTER_SECONDS``), commit, then
     publish each task again; how many of each kind were sent."""
@@ -45,9 +55,7 @@ def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, 
             rows = uow.relay.claim(table, conditions, cutoff=cutoff, now=now, limit=limit)
             counts[kind] = len(rows)
             for row in rows:
-                # An SMS intake runs on the texts queue, as the webhook sends it.
-                queue = queue_name(settings, "texts") if table is Intake and row.source is IntakeSource.SMS else None
-                sends.append((task, row.id, queue))
+                sends.append((task, row.id, intake_queue(row.source) if table is Intake else None))
         uow.commit()
     for task, key, queue in sends:
         publish(task, key, queue=queue)

@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 FINAL = (IntakeStatus.DONE, IntakeStatus.REJECTED)
 # Sources whose API connection, never the body, decides the owner (O4, O5).
 CONNECTION_SOURCES = (IntakeSource.PROVIDER, IntakeSource.EVENTS)
+# At most this many intakes are replayed by one command or request; run it again for more.
+REPLAY_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -472,9 +474,17 @@ def mark_dead(uow: UnitOfWork, intake_id: uuid.UUID, error: str) -> None:
     uow.commit()
 
 
-def reopen_intakes(uow: UnitOfWork, status: IntakeStatus, since: dt.datetime | None) -> list[uuid.UUID]:
-    """Put kept intakes of ``status`` back to accepted so the pipeline takes them again."""
-    ids = uow.intakes.ids_with_status([status.value], since=since, limit=100_000)
-    uow.intakes.reopen(ids)
+def reopen_intakes(
+    uow: UnitOfWork,
+    status: IntakeStatus,
+    since: dt.datetime | None,
+    *,
+    account_id: int | None = None,
+    limit: int = REPLAY_LIMIT,
+) -> list[tuple[uuid.UUID, IntakeSource]]:
+    """Put kept intakes of ``status`` back to accepted (of one account when given), commit, and return
+    them: the caller sends each one's task (``relay.send_intake``)."""
+    rows = uow.intakes.with_status([status.value], since=since, account_id=account_id, limit=limit)
+    uow.intakes.reopen([key for key, _ in rows])
     uow.commit()
-    return ids
+    return rows

@@ -42,7 +42,6 @@ def backoff(retries: int) -> float:
 @task("intake.process", max_retries=5)
 def process_intake(self: Task, intake_id: str) -> str:
     """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
-    structlog.contextvars.bind_contextvars(correlation_id=intake_id)
     try:
         with UnitOfWork() as uow:
             outcome = services.process_intake(uow, uuid.UUID(intake_id))
@@ -55,16 +54,13 @@ def process_intake(self: Task, intake_id: str) -> str:
             return "dead"
         log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=type(exc).__name__)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    finally:
-        structlog.contextvars.unbind_contextvars("correlation_id")
 
 
 def _whole_or_retry(
     self: Task, what: str, key: uuid.UUID, run: Callable[[uuid.UUID], str], fail: Callable[[uuid.UUID, str], None]
 ) -> str:
-    """Run an import or a bulk job under its id as the correlation id; any failure retries with
-    backoff, and past the retries the row is failed with the error."""
-    structlog.contextvars.bind_contextvars(correlation_id=str(key))
+    """Run an import or a bulk job; any failure retries with backoff, and past the retries the row is
+    failed with the error."""
     try:
         return run(key)
     except Exception as exc:
@@ -74,8 +70,6 @@ def _whole_or_retry(
             return "failed"
         log.warning("task.retry", kind=what, id=str(key), retries=self.request.retries, error=type(exc).__name__)
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    finally:
-        structlog.contextvars.unbind_contextvars("correlation_id")
 
 
 def _import(key: uuid.UUID) -> str:
@@ -104,9 +98,10 @@ def send_notification(self: Task, outbox_id: str) -> str:
         with UnitOfWork() as uow:
             return notifications.send(uow, uuid.UUID(outbox_id))
     except Exception as exc:
+        final = self.request.retries >= self.max_retries
         with UnitOfWork() as uow:
-            notifications.record_failure(uow, uuid.UUID(outbox_id), f"{type(exc).__name__}: {exc}")
-        if self.request.retries >= self.max_retries:
+            notifications.record_failure(uow, uuid.UUID(outbox_id), f"{type(exc).__name__}: {exc}", final=final)
+        if final:
             log.error("notification.failed", outbox_id=outbox_id, error=type(exc).__name__)
             return "failed"
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc

@@ -1,0 +1,167 @@
+"""What operators and orchestrators ask the API: is it alive, can it take work, and what has the
+pipeline done (``/healthz``, ``/readyz``, ``/metrics``)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
+
+from intake import problems
+from models.repositories import LATENCY_BUCKETS
+from models.uow import UnitOfWork
+from workers.app import app as celery_app
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["operations"])
+
+BROKER_CHECK_SECONDS = 2.0
+# The database figures are one aggregate query each; scrapes closer together than this share them.
+DATABASE_FIGURES_TTL_SECONDS = 5.0
+
+# This API process's own answers. With several API processes on a host, set PROMETHEUS_MULTIPROC_DIR (an
+# empty directory shared by them) and every process's counts are summed (prometheus_client's multiprocess mode).
+HTTP_REQUESTS = Counter(
+    "leadrelay_http_requests", "HTTP requests answered, by route and status", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram("leadrelay_http_request_seconds", "Seconds to answer, by route", ["method", "route"])
+
+
+class DatabaseFigures:
+    """The pipeline's figures from the database (``MetricsRepository``): the same on every API process,
+    whichever API, worker or relay process on whichever host did the work."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Metric]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] > DATABASE_FIGURES_TTL_SECONDS:
+                self._cached = (time.monotonic(), self._read())
+            yield from self._cached[1]
+
+    def _read(self) -> list[Metric]:
+        with UnitOfWork() as uow:
+            intakes = uow.metrics.intakes()
+            latency = uow.metrics.intake_latency()
+            resends = uow.metrics.relay_resends()
+            dead = uow.metrics.dead_letters()
+            assigned = uow.metrics.assigned_per_agent()
+        by_status = GaugeMetricFamily(
+            "leadrelay_intakes", "Kept intakes by source and status", labels=["source", "status"]
+        )
+        for source, status, n in intakes:
+            by_status.add_metric([source, status], n)
+        histogram = HistogramMetricFamily(
+            "leadrelay_intake_latency_seconds", "Seconds from an intake stored to its lead done"
+        )
+        histogram.add_metric(
+            [],
+            [(str(bound), n) for bound, n in zip(LATENCY_BUCKETS, latency.buckets, strict=True)]
+            + [("+Inf", latency.count)],
+            latency.total_seconds,
+        )
+        relay = CounterMetricFamily(
+            "leadrelay_relay_resends", "Tasks the relay sent again, by kind of kept work", labels=["kind"]
+        )
+        for kind, n in resends.items():
+            relay.add_metric([kind], n)
+        letters = GaugeMetricFamily(
+            "leadrelay_dead_letters", "Work failed past its retries (dead intakes, failed mail...)", labels=["kind"]
+        )
+        for kind, n in dead.items():
+            letters.add_metric([kind], n)
+        agents = GaugeMetricFamily(
+            "leadrelay_leads_assigned", "Live leads assigned to each agent", labels=["account", "agent"]
+        )
+        for account, agent, n in assigned:
+            agents.add_metric([account, agent], n)
+        return [by_status, histogram, relay, letters, agents]
+
+
+@functools.cache
+def registry() -> CollectorRegistry:
+    """This process's HTTP figures (or, in multiprocess mode, every API process's), and the database's."""
+    reg = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+    else:
+        reg.register(HTTP_REQUESTS)
+        reg.register(HTTP_SECONDS)
+    reg.register(DatabaseFigures())
+    return reg
+
+
+def install(app: FastAPI) -> None:
+    """The routes, and the middleware counting every answer by its route (the path template, so ids never
+    make labels)."""
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = "500"  # an exception passing through here is answered 500 further out
+        try:
+            response = await call_next(request)
+            status = str(response.status_code)
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(request.method, route, status).inc()
+            HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - start)
+
+    app.include_router(router)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics() -> Response:
+    """Prometheus text format: HTTP answers by route and status; intakes by source and status; the
+    latency from stored to done; the relay's re-sends; dead letters; live leads per agent."""
+    # With the database down its query raises, and the API's handler answers 503.
+    return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process answers (liveness). It does not look at the database or the broker: see ``/readyz``."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The database or the broker does not answer (problem+json, naming which)"}},
+)
+def readyz() -> dict[str, str]:
+    """Ready to take intake: the database answers a query and the broker accepts a connection. A load
+    balancer sends no traffic to an API that answers 503 here. (With the broker down intake still answers
+    202, since the relay sends the kept work later; readiness reports it so operators see it.)"""
+    checks: dict[str, str] = {}
+    failed: list[str] = []
+    try:
+        with UnitOfWork() as uow:
+            uow.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = type(exc).__name__
+        failed.append("database")
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=BROKER_CHECK_SECONDS)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = type(exc).__name__
+        failed.append("broker")
+    if failed:
+        log.warning("readyz.not_ready", **checks)
+        detail = "; ".join(f"{name}: {checks[name]}" for name in failed)
+        raise problems.Problem(503, "Unavailable", f"not ready: {detail}", headers={"Retry-After": "5"})
+    return {"status": "ok", **checks}
