@@ -99,7 +99,8 @@ def test_the_intake_id_is_the_correlation_id_of_every_task_it_causes(
         if line.startswith("{") and '"notification.mail"' in line and intake_id in line
     ]
     # The mail's own line names its outbox row, yet carries the intake's id: the header crossed the broker.
-    assert mail_lines and all(m["correlation_id"] == intake_id and m["outbox_id"] != intake_id for m in mail_lines)
+    assert mail_lines
+    assert all(m["correlation_id"] == intake_id and m["outbox_id"] != intake_id for m in mail_lines)
 
 
 @pytest.fixture
@@ -132,7 +133,8 @@ def test_with_postgresql_down_intake_answers_503_at_once_and_stores_nothing(
         assert "database" in r.json()["detail"]
         assert seconds < 6, seconds
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "database" in ready.json()["detail"]
+        assert ready.status_code == 503
+        assert "database" in ready.json()["detail"]
         assert client.get("/healthz").status_code == 200
         with UnitOfWork() as uow:  # the test's own connection does not go through the proxy
             kept = uow.session.execute(select(func.count()).where(Intake.idempotency_key == key)).scalar_one()
@@ -168,11 +170,13 @@ def test_with_redis_down_intake_still_answers_202_and_the_relay_sends_it_later(
     intake_id, seconds = _kept_while_broker_down(acme, api_without_broker, "no-broker@example.com")
     assert seconds < 5, seconds  # the publish is bounded: no request hangs on a dead broker
     ready = httpx.get(f"{api_without_broker}/readyz", timeout=10)
-    assert ready.status_code == 503 and "broker" in ready.json()["detail"]
+    assert ready.status_code == 503
+    assert "broker" in ready.json()["detail"]
     time.sleep(1)
     with UnitOfWork() as uow:
         intake = uow.intakes.get(uuid.UUID(intake_id))
-        assert intake is not None and intake.status is IntakeStatus.ACCEPTED  # kept, not lost, not processed
+        assert intake is not None
+        assert intake.status is IntakeStatus.ACCEPTED
         # As if stored long ago, so this pass relays it and no other test's waiting work.
         uow.session.execute(
             update(Intake).where(Intake.id == intake.id).values(created_at=dt.datetime.now(dt.UTC) - LONG_AGO)
@@ -205,6 +209,7 @@ def test_a_company_admin_replays_the_accounts_dead_intakes_over_http(
     assert r.status_code == 202, r.text
     assert r.json() == {"replayed": 1, "intake_ids": [dead[acme.s]]}
     final = acme.wait_done(dead[acme.s])
-    assert final["status"] == "done" and acme.lead(final["lead_id"])["email"] == "dead-letter@example.com"
+    assert final["status"] == "done"
+    assert acme.lead(final["lead_id"])["email"] == "dead-letter@example.com"
     # Another account's dead letter is not touched.
     assert other.wait_done(dead[other.s])["status"] == "dead"
