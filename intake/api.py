@@ -17,11 +17,14 @@ from intake import (
     routes_sms,
     routes_work,
 )
+from leadrelay.logging import configure_logging
 from leadrelay.settings import get_settings
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # Here too, not only in the CLI: each process ``uvicorn --workers N`` starts builds its own app.
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
     app = FastAPI(
         title="leadrelay",
         version="0.1.0",

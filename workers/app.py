@@ -7,8 +7,9 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
+from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
+from leadrelay.logging import configure_logging
 from leadrelay.settings import get_settings
 from models.db import dispose_engine
 from workers.celeryconfig import celery_config
@@ -33,6 +34,14 @@ def publish(task_name: str, key: uuid.UUID, *, queue: str | None = None) -> None
         app.send_task(task_name, args=[str(key)], **options)
     except Exception as exc:
         log.warning("task.enqueue_failed", task=task_name, id=str(key), error=type(exc).__name__)
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _project_logging(**_: Any) -> None:
+    # Connected, so Celery leaves logging to us however the worker or beat is started (``leadrelay worker``
+    # or ``celery -A workers worker``): the project's structlog setup, emails and phones masked.
+    settings = get_settings()
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
