@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -236,7 +237,10 @@ class ReplayIn(BaseModel):
     status: Literal["dead", "rejected"] = Field(
         default="dead", description="dead (failed past its retries) or rejected (e.g. an unclaimed page, O9)"
     )
-    since: AwareDatetime | None = Field(default=None, description="only intakes stored since then (with its offset)")
+    # Strict: a number is not read as a Unix time (the schema says an RFC 3339 string).
+    since: Annotated[AwareDatetime, Strict()] | None = Field(
+        default=None, description="only intakes stored since then (with its offset)"
+    )
 
 
 class ReplayOut(BaseModel):

@@ -58,6 +58,7 @@ OPERATIONS = [
     ("GET", "/v1/imports/{import_id}"),
     ("POST", "/v1/intake/sms/twilio"),
     ("POST", "/v1/intake/sms/twilio/status"),
+    ("POST", "/v1/intake/replay"),
 ]
 IDS = [f"{method} {path}" for method, path in OPERATIONS]
 # Twilio's webhooks carry no credential but a signature of the request (X-Twilio-Signature): they are
@@ -169,7 +170,7 @@ def credentials(path: str, b: Brokerage) -> dict[str, str]:
         return {"X-Api-Key": f"conn-john-{b.s}"}
     if path == "/v1/events":
         return {"Authorization": basic(f"conn-john-{b.s}")}
-    if path.startswith("/v1/imports"):
+    if path.startswith("/v1/imports") or path == "/v1/intake/replay":
         return {"Authorization": f"Bearer tok-olivia-{b.s}"}
     return {"Authorization": f"Bearer key-{b.s}"}
 
@@ -314,7 +315,10 @@ def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_40
             {"Authorization": "Basic %%%not-base64"},
             {"X-Api-Key": "not-a-key"},
             # Another kind of credential of the same account is not this endpoint's credential.
-            {"Authorization": f"Bearer tok-john-{fuzzed.s}"} if "/imports" not in path else {},
+            # (Where a user's token is the credential, another user's is no 401 but a 403: not this case.)
+            {}
+            if credentials(path, fuzzed).get("Authorization", "").startswith("Bearer tok-")
+            else {"Authorization": f"Bearer tok-john-{fuzzed.s}"},
             {"X-Api-Key": ""},
         ]
     )
