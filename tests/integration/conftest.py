@@ -1,10 +1,12 @@
 """The real parts: a PostgreSQL database of this run's own, queues of this run's own on the local
-Redis, two Celery worker processes and a uvicorn API server, all started here and stopped by pid."""
+broker (Redis, or RabbitMQ with ``LEADRELAY_TEST_BROKER_URL=amqp://...``), two Celery worker processes
+and a uvicorn API server, all started here and stopped by pid."""
 
 from __future__ import annotations
 
 import mailbox
 import os
+import shlex
 import smtplib
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from kombu.connection import Connection
 
 from intake.orgfile import parse_org
 from leadrelay.settings import get_settings
@@ -33,6 +36,13 @@ from workers.celeryconfig import QUEUES, celery_config
 
 PG_ADMIN = os.environ.get("LEADRELAY_TEST_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEADRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The broker the workers and the API of this run use: Redis unless told otherwise, e.g.
+# LEADRELAY_TEST_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// for RabbitMQ.
+BROKER_URL = os.environ.get("LEADRELAY_TEST_BROKER_URL", REDIS_URL)
+BROKER_IS_AMQP = BROKER_URL.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+# How to reach rabbitmqctl (on RabbitMQ, the only way here to count unacknowledged messages: the
+# management plugin is not enabled), e.g. "docker exec rabbitmq rabbitmqctl".
+RABBITMQCTL = shlex.split(os.environ.get("LEADRELAY_TEST_RABBITMQCTL", "rabbitmqctl"))
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +117,7 @@ def pipeline_env(
     env = {
         "LEADRELAY_ENV": "test",
         "LEADRELAY_DATABASE_URL": pg_database,
-        "LEADRELAY_BROKER_URL": REDIS_URL,
+        "LEADRELAY_BROKER_URL": BROKER_URL,
         "LEADRELAY_QUEUE_PREFIX": prefix,
         "LEADRELAY_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "LEADRELAY_LOG_FORMAT": "json",
@@ -130,10 +140,8 @@ def pipeline_env(
         else:
             os.environ[k] = v
     get_settings.cache_clear()
-    # Leave no queues of this run behind on the shared Redis.
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    # Leave no queues of this run behind on the shared broker.
+    delete_broker_queues(prefix)
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +158,71 @@ def api(pipeline_env: dict[str, str], workers: Path, tmp_path_factory: pytest.Te
         yield base
 
 
-def broker_idle() -> bool:
-    """No message of this run waits in a queue or is held unacknowledged by a worker."""
-    prefix = os.environ["LEADRELAY_QUEUE_PREFIX"]
-    client = redis.Redis.from_url(REDIS_URL)
+def broker_idle(prefix: str | None = None) -> bool:
+    """No message of this run (or of the queues under ``prefix``) waits in a queue or is held
+    unacknowledged by a worker (a task running, or waiting for its countdown or retry delay)."""
+    prefix = prefix if prefix is not None else os.environ["LEADRELAY_QUEUE_PREFIX"]
+    if BROKER_IS_AMQP:
+        return _amqp_ready(prefix) == 0 and _rabbitmq_counts(prefix) == (0, 0)
+    client = redis.Redis.from_url(BROKER_URL)
+    # kombu's global_keyprefix prefixes the (already prefixed) queue names once more.
     queued = sum(int(client.llen(f"{prefix}{prefix}{q}")) for q in QUEUES)
     return queued == 0 and int(client.hlen(f"{prefix}unacked")) == 0
+
+
+def _amqp_ready(prefix: str) -> int:
+    """Messages ready in the run's queues, from passive declares (cheap; a queue not declared yet holds none).
+    AMQP tells a client nothing of the messages other consumers hold unacknowledged: see _rabbitmq_counts."""
+    ready = 0
+    with Connection(BROKER_URL, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+        channel = conn.channel()
+        for q in QUEUES:
+            try:
+                ready += int(channel.queue_declare(queue=f"{prefix}{q}", passive=True).message_count)
+            except conn.channel_errors:
+                channel = conn.channel()  # the broker closed the channel with the 404
+    return ready
+
+
+def _rabbitmq_counts(prefix: str) -> tuple[int, int]:
+    """(ready, unacknowledged) over the queues named ``prefix...``, as the broker itself counts them.
+    rabbitmqctl (about a second: it boots an Erlang VM) is the one source of the unacknowledged count
+    without the management plugin."""
+    vhost = Connection(BROKER_URL).virtual_host or "/"  # type: ignore[no-untyped-call]
+    listing = subprocess.run(
+        [*RABBITMQCTL, "-q", "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if listing.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl list_queues failed (LEADRELAY_TEST_RABBITMQCTL?): {listing.stderr[-2000:]}")
+    ready = unacked = 0
+    for line in listing.stdout.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[0].startswith(prefix) and fields[1].isdigit() and fields[2].isdigit():
+            ready += int(fields[1])
+            unacked += int(fields[2])
+    return ready, unacked
+
+
+def delete_broker_queues(prefix: str) -> None:
+    """Remove what a run with queue prefix ``prefix`` left on the broker: on Redis every key under the
+    prefix; on RabbitMQ its queues and the direct exchange Celery binds them to (named after the default
+    queue). The fanout and topic exchanges every Celery app on a vhost shares (``celery.pidbox``,
+    ``reply.celery.pidbox``, ``celeryev``) carry no prefix and may serve another run at this moment: they
+    stay; the workers' pidbox and gossip queues are auto-delete and went with the workers."""
+    if not BROKER_IS_AMQP:
+        client = redis.Redis.from_url(BROKER_URL)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        return
+    with Connection(BROKER_URL, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+        channel = conn.channel()
+        for q in QUEUES:
+            channel.queue_delete(queue=f"{prefix}{q}")
+        channel.exchange_delete(exchange=f"{prefix}registrations")
 
 
 def apply(org: dict[str, Any]) -> dict[str, Any]:
