@@ -3,6 +3,11 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# RabbitMQ answers when its AMQP port accepts a connection.
+RABBITMQ_UP := $(PY) -c 'import socket; socket.create_connection(("127.0.0.1", 5672), 1).close()' 2>/dev/null
+# The pipeline tests once more with RabbitMQ as the broker of the workers and the API.
+AMQP_TEST_URL ?= amqp://guest:guest@127.0.0.1:5672//
+PIPELINE_ON_RABBITMQ := LEADRELAY_TEST_BROKER_URL=$(AMQP_TEST_URL) $(BIN)/pytest tests/integration/test_pipeline.py -p no:cacheprovider -q
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev demo test test-unit test-integration lint typecheck migrate services
@@ -32,15 +37,20 @@ lint: $(STAMP) ## ruff (with the rules/ purity ban) and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-services: ## Start local PostgreSQL and Redis if they are down (no Docker needed)
+services: ## Start local PostgreSQL, Redis and RabbitMQ if they are down (no Docker needed)
 	@pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	@$(RABBITMQ_UP) || { rabbitmq-server -detached; \
+		for i in $$(seq 90); do $(RABBITMQ_UP) && break; sleep 1; done; \
+		$(RABBITMQ_UP) || { echo "RabbitMQ did not start on 127.0.0.1:5672" >&2; exit 1; }; }
 
 test-unit: $(STAMP) ## Unit tests of the rules (no services)
 	$(BIN)/pytest tests/unit
 
-test-integration: $(STAMP) services ## Pipeline tests on real PostgreSQL, Redis and Celery workers, and the embedded mode
+test-integration: $(STAMP) services ## Pipeline tests on real PostgreSQL, Redis (then RabbitMQ) and Celery workers, and the embedded mode
 	$(BIN)/pytest tests/integration tests/embedded
+	$(PIPELINE_ON_RABBITMQ)
 
-test: lint services ## Everything CI runs: lint, unit, integration and embedded tests
+test: lint services ## Everything CI runs: lint, unit, integration and embedded tests, then the pipeline on RabbitMQ
 	$(BIN)/pytest
+	$(PIPELINE_ON_RABBITMQ)
