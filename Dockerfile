@@ -13,9 +13,7 @@ COPY intake intake
 COPY rules rules
 COPY models models
 COPY workers workers
-# kombu[redis]: kombu's Redis transport imports packaging, which kombu declares only under that extra, and
-# pyproject.toml asks for kombu and redis without it. Drop it once pyproject.toml depends on kombu[redis].
-RUN pip install . "kombu[redis]"
+RUN pip install .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
