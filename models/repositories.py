@@ -309,8 +309,11 @@ class OrgRepository:
         entity_stmt = select(Entity).where(Entity.id == entity.id)
         rules_stmt = select(RoutingRule).where(RoutingRule.entity_id == entity.id).order_by(RoutingRule.position)
         if lock:
-            entity_stmt = entity_stmt.with_for_update()
-            rules_stmt = rules_stmt.with_for_update()
+            # FOR NO KEY UPDATE: a cursor is no key. Plain FOR UPDATE would also wait for the KEY SHARE lock
+            # that inserting a lead takes on its owner entity (the foreign key), and two workers each
+            # inserting a lead of this owner, then locking its cursors, would deadlock.
+            entity_stmt = entity_stmt.with_for_update(key_share=True)
+            rules_stmt = rules_stmt.with_for_update(key_share=True)
         row = self.session.execute(entity_stmt).scalar_one()
         rule_rows = list(self.session.execute(rules_stmt).scalars())
         members: dict[int, list[RoutingRuleMember]] = {r.id: [] for r in rule_rows}
