@@ -209,10 +209,11 @@ def _rabbitmq_counts(prefix: str) -> tuple[int, int]:
 
 def delete_broker_queues(prefix: str) -> None:
     """Remove what a run with queue prefix ``prefix`` left on the broker: on Redis every key under the
-    prefix; on RabbitMQ its queues and the direct exchange Celery binds them to (named after the default
-    queue). The fanout and topic exchanges every Celery app on a vhost shares (``celery.pidbox``,
-    ``reply.celery.pidbox``, ``celeryev``) carry no prefix and may serve another run at this moment: they
-    stay; the workers' pidbox and gossip queues are auto-delete and went with the workers."""
+    prefix; on RabbitMQ its queues, the direct exchange Celery binds them to (named after the default
+    queue) and Celery's control and event exchanges once they carry the prefix (``control_exchange``,
+    ``event_exchange``). Unprefixed, those (``celery.pidbox``, ``reply.celery.pidbox``, ``celeryev``) are
+    shared by every Celery app on the vhost and may serve another run at this moment: they stay. The
+    workers' pidbox and gossip queues are auto-delete and went with the workers."""
     if not BROKER_IS_AMQP:
         client = redis.Redis.from_url(BROKER_URL)
         for key in client.scan_iter(f"{prefix}*"):
@@ -222,7 +223,10 @@ def delete_broker_queues(prefix: str) -> None:
         channel = conn.channel()
         for q in QUEUES:
             channel.queue_delete(queue=f"{prefix}{q}")
-        channel.exchange_delete(exchange=f"{prefix}registrations")
+        # Deleting an exchange that does not exist is no error on RabbitMQ.
+        for exchange in ("registrations", "celeryev", "celery.pidbox"):
+            channel.exchange_delete(exchange=f"{prefix}{exchange}")
+        channel.exchange_delete(exchange=f"reply.{prefix}celery.pidbox")
 
 
 def apply(org: dict[str, Any]) -> dict[str, Any]:
