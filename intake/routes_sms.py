@@ -256,4 +256,5 @@ def _status_account(uow: UnitOfWork, sid: str, sender: str | None) -> int | None
     number = uow.orgs.smart_number_by_e164(e164) if e164 else None
     if number is not None:
         return number.account_id
-    return uow.leads.account_of_text_sid(sid) if sid else None
+    # A sid that cannot be stored (a NUL) is no text's, and the database would refuse to compare it.
+    return uow.leads.account_of_text_sid(sid) if sid and unstorable(sid) is None else None
