@@ -34,6 +34,7 @@ def queue_name(settings: Settings, queue: str) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     embedded = settings.broker_is_embedded
+    exchanges: dict[str, str] = {}
     if embedded:
         folder = settings.broker_folder
         (folder / "out").mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
+    elif settings.effective_broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+        # RabbitMQ: a publish the broker refuses raises (and is logged by ``publish``) instead of vanishing.
+        # The Redis-only options below mean nothing here: a dead worker's messages come back at once.
+        transport_options = {"confirm_publish": True}
+        if settings.queue_prefix:
+            # Celery's control and event exchanges are shared by every app on a vhost; the prefix keeps
+            # this installation's inspect, remote control and Flower to its own workers.
+            exchanges = {
+                "control_exchange": f"{settings.queue_prefix}celery",
+                "event_exchange": f"{settings.queue_prefix}celeryev",
+            }
     else:
         transport_options = {
             "visibility_timeout": VISIBILITY_TIMEOUT,
@@ -58,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if settings.queue_prefix:
             # Every key kombu writes (queues, the unacked hash, bindings) carries the prefix.
             transport_options["global_keyprefix"] = settings.queue_prefix
-    return {
+    return exchanges | {
         "task_queues": [Queue(queue_name(settings, q)) for q in QUEUES],  # type: ignore[no-untyped-call]
         "task_routes": {task: {"queue": queue_name(settings, q)} for task, q in TASK_QUEUES.items()},
         "broker_url": settings.effective_broker_url,
