@@ -94,19 +94,23 @@ def test_D4_200_simultaneous_signups_of_one_email_and_owner_make_exactly_one_lea
     assert kinds == {"created": 1, "routed": 1, "signup": 199}
 
 
-def test_A2_1000_company_site_leads_over_three_agents_by_two_workers_differ_by_at_most_one(
+LEADS = 300
+
+
+def test_A2_300_company_site_leads_over_three_agents_by_two_workers_differ_by_at_most_one(
     brokerage_factory: Any,
 ) -> None:
     org = brokerage()
     org["routing"][0]["rules"] = [{"name": "Three agents", "agents": ["john", "jill", "bob"]}]
     b = brokerage_factory(org=org)
-    bodies = [{"page_url": f"https://{b.host('co')}/rr", "email": f"rr{i}@example.com"} for i in range(1000)]
+    # 300 here; the chaos suite (tests/chaos) sends 2,000 while it kills workers, and checks the same spread.
+    bodies = [{"page_url": f"https://{b.host('co')}/rr", "email": f"rr{i}@example.com"} for i in range(LEADS)]
     started = time.monotonic()
     asyncio.run(post_all(b, bodies, parallel=40))
-    wait_for(lambda: count_final(b).get("done", 0) == 1000, timeout=240, interval=0.5, what="1000 intakes done")
+    wait_for(lambda: count_final(b).get("done", 0) == LEADS, timeout=240, interval=0.5, what=f"{LEADS} intakes done")
     elapsed = time.monotonic() - started
     counts = collections.Counter(agent for _, owner, agent in account_leads(b))
-    print(f"\nround robin over 1000 company-site leads, 2 worker processes: {dict(counts)} in {elapsed:.1f}s")
+    print(f"\nround robin over {LEADS} company-site leads, 2 worker processes: {dict(counts)} in {elapsed:.1f}s")
     assert set(counts) == {"john", "jill", "bob"}  # nobody outside the rule, nobody unassigned
-    assert sum(counts.values()) == 1000
+    assert sum(counts.values()) == LEADS
     assert max(counts.values()) - min(counts.values()) <= 1
