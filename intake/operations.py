@@ -44,6 +44,10 @@ class DatabaseFigures:
         self._lock = threading.Lock()
         self._cached: tuple[float, list[Metric]] | None = None
 
+    def describe(self) -> list[Metric]:
+        # Registering asks a collector for its names; without this it would collect, querying the database.
+        return []
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] > DATABASE_FIGURES_TTL_SECONDS:
