@@ -47,6 +47,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Exchange bindings; kombu's default is ./control, in whatever directory the worker runs.
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            # kombu polls the folder when its queues are empty (1 s by default): a signup then waited up to a
+            # second for its worker. A tenth of a second costs an idle worker a directory listing per poll.
+            "polling_interval": 0.1,
         }
     elif settings.effective_broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
         # RabbitMQ: a publish the broker refuses raises (and is logged by ``publish``) instead of vanishing.
