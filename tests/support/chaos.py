@@ -172,11 +172,12 @@ class Service:
             return ended
 
     def last_error(self) -> str | None:
-        """The last critical or error record its log has since its last start."""
+        """The last critical record its log has since its last start (else the last error)."""
         with self.log.open("rb") as f:
             f.seek(self.log_offset)
             lines = f.read().decode("utf-8", errors="replace").splitlines()
-        bad = [r for r in records(lines) if r.get("level") in ("critical", "error")]
+        recs = records(lines)
+        bad = [r for r in recs if r.get("level") == "critical"] or [r for r in recs if r.get("level") == "error"]
         return str(bad[-1].get("event"))[:300] if bad else None
 
     def close(self) -> None:
@@ -371,7 +372,7 @@ class LoadRunner:
             self.stop()
             self._thread.join(60)
 
-    def wait_sent(self, n: int, timeout: float = 180) -> None:
+    def wait_sent(self, n: int, timeout: float = 600) -> None:
         wait_for(
             lambda: self.sent >= n or not self._thread.is_alive(), timeout=timeout, interval=0.01, what=f"{n} sent"
         )
