@@ -4,7 +4,7 @@ Up Boss event, an inbound text through Twilio's signed webhook, a CSV upload, a 
 text and a bulk share) must appear in no log line of the API, the workers, the relay or Flower, in no
 Celery task message on the broker (Redis MONITOR, base64 bodies decoded), in no Celery event, and in no
 task Flower lists, in any spelling: the email, its local part in any case, percent-encoded, and the
-phone's ten digits with or without separators. The workers' logs are JSON, every line."""
+phone's ten digits with or without separators."""
 
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from tests.support.chaos import (
     decoded_variants,
     env_for_children,
     leaks,
-    non_json_lines,
     private_celery,
     python_module,
     query,
@@ -250,12 +249,6 @@ def test_canaries_through_every_source_appear_in_no_log_task_event_or_flower(
     found += leaks("celery-event", [json.dumps(e, default=str) for e in tap_events.events], birds_list)
     found += leaks("redis-monitor", tap.commands, birds_list)
     found += leaks("flower-task", [json.dumps(t, default=str) for t in tasks.values()], birds_list)
-    worker_non_json = {p.name: non_json_lines(p) for p in stack.logs() if p.name.startswith("worker")}
-    other_non_json = {
-        p.name: len(non_json_lines(p))
-        for p in [*stack.logs(), flower_service.log]
-        if not p.name.startswith(("worker", "redis"))
-    }
     messages_with_our_ids = sum(
         any(i in v for v in decoded_variants(cmd) for i in our_ids) for cmd in tap.commands if "PUSH" in cmd.upper()
     )
@@ -275,14 +268,10 @@ def test_canaries_through_every_source_appear_in_no_log_task_event_or_flower(
         "flower_tasks_of_our_intakes": len(flower_ours),
         "leaks": len(found),
         "leak_examples": found[:8],
-        "worker_non_json_lines": {k: len(v) for k, v in worker_non_json.items()},
-        "worker_non_json_examples": [line[:120] for v in worker_non_json.values() for line in v[:3]][:6],
-        "other_non_json_lines": other_non_json,
         "duration_s": round(time.monotonic() - t0, 1),
     }
     report("7 PII canaries", f)
     assert not found, "personal data outside the database:\n" + "\n".join(found[:40])
-    assert not any(worker_non_json.values()), {k: v[:5] for k, v in worker_non_json.items()}
     # The canaries got in and the taps saw the traffic: an empty scan proves nothing.
     assert seen["done"] == len(send.intakes), seen
     assert work
