@@ -635,16 +635,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 3)
 
 
-def processed_after(dsn: str, intake_ids: Sequence[str], at: dt.datetime) -> float | None:
-    """Seconds from ``at`` to the first of ``intake_ids`` processed after it (None: none was)."""
-    (first,) = query(
-        dsn,
-        "SELECT min(processed_at) FROM intakes WHERE id = ANY(%s::uuid[]) AND processed_at > %s",
-        (list(intake_ids), at),
-    )[0]
-    return None if first is None else round((first - at).total_seconds(), 3)
-
-
 def records(lines: Sequence[str]) -> list[dict[str, Any]]:
     """The JSON log records among ``lines``."""
     found = []
