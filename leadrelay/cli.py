@@ -76,7 +76,8 @@ def worker(ctx: typer.Context, concurrency: int = 2, loglevel: str = "INFO") -> 
     """A Celery worker (``celery -A workers worker`` works too). Extra options go to Celery."""
     from workers import app as celery_app
 
-    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+    # --quiet: no startup banner (plain text on stdout); the logs say what it said, one record a line.
+    argv = ["--quiet", "worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
     if get_settings().broker_is_embedded:
         # The filesystem transport has no fanout exchange for gossip, mingle and heartbeats.
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]

@@ -38,6 +38,17 @@ def mask_pii(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, 
     return {k: v if k in _META else _mask(v) for k, v in event_dict.items()}
 
 
+class _NoQueryString(logging.Filter):
+    """uvicorn's access line names the full path: a query string can hold an email or a phone
+    (``?email=ann%40example.com``), percent-encoded past the masks. Keep the path only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
 def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,3 +76,10 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (Celery's SecurityWarning, ...) as records, not bare stderr text.
+    logging.captureWarnings(True)
+    # billiard logs its pool's events on "multiprocessing", which does not propagate: the same handler.
+    logging.getLogger("multiprocessing").handlers[:] = [handler]
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _NoQueryString) for f in access.filters):
+        access.addFilter(_NoQueryString())

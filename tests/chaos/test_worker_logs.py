@@ -58,7 +58,9 @@ def test_a_workers_whole_life_logs_one_json_object_per_line(stack: Stack, report
     finally:
         app.close()
         worker.close()  # SIGTERM: a warm shutdown
-    bad = non_json_lines(worker.log)
+    # Celery writes its warm-shutdown notice with safe_say() straight to stdout (celery/apps/worker.py), not
+    # through logging, so no handler can shape it. That one line is allowed; every log record must be JSON.
+    bad = [line for line in non_json_lines(worker.log) if line.strip() != "worker: Warm shutdown (MainProcess)"]
     kinds: dict[str, int] = {}
     for line in bad:
         kinds[kind_of(line)] = kinds.get(kind_of(line), 0) + 1
