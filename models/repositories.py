@@ -963,6 +963,10 @@ __all__ = [
 ]
 
 
+# The relay's wait for a row doubles with each time it was relayed, this many times at most (32x).
+RELAY_BACKOFF_CAP = 5
+
+
 class RelayRepository:
     """The relay's queries: kept work (intakes, outbound texts, mail, bulk jobs, imports) that is not done
     a while after it was stored or last relayed, so its task may have been lost."""
@@ -983,12 +987,15 @@ class RelayRepository:
         or a running task holds are skipped (``FOR UPDATE SKIP LOCKED``), so relays on several hosts
         share the work and never send one row twice in a pass."""
         touched = func.coalesce(table.relayed_at, table.created_at)
+        # A row relayed before waits twice as long each time (up to RELAY_BACKOFF_CAP doublings): under a
+        # backlog longer than the period, sending the same waiting work every pass only lengthened the queue.
+        after = now - cutoff
+        due = or_(
+            *[and_(table.relays == n, touched < now - after * 2**n) for n in range(RELAY_BACKOFF_CAP)],
+            and_(table.relays >= RELAY_BACKOFF_CAP, touched < now - after * 2**RELAY_BACKOFF_CAP),
+        )
         waiting = (
-            select(table.id)
-            .where(*conditions, touched < cutoff)
-            .order_by(touched)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            select(table.id).where(*conditions, due).order_by(touched).limit(limit).with_for_update(skip_locked=True)
         )
         columns = [table.id, table.source] if table is Intake else [table.id]
         stmt = (
