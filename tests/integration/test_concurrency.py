@@ -5,44 +5,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import uuid
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
 from models.tables import Entity, Lead, TimelineEvent
 from models.uow import UnitOfWork
-from tests.support.client import Brokerage
+from tests.support.client import Brokerage, post_all
 from tests.support.orgs import brokerage
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def post_all(b: Brokerage, bodies: list[dict[str, Any]], *, parallel: int) -> list[str]:
-    """Every body posted, ``parallel`` requests in flight at a time; the intake ids."""
-    limits = httpx.Limits(max_connections=parallel)
-    sem = asyncio.Semaphore(parallel)
-    async with httpx.AsyncClient(base_url=b.base, headers=dict(b.site.headers), timeout=60, limits=limits) as client:
-
-        async def post(body: dict[str, Any]) -> str:
-            # As a careful client does: a key per signup, so resending after a dropped connection
-            # (the server may have kept the first) answers with the first intake and adds nothing.
-            headers = {"Idempotency-Key": str(uuid.uuid4())}
-            async with sem:
-                for attempt in range(3):
-                    try:
-                        r = await client.post("/v1/intake/registrations", json=body, headers=headers)
-                        break
-                    except httpx.TransportError:
-                        if attempt == 2:
-                            raise
-                assert r.status_code == 202, r.text
-                return str(r.json()["intake_id"])
-
-        return await asyncio.gather(*(post(body) for body in bodies))
 
 
 def account_leads(b: Brokerage) -> list[tuple[str, str | None, str | None]]:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from models.tables import Entity, Intake, Lead, TimelineEvent
 from models.uow import UnitOfWork
 from tests.integration.conftest import apply, broker_idle, delete_broker_queues
-from tests.support.client import Brokerage
+from tests.support.client import Brokerage, post_all
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers, wait_for
 
@@ -101,29 +100,6 @@ def pool(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         delete_broker_queues(prefix)
 
 
-async def post_all(b: Brokerage, bodies: list[dict[str, Any]]) -> list[str]:
-    """Every body posted, PARALLEL at a time, each with its Idempotency-Key (a resend after a dropped
-    connection answers with the first intake); the intake ids in the order of ``bodies``."""
-    sem = asyncio.Semaphore(PARALLEL)
-    limits = httpx.Limits(max_connections=PARALLEL)
-    async with httpx.AsyncClient(base_url=b.base, headers=dict(b.site.headers), timeout=60, limits=limits) as client:
-
-        async def post(body: dict[str, Any]) -> str:
-            headers = {"Idempotency-Key": str(uuid.uuid4())}
-            async with sem:
-                for attempt in range(3):
-                    try:
-                        r = await client.post("/v1/intake/registrations", json=body, headers=headers)
-                        break
-                    except httpx.TransportError:
-                        if attempt == 2:
-                            raise
-                assert r.status_code == 202, r.text
-                return str(r.json()["intake_id"])
-
-        return await asyncio.gather(*(post(body) for body in bodies))
-
-
 def test_three_workers_share_a_burst_of_signups_with_one_effect_each(
     pool: Pool, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,7 +119,7 @@ def test_three_workers_share_a_burst_of_signups_with_one_effect_each(
     expected = {(email, OWNER_OF_SITE[site]) for site, email in signups}
 
     started = time.monotonic()
-    ids = asyncio.run(post_all(b, bodies))
+    ids = asyncio.run(post_all(b, bodies, parallel=PARALLEL))
     accepted = time.monotonic() - started
     assert len(set(ids)) == SIGNUPS
     intake_ids = [uuid.UUID(i) for i in ids]

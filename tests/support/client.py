@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -71,3 +73,27 @@ class Brokerage:
             r = c.get(f"/v1/leads/{lead_id}/timeline")
             assert r.status_code == 200, r.text
             return list(r.json()["items"])
+
+
+async def post_all(b: Brokerage, bodies: list[dict[str, Any]], *, parallel: int) -> list[str]:
+    """Every body posted, ``parallel`` requests in flight at a time; the intake ids."""
+    limits = httpx.Limits(max_connections=parallel)
+    sem = asyncio.Semaphore(parallel)
+    async with httpx.AsyncClient(base_url=b.base, headers=dict(b.site.headers), timeout=60, limits=limits) as client:
+
+        async def post(body: dict[str, Any]) -> str:
+            # As a careful client does: a key per signup, so resending after a dropped connection
+            # (the server may have kept the first) answers with the first intake and adds nothing.
+            headers = {"Idempotency-Key": str(uuid.uuid4())}
+            async with sem:
+                for attempt in range(3):
+                    try:
+                        r = await client.post("/v1/intake/registrations", json=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                assert r.status_code == 202, r.text
+                return str(r.json()["intake_id"])
+
+        return await asyncio.gather(*(post(body) for body in bodies))
