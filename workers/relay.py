@@ -38,7 +38,7 @@ def intake_queue(source: IntakeSource) -> str | None:
 
 
 def send_intake(key: uuid.UUID, source: IntakeSource) -> None:
-    """Publish a kept intake's task again (the relay, a replay), on its source's queue."""
+    """Publish a kept intake's task on its source's queue (the SMS webhook, a replay)."""
     publish("intake.process", key, queue=intake_queue(source))
 
 
