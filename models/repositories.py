@@ -132,10 +132,13 @@ class IntakeRepository:
         return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
 
     def reopen(self, ids: Sequence[uuid.UUID]) -> None:
-        """Back to accepted, reason cleared, in one statement."""
+        """Back to accepted, reason cleared, in one statement. Marked as sent now (``relayed_at``): the
+        caller publishes each one's task, so the relay need not send it again at once."""
         if ids:
             self.session.execute(
-                update(Intake).where(Intake.id.in_(list(ids))).values(status=IntakeStatus.ACCEPTED, reason=None)
+                update(Intake)
+                .where(Intake.id.in_(list(ids)))
+                .values(status=IntakeStatus.ACCEPTED, reason=None, relayed_at=dt.datetime.now(dt.UTC))
             )
 
     def with_status(
