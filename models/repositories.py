@@ -1026,7 +1026,8 @@ class Latency:
 
 class MetricsRepository:
     """What ``GET /metrics`` reports, read from the database, so every API, worker and relay process on
-    every host is counted, and a restart forgets nothing. Each figure is one aggregate query."""
+    every host is counted, and a restart forgets nothing. Each figure is one aggregate query (per kind of
+    work, for the relay's re-sends and the dead letters)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session

@@ -39,6 +39,11 @@ def backoff(retries: int) -> float:
     return float(min(get_settings().retry_backoff_seconds * 2**retries, MAX_RETRY_COUNTDOWN))
 
 
+def allowed_retries(self: Task) -> int:
+    """The task's own ceiling, or ``LEADRELAY_TASK_MAX_RETRIES`` when that is lower."""
+    return min(int(self.max_retries), get_settings().task_max_retries)
+
+
 @task("intake.process", max_retries=5)
 def process_intake(self: Task, intake_id: str) -> str:
     """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
@@ -47,7 +52,7 @@ def process_intake(self: Task, intake_id: str) -> str:
             outcome = services.process_intake(uow, uuid.UUID(intake_id))
         return outcome.status
     except Exception as exc:
-        if self.request.retries >= min(self.max_retries, get_settings().task_max_retries):
+        if self.request.retries >= allowed_retries(self):
             log.error("intake.dead", intake_id=intake_id, error=repr(exc))
             with UnitOfWork() as uow:
                 services.mark_dead(uow, uuid.UUID(intake_id), f"{type(exc).__name__}: {exc}")
@@ -116,7 +121,7 @@ def send_text(self: Task, message_id: str) -> str:
     """Send one recorded outbound text, at most once. Gateway failures retry with backoff
     (``LEADRELAY_TASK_MAX_RETRIES``, at most 5); the last one leaves the text ``failed`` with the error."""
     key = uuid.UUID(message_id)
-    retries = min(self.max_retries, get_settings().task_max_retries)
+    retries = allowed_retries(self)
     try:
         return texts_outbound.send_text(key, last_try=self.request.retries >= retries)
     except texts_outbound.InFlight as exc:
