@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # RabbitMQ answers when its AMQP port accepts a connection.
 RABBITMQ_UP := $(PY) -c 'import socket; socket.create_connection(("127.0.0.1", 5672), 1).close()' 2>/dev/null
 # The pipeline tests once more with RabbitMQ as the broker of the workers and the API.
@@ -10,7 +11,7 @@ AMQP_TEST_URL ?= amqp://guest:guest@127.0.0.1:5672//
 PIPELINE_ON_RABBITMQ := LEADRELAY_TEST_BROKER_URL=$(AMQP_TEST_URL) $(BIN)/pytest tests/integration/test_pipeline.py -p no:cacheprovider -q
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev demo test test-unit test-integration lint typecheck migrate services
+.PHONY: help install dev demo test test-unit test-integration lint typecheck migrate services bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install leadrelay with its dev tools
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 dev: $(STAMP) ## Run the pipeline on the embedded defaults (SQLite, filesystem broker): API, worker, demo org
 	$(BIN)/leadrelay dev
@@ -54,3 +59,6 @@ test-integration: $(STAMP) services ## Pipeline tests on real PostgreSQL, Redis 
 test: lint services ## Everything CI runs: lint, unit, integration and embedded tests, then the pipeline on RabbitMQ
 	$(BIN)/pytest
 	$(PIPELINE_ON_RABBITMQ)
+
+bench: $(BENCH_STAMP) services ## Every benchmark scenario against its baseline (about 12 min): bench/results/<date>.json, .md, .png
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -26,19 +26,16 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-import redis
+
+from bench.stack import REDIS_URL, database, redis_keys, settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = os.environ.get("LEADRELAY_BENCH_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("LEADRELAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TARGET_LEADS = 10_000
 TARGET_SECONDS = 30.0
 HIDDEN_EVERY = 33  # one lead in 33 is tara's, which olivia cannot see
@@ -63,59 +60,6 @@ def org() -> dict[str, Any]:
 
 
 # --- The database, the queues and the processes -------------------------------------------------
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    """A database of this run, migrated; its SQLAlchemy URL. Dropped at the end."""
-    name = f"leadrelay_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        from models.db import dispose_engine
-
-        dispose_engine()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
-@contextmanager
-def settings_of(env: dict[str, str]) -> Iterator[None]:
-    """This process reads the same settings as the API and the worker (and forgets them after)."""
-    from leadrelay.settings import get_settings
-    from models.db import dispose_engine
-
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    dispose_engine()
-    try:
-        yield
-    finally:
-        dispose_engine()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-
-
-@contextmanager
-def redis_keys(prefix: str) -> Iterator[None]:
-    """Leave no key of this run's queues behind on the shared Redis."""
-    try:
-        yield
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
 
 
 def wait_for_worker(logdir: Path, procs: list[Any], timeout: float = 60) -> None:
