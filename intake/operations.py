@@ -7,14 +7,15 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intake import problems
 from models.repositories import LATENCY_BUCKETS
@@ -110,20 +111,36 @@ def install(app: FastAPI) -> None:
     """The routes, and the middleware counting every answer by its route (the path template, so ids never
     make labels)."""
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    app.add_middleware(CountAnswers)
+    app.include_router(router)
+
+
+class CountAnswers:
+    """Counts every HTTP answer by method, route template and status, and times it. Plain ASGI: the
+    status is read off the response's start message, and the route off the scope the router filled in."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
         status = "500"  # an exception passing through here is answered 500 further out
-        try:
-            response = await call_next(request)
-            status = str(response.status_code)
-            return response
-        finally:
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(request.method, route, status).inc()
-            HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - start)
 
-    app.include_router(router)
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], route, status).inc()
+            HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
