@@ -414,4 +414,70 @@ def run(folder: Path, *, embedded: bool = False, seed_leads: int = 10_000, grow_
             out["leads_grown"] = grow_to
             out["pipeline_2_grown"] = measure("pipeline", "pipeline-2-grown", 1.4 * rate)
         out["checks"] = verify(s, account, keys)
+        out["statements_per_intake"] = statements_per_intake(s, account, suffix)
     return out
+
+
+def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) -> dict[str, Any]:
+    """A diagnostic, not a rate: the SQL statements one registration costs the worker, counted with
+    SQLAlchemy's ``before_cursor_execute`` over ``n`` intakes processed in this process (the same
+    ``services.process_intake`` the task runs; publishing the mail task is skipped), per site."""
+    import json as _json
+
+    from sqlalchemy import event
+
+    from bench.workload import SITES, signup
+    from intake.schemas import RegistrationIn
+    from models.db import get_engine
+    from models.security import hash_secret
+    from models.tables import Intake, IntakeSource
+    from models.uow import UnitOfWork
+    from workers import services
+    from workers.app import app as celery_app
+
+    params = params_for(suffix, 0)
+    with UnitOfWork() as uow:
+        key = uow.orgs.intake_key_by_hash(hash_secret(f"key-{suffix}"))
+        assert key is not None
+        made = []
+        for i in range(n):
+            body, _ = signup(i, params)
+            intake = Intake(
+                account_id=account,
+                source=IntakeSource.REGISTRATION,
+                intake_key_id=key.id,
+                raw_body=_json.dumps(body),
+                payload=RegistrationIn(**body).to_signup().to_dict(),
+                content_type="application/json",
+            )
+            made.append(uow.intakes.add(intake).id)
+        uow.commit()
+    counted: list[str] = []
+
+    def count(*args: Any) -> None:
+        counted.append(str(args[2]).split(None, 1)[0].upper())
+
+    engine = get_engine()
+    send_task = celery_app.send_task
+    celery_app.send_task = lambda *a, **k: None
+    event.listen(engine, "before_cursor_execute", count)
+    per_site: dict[str, list[int]] = {site: [] for site in SITES}
+    kinds: Counter[str] = Counter()
+    try:
+        for i, intake_id in enumerate(made):
+            counted.clear()
+            with UnitOfWork() as uow:
+                services.process_intake(uow, intake_id)
+            per_site[SITES[i % len(SITES)]].append(len(counted))
+            kinds.update(counted)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        celery_app.send_task = send_task
+    every = [c for counts in per_site.values() for c in counts]
+    return {
+        "intakes": n,
+        "mean": sum(every) / len(every),
+        "per_site": {site: max(counts) for site, counts in per_site.items() if counts},
+        "by_verb": {k: round(v / n, 1) for k, v in kinds.most_common()},
+        "baseline_noop": 1,
+    }
