@@ -15,7 +15,7 @@ import io
 import json
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import delete, select, text, update
 
 from models.db import get_engine
-from models.imports import DECISIONS, ROUTED, STAGE, ImportStore, import_rejections, read_chunks
+from models.imports import DECISIONS, ROUTED, ImportStore, import_rejections, read_chunks
 from models.repositories import Caller, to_ref
 from models.tables import Import, ImportChunk, ImportStatus, User
 from models.uow import UnitOfWork
@@ -31,7 +31,7 @@ from rules.entities import EntityRef, Kind
 from rules.events import LeadSignup
 from rules.imports import FIELDS, ImportRow, MappingError, RowParser, map_header, may_import
 from rules.ownership import Ownership, decide_import_owner
-from rules.routing import Decision, route_many
+from rules.routing import Decision, Rule, route_many
 from rules.uniqueness import unique_key
 from workers.services import claimed_activity_events
 
@@ -41,6 +41,7 @@ Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: u
 
 CHUNK_BYTES = 1 << 20
 ROUTING_BATCH = 10_000
+STAGE_CHUNK = 10_000  # first rows per existence check, routing step and COPY
 PROGRESS_EVERY = 20_000
 LISTED_REJECTIONS = 10_000  # past this, rejections are counted but not each listed
 _SOURCE_KEYS = uuid.UUID("6f1d1c1e-1e0b-4e53-9b39-5c7a1a6a0c11")
@@ -254,17 +255,15 @@ class _Run:
     def execute(self, chunks: Iterable[bytes]) -> ImportSummary:
         store = self.store
         store.create_staging()
+        entity = self.ownership.routing_entity
+        router = _Router(entity, *self.uow.orgs.routing_rules(entity, lock=False)) if entity is not None else None
         reader = _HashingReader(iter(chunks))
-        rows, rejected, rejections, ignored = self._stage(reader)
+        staged = self._stage(reader, router)
         # The same file imported again for the same owner writes its events under the same key: none twice.
         store.source_key = uuid.uuid5(_SOURCE_KEYS, f"{self.account_id}:{self.owner.id}:{reader.sha256.hexdigest()}")
         self._phase("saving")
-        store.index_staging()
-        staged, distinct = store.counts()
-        to_make = store.mark_new()
-        entity = self.ownership.routing_entity
-        self._route(to_make)
-        store.analyze(ROUTED, DECISIONS)
+        if router is not None:
+            self._settle_routing(router, staged.to_make)
         assignee = self.ownership.assignee
         created = store.insert_leads(
             owner_id=self.owner.id,
@@ -277,37 +276,32 @@ class _Run:
             summary=f"Listed again in import {self.filename} by {self.actor}", actor=self.actor, at=self.at
         )
         self._phase("timeline")
-        store.add_created_events(
-            summary=f"Imported from {self.filename} by {self.actor}",
-            data={
-                "rule": self.ownership.rule,
-                "owner": self.owner.slug,
-                "reason": self.ownership.reason,
-                "import_id": str(self.import_id),
-            },
+        created_data = {
+            "rule": self.ownership.rule,
+            "owner": self.owner.slug,
+            "reason": self.ownership.reason,
+            "import_id": str(self.import_id),
+        }
+        store.add_lead_events(
+            created=(f"Imported from {self.filename} by {self.actor}", created_data),
+            owner_routed=self.ownership.owner_assigned() if entity is None else None,
             actor=self.actor,
             at=self.at,
         )
-        if entity is None:
-            routed, data = self.ownership.owner_assigned()
-            store.add_owner_routed_events(summary=routed, data=data, at=self.at)
-        else:
-            store.add_routed_events(at=self.at)
-        self._phase("timeline")
-        store.add_note_events(actor=self.actor, at=self.at)
         claimed = store.claim_site_activity(owner_id=self.owner.id if self.duplication else None)
         self.uow.leads.add_events(claimed_activity_events(self.account_id, claimed))
-        store.save_rejections(rejections)
+        store.save_rejections(staged.rejections)
+        rows, rejected = staged.rows, staged.rejected
         summary = ImportSummary(
             import_id=self.import_id,
             status=ImportStatus.DONE.value,
             rows=rows,
             created=created,
             existing=existing,
-            duplicates=staged - distinct,
+            duplicates=staged.duplicates,
             rejected=rejected,
-            rejections=rejections[:100],
-            ignored_columns=ignored,
+            rejections=staged.rejections[:100],
+            ignored_columns=staged.ignored,
         )
         self.uow.session.execute(
             update(Import)
@@ -335,8 +329,10 @@ class _Run:
         self.report(phase, done, total)
         self.progress_row(phase=phase)
 
-    def _stage(self, reader: _HashingReader) -> tuple[int, int, list[tuple[int, str]], tuple[str, ...]]:
-        """Stream the file into the staging table: (data rows, rejected, the listed rejections, ignored columns)."""
+    def _stage(self, reader: _HashingReader, router: _Router | None) -> _Staged:
+        """Stream the file through the row rules, :data:`STAGE_CHUNK` rows at a time, into the staging
+        tables: the first row of each unique key (later ones are duplicates inside the file), checked
+        against the account's leads, and routed when it makes one."""
         text_stream = io.TextIOWrapper(
             io.BufferedReader(reader, CHUNK_BYTES), encoding="utf-8-sig", errors="replace", newline=""
         )
@@ -347,79 +343,159 @@ class _Run:
         header = next(csv.reader([first], delimiter=delimiter))
         columns = map_header(header, self.mapping)
         parser = RowParser(columns, len(header))
-        rows = rejected = 0
-        rejections: list[tuple[int, str]] = []
+        staged = _Staged(ignored=columns.ignored)
+        rejections = staged.rejections
         owner_id, duplication = self.owner.id, self.duplication
+        # Every unique key seen so far: a key is a short string, so a million rows hold ~100 MB here,
+        # and in-file duplicates cost a set lookup instead of a GROUP BY over the whole staging table.
+        seen: set[str] = set()
+        chunk: list[tuple[int, str, ImportRow]] = []
         csv_rows = csv.reader(text_stream, delimiter=delimiter)
         line = 2  # the header was line 1
-        with self.store.writer(STAGE) as write:
-            for cells in csv_rows:
-                start, line = line, csv_rows.line_num + 2
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue
-                rows += 1
-                parsed = parser.parse(cells)
-                if isinstance(parsed, str):
-                    rejected += 1
-                    if len(rejections) < LISTED_REJECTIONS:
-                        rejections.append((start, parsed))
+        rows = 0
+        for cells in csv_rows:
+            start, line = line, csv_rows.line_num + 2
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            rows += 1
+            parsed = parser.parse(cells)
+            if isinstance(parsed, str):
+                staged.rejected += 1
+                if len(rejections) < LISTED_REJECTIONS:
+                    rejections.append((start, parsed))
+            else:
+                key = unique_key(
+                    duplication=duplication,
+                    owner_id=owner_id,
+                    email_normalized=parsed.email_normalized,
+                    phone_e164=parsed.phone,
+                )
+                assert key is not None, "a parsed row has an email or a phone"
+                if key in seen:
+                    staged.duplicates += 1
                 else:
-                    key = unique_key(
-                        duplication=duplication,
-                        owner_id=owner_id,
-                        email_normalized=parsed.email_normalized,
-                        phone_e164=parsed.phone,
-                    )
-                    assert key is not None, "a parsed row has an email or a phone"
-                    write(_stage_row(start, key, parsed))
-                if rows % PROGRESS_EVERY == 0:
-                    self.report("reading", reader.bytes_read, None)
-                    self.progress_row(rows_read=rows)
+                    seen.add(key)
+                    chunk.append((start, key, parsed))
+                    if len(chunk) >= STAGE_CHUNK:
+                        staged.to_make += self._stage_chunk(chunk, router)
+                        chunk = []
+            if rows % PROGRESS_EVERY == 0:
+                self.report("reading", reader.bytes_read, None)
+                self.progress_row(rows_read=rows)
+        staged.to_make += self._stage_chunk(chunk, router)
+        staged.rows = rows
         self.progress_row(rows_read=rows)
-        return rows, rejected, rejections, columns.ignored
+        return staged
 
-    def _route(self, to_make: int) -> None:
-        """A1/A2 for the rows that make leads, in file order, carrying the cursors along as routing
-        them one by one would, before they are inserted (so each lead is written once, assigned).
+    def _stage_chunk(self, chunk: list[tuple[int, str, ImportRow]], router: _Router | None) -> int:
+        """One chunk of first rows: those whose lead exists to KNOWN, the others (routed in file order)
+        to STAGE; how many will make a lead."""
+        if not chunk:
+            return 0
+        store = self.store
+        known = store.known_keys([key for _, key, _ in chunk])
+        new = [item for item in chunk if item[1] not in known] if known else chunk
+        if known:
+            store.stage_known([(line, key) for line, key, _ in chunk if key in known])
+        decisions: Sequence[int | None] = (
+            router.route([(row.price, row.zip) for _, _, row in new]) if router is not None else [None] * len(new)
+        )
+        store.stage_new([_stage_row(line, key, row, d) for (line, key, row), d in zip(new, decisions, strict=True)])
+        return len(new)
+
+    def _settle_routing(self, router: _Router, to_make: int) -> None:
+        """A1/A2, made final before any lead is written. The rows were routed as the file streamed, in
+        file order, from the cursors as they stood when it began; here the cursors are locked and,
+        if nothing moved them meanwhile, moved on to where those decisions leave them. If a signup
+        was routed by the same entity (or its rules changed) while the file was read, the rows are
+        routed again from the locked cursors, so the outcome is always that of routing them one by
+        one, in file order, after the file was read.
 
         On PostgreSQL the cursors are locked and moved on a short transaction of their own, as a
-        signup's are, so signups to the same entity wait only while the decisions are computed, and
+        signup's are, so signups to the same entity wait only while the decisions are checked, and
         the import never holds a cursor lock while inserting leads (no lock-order deadlock with a
         signup of the same person). If the import then rolls back, the cursors have moved on: the
         next leads start one round later, and no agent is skipped twice in a row.
         An agent owner is the assignee; nothing is routed."""
-        entity = self.ownership.routing_entity
-        if entity is None or to_make == 0:
+        if to_make == 0:
             return
+        entity = router.entity
         with contextlib.ExitStack() as stack:
             orgs_uow = stack.enter_context(UnitOfWork()) if self.store.postgres else self.uow
             rules, default = orgs_uow.orgs.routing_rules(entity, lock=True)
-            before = [*rules, default]
-            decisions: dict[tuple[Any, ...], tuple[int, Decision]] = {}
-            after_line, done = 0, 0
-            while batch := self.store.new_leads(after_line, ROUTING_BATCH):
-                signups = [LeadSignup(source_kind="import", price_max=p, zip=z) for _, _, p, z in batch]
-                chosen, rules, default = route_many(rules, default, signups)
-                with self.store.writer(ROUTED) as write:
-                    for (_, lead_id, _, _), decision in zip(batch, chosen, strict=True):
-                        key = _decision_key(decision)
-                        if key not in decisions:
-                            decisions[key] = (len(decisions), decision)
-                        write((lead_id, decisions[key][0]))
-                after_line = batch[-1][0]
-                done += len(batch)
-                self.report("routing", done, to_make)
-            orgs_uow.orgs.move_cursors(entity.id, before, [*rules, default])
+            locked = [*rules, default]
+            if locked != router.before:
+                log.info("import.rerouted", import_id=str(self.import_id), reason="cursors moved while reading")
+                self._route_again(router, rules, default, to_make)
+            orgs_uow.orgs.move_cursors(entity.id, locked, router.after)
             if orgs_uow is not self.uow:
                 orgs_uow.commit()
         in_pond = entity.kind is Kind.TEAM
         with self.store.writer(DECISIONS) as write:
-            for index, decision in decisions.values():
+            for index, decision in router.decisions.values():
                 pond = decision.agent is None and in_pond
                 summary = decision.summary(entity.slug, in_pond=pond)
                 campaign = decision.rule.campaign if decision.rule is not None and decision.agent is not None else None
                 data = {"routing_entity": entity.slug, **decision.as_data()}
                 write((index, decision.agent.id if decision.agent else None, pond, campaign, summary, _json(data)))
+        self.report("routing", to_make, to_make)
+
+    def _route_again(self, router: _Router, rules: list[Rule], default: Rule, to_make: int) -> None:
+        router.restart(rules, default)
+        after_line, done = 0, 0
+        while batch := self.store.staged(after_line, ROUTING_BATCH):
+            chosen = router.route([(price, zip_code) for _, price, zip_code in batch])
+            with self.store.writer(ROUTED) as write:
+                for (line, _, _), decision in zip(batch, chosen, strict=True):
+                    write((line, decision))
+            after_line = batch[-1][0]
+            done += len(batch)
+            self.report("routing", done, to_make)
+        self.store.apply_routed()
+
+
+@dataclass
+class _Staged:
+    """What reading the file found."""
+
+    ignored: tuple[str, ...]
+    rows: int = 0
+    rejected: int = 0
+    rejections: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0
+    to_make: int = 0
+
+
+class _Router:
+    """The routing decisions of an import's new leads, in file order, carrying the cursors along as
+    routing them one by one would. Decisions that read the same on the timeline share one index."""
+
+    def __init__(self, entity: EntityRef, rules: list[Rule], default: Rule) -> None:
+        self.entity = entity
+        self.before = [*rules, default]
+        self.restart(rules, default)
+
+    def restart(self, rules: list[Rule], default: Rule) -> None:
+        self.rules, self.default = rules, default
+        self.decisions: dict[tuple[Any, ...], tuple[int, Decision]] = {}
+
+    @property
+    def after(self) -> list[Rule]:
+        return [*self.rules, self.default]
+
+    def route(self, leads: Sequence[tuple[int | None, str | None]]) -> list[int]:
+        """The decision index of each lead, given as (price, zip)."""
+        signups = [LeadSignup(source_kind="import", price_max=price, zip=zip_code) for price, zip_code in leads]
+        chosen, self.rules, self.default = route_many(self.rules, self.default, signups)
+        decisions = self.decisions
+        indexes: list[int] = []
+        for decision in chosen:
+            key = _decision_key(decision)
+            found = decisions.get(key)
+            if found is None:
+                found = decisions[key] = (len(decisions), decision)
+            indexes.append(found[0])
+        return indexes
 
 
 def _decision_key(decision: Decision) -> tuple[Any, ...]:
@@ -434,11 +510,12 @@ def _decision_key(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def _stage_row(line: int, key: str, row: ImportRow) -> tuple[Any, ...]:
+def _stage_row(line: int, key: str, row: ImportRow, decision: int | None) -> tuple[Any, ...]:
+    """A row that makes a lead, in :data:`STAGE_ROW` order."""
     return (
         line,
-        uuid.uuid4(),
         key,
+        decision,
         row.email,
         row.email_normalized,
         row.phone,

@@ -342,3 +342,77 @@ def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
     events = acme.timeline(_lead_id(acme, "early@example.com"), as_user="john")
     assert [e["kind"] for e in events] == ["property_view", "created", "routed"]
     assert events[0]["summary"] == "Viewed 9 Elm St (MLS M9) (before signup)"
+
+
+def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: Any) -> Any:
+    """``run_import`` in this process, calling ``on_saving()`` once the file is read and before any
+    lead is written: what a signup that lands while a large file is read looks like to the import."""
+    from workers.imports import create_import, file_chunks, run_import
+
+    with UnitOfWork() as uow:
+        account = uow.orgs.account_by_slug(f"acct-{b.s}")
+        assert account is not None
+        caller = uow.orgs.caller_by_slug(account.id, by)
+        assert caller is not None
+        import_id = create_import(uow, caller=caller, owner_slug=owner, filename=path.name, mapping={})
+        uow.commit()
+    called: list[str] = []
+
+    def progress(phase: str, _done: int, _total: int | None) -> None:
+        if phase == "saving" and not called:
+            called.append(phase)
+            on_saving()
+
+    summary = run_import(import_id, file_chunks(str(path)), progress=progress)
+    assert called == ["saving"]
+    return summary
+
+
+def test_A2_a_signup_routed_while_the_file_is_read_moves_the_import_on_by_one(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The import routes its rows from the cursors as they are once the file is read: a signup to the
+    same office meanwhile takes its turn first, as if the rows had been routed one by one after it."""
+    path = tmp_path / "busy.csv"
+    path.write_text(csv_text(people(6, "busy")))
+    walk_in: dict[str, Any] = {}
+
+    summary = import_in_process(
+        acme,
+        path,
+        "downtown",
+        "oscar",
+        lambda: walk_in.update(acme.register_and_wait("downtown", "walkin@example.com")),
+    )
+
+    assert (summary.status, summary.created) == ("done", 6)
+    assert acme.lead(walk_in["lead_id"], as_user="oscar")["assigned_agent"]["id"] == "john"
+    imported = [agent for email, _, agent, _, _ in leads_of(acme) if email and email.startswith("busy")]
+    assert imported == ["jill", "bob", "john", "jill", "bob", "john"]  # busy0..busy5, in file order
+    # The next signup continues the round where the import left it.
+    assert (
+        acme.lead(acme.register_and_wait("downtown", "next@example.com")["lead_id"], as_user="oscar")["assigned_agent"][
+            "id"
+        ]
+        == "jill"
+    )
+
+
+def test_D4_a_lead_made_while_the_file_is_read_gets_an_event_not_a_twin(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "race.csv"
+    path.write_text(csv_text(people(5, "race")))
+    signup: dict[str, Any] = {}
+
+    summary = import_in_process(
+        acme, path, "john", "john", lambda: signup.update(acme.register_and_wait("john", "race2@example.com"))
+    )
+
+    assert (summary.rows, summary.created, summary.existing) == (5, 4, 1)
+    assert [e for e, _, _, _, _ in leads_of(acme)] == [f"race{i}@example.com" for i in range(5)]
+    # One D4 event on the signup's lead, at the import's time (it began before the signup).
+    kinds = [e["kind"] for e in acme.timeline(signup["lead_id"], as_user="john")]
+    assert kinds == ["import", "created", "routed"]
+    made = _lead_id(acme, "race3@example.com")
+    assert [e["kind"] for e in acme.timeline(made, as_user="john")] == ["created", "routed"]
