@@ -83,6 +83,15 @@ STAGE_ROW = (
     "zip",
 )
 
+# Every unique key the file has had so far: a later row with one is a duplicate inside the file.
+# Kept here rather than in the worker's memory, which then stays the same whatever the file's size.
+KEYS = Table(
+    "import_keys",
+    _TEMP,
+    Column("unique_key", String(400), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+
 # The first row of each unique key whose lead already exists (D4): it adds an event, not a lead.
 KNOWN = Table(
     "import_known",
@@ -112,7 +121,11 @@ DECISIONS = Table(
     Column("data", Text().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
     prefixes=["TEMPORARY"],
 )
-_TABLES = (STAGE, KNOWN, ROUTED, DECISIONS)
+_TABLES = (STAGE, KEYS, KNOWN, ROUTED, DECISIONS)
+_FIRST_KEYS = text(
+    "INSERT INTO import_keys (unique_key) SELECT jsonb_array_elements_text(CAST(:keys AS jsonb))"
+    " ON CONFLICT DO NOTHING RETURNING unique_key"
+)
 _KNOWN_KEYS = text(
     "SELECT unique_key FROM leads WHERE account_id = :account_id"
     " AND unique_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:keys AS jsonb))))"
@@ -199,6 +212,20 @@ class ImportStore:
         with self.writer(KNOWN) as write:
             for row in rows:
                 write(row)
+
+    def first_keys(self, keys: Sequence[str]) -> set[str]:
+        """Of ``keys`` (distinct, in file order), those the file has not had before; they are now had."""
+        if not keys:
+            return set()
+        if self.postgres:
+            found = self.session.execute(_FIRST_KEYS, {"keys": json.dumps(keys)})
+            return {str(k) for k in found.scalars()}
+        first: set[str] = set()
+        for i in range(0, len(keys), SQLITE_IN):
+            values = [{"unique_key": k} for k in keys[i : i + SQLITE_IN]]
+            stmt = sqlite.insert(KEYS).values(values).on_conflict_do_nothing().returning(KEYS.c.unique_key)
+            first.update(str(k) for k in self.session.execute(stmt).scalars())
+        return first
 
     def known_keys(self, keys: Sequence[str]) -> set[str]:
         """The unique keys among ``keys`` that a lead of the account already has (merged and deleted
@@ -499,4 +526,14 @@ def import_rejections(session: Session, import_id: uuid.UUID, limit: int) -> lis
     return [(int(line), reason) for line, reason in rows]
 
 
-__all__ = ["DECISIONS", "KNOWN", "ROUTED", "STAGE", "STAGE_ROW", "ImportStore", "import_rejections", "read_chunks"]
+__all__ = [
+    "DECISIONS",
+    "KEYS",
+    "KNOWN",
+    "ROUTED",
+    "STAGE",
+    "STAGE_ROW",
+    "ImportStore",
+    "import_rejections",
+    "read_chunks",
+]

@@ -346,10 +346,9 @@ class _Run:
         staged = _Staged(ignored=columns.ignored)
         rejections = staged.rejections
         owner_id, duplication = self.owner.id, self.duplication
-        # Every unique key seen so far: a key is a short string, so a million rows hold ~100 MB here,
-        # and in-file duplicates cost a set lookup instead of a GROUP BY over the whole staging table.
-        seen: set[str] = set()
-        chunk: list[tuple[int, str, ImportRow]] = []
+        # The first row of each unique key in this chunk, in file order; the staging tables know the
+        # keys of the chunks before (a million rows would hold ~100 MB of keys here).
+        chunk: dict[str, tuple[int, ImportRow]] = {}
         csv_rows = csv.reader(text_stream, delimiter=delimiter)
         line = 2  # the header was line 1
         rows = 0
@@ -371,37 +370,38 @@ class _Run:
                     phone_e164=parsed.phone,
                 )
                 assert key is not None, "a parsed row has an email or a phone"
-                if key in seen:
+                if key in chunk:
                     staged.duplicates += 1
                 else:
-                    seen.add(key)
-                    chunk.append((start, key, parsed))
+                    chunk[key] = (start, parsed)
                     if len(chunk) >= STAGE_CHUNK:
-                        staged.to_make += self._stage_chunk(chunk, router)
-                        chunk = []
+                        self._stage_chunk(chunk, router, staged)
+                        chunk = {}
             if rows % PROGRESS_EVERY == 0:
                 self.report("reading", reader.bytes_read, None)
                 self.progress_row(rows_read=rows)
-        staged.to_make += self._stage_chunk(chunk, router)
+        self._stage_chunk(chunk, router, staged)
         staged.rows = rows
         self.progress_row(rows_read=rows)
         return staged
 
-    def _stage_chunk(self, chunk: list[tuple[int, str, ImportRow]], router: _Router | None) -> int:
-        """One chunk of first rows: those whose lead exists to KNOWN, the others (routed in file order)
-        to STAGE; how many will make a lead."""
+    def _stage_chunk(self, chunk: dict[str, tuple[int, ImportRow]], router: _Router | None, staged: _Staged) -> None:
+        """One chunk of first rows (key -> line, row): a key an earlier chunk had makes a duplicate;
+        a key whose lead exists goes to KNOWN; the others, routed in file order, to STAGE."""
         if not chunk:
-            return 0
+            return
         store = self.store
-        known = store.known_keys([key for _, key, _ in chunk])
-        new = [item for item in chunk if item[1] not in known] if known else chunk
+        first = store.first_keys(list(chunk))
+        staged.duplicates += len(chunk) - len(first)
+        known = store.known_keys(list(first))
         if known:
-            store.stage_known([(line, key) for line, key, _ in chunk if key in known])
+            store.stage_known([(line, key) for key, (line, _) in chunk.items() if key in known])
+        new = [(line, key, row) for key, (line, row) in chunk.items() if key in first and key not in known]
         decisions: Sequence[int | None] = (
             router.route([(row.price, row.zip) for _, _, row in new]) if router is not None else [None] * len(new)
         )
         store.stage_new([_stage_row(line, key, row, d) for (line, key, row), d in zip(new, decisions, strict=True)])
-        return len(new)
+        staged.to_make += len(new)
 
     def _settle_routing(self, router: _Router, to_make: int) -> None:
         """A1/A2, made final before any lead is written. The rows were routed as the file streamed, in

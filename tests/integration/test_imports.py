@@ -344,7 +344,7 @@ def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
     assert events[0]["summary"] == "Viewed 9 Elm St (MLS M9) (before signup)"
 
 
-def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: Any) -> Any:
+def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: Any = None) -> Any:
     """``run_import`` in this process, calling ``on_saving()`` once the file is read and before any
     lead is written: what a signup that lands while a large file is read looks like to the import."""
     from workers.imports import create_import, file_chunks, run_import
@@ -361,11 +361,34 @@ def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: 
     def progress(phase: str, _done: int, _total: int | None) -> None:
         if phase == "saving" and not called:
             called.append(phase)
-            on_saving()
+            if on_saving is not None:
+                on_saving()
 
     summary = run_import(import_id, file_chunks(str(path)), progress=progress)
     assert called == ["saving"]
     return summary
+
+
+def test_D4_a_person_listed_again_in_a_later_chunk_of_the_file_is_a_duplicate(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is read in chunks of first rows (10,000); a key met in an earlier chunk makes no
+    lead and no event, as one met earlier in the same chunk."""
+    monkeypatch.setattr("workers.imports.STAGE_CHUNK", 2)
+    rows = people(5, "chunk")
+    path = tmp_path / "chunks.csv"
+    path.write_text(
+        csv_text([rows[0], rows[1], rows[2], rows[0], rows[3], ["Again", "", "CHUNK1@example.com"], rows[4]])
+    )
+
+    summary = import_in_process(acme, path, "john", "john")
+
+    assert (summary.rows, summary.created, summary.existing, summary.duplicates) == (7, 5, 0, 2)
+    assert [e for e, _, _, _, _ in leads_of(acme)] == [f"chunk{i}@example.com" for i in range(5)]
+    assert [e["kind"] for e in acme.timeline(_lead_id(acme, "chunk1@example.com"), as_user="john")] == [
+        "created",
+        "routed",
+    ]
 
 
 def test_A2_a_signup_routed_while_the_file_is_read_moves_the_import_on_by_one(
