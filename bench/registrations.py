@@ -222,11 +222,13 @@ def sustained(
     profile: bool = False,
     requests: Mapping[str, str] = REQUESTS,
     finished: Finished = finished,
+    attempts: int = 4,
+    meter: Callable[[Stack], CpuMeter] = meter,
 ) -> dict[str, Any]:
     """The sustained rate of ``kind`` (``pipeline`` or ``baseline``) on the stack as it is."""
     offered = guess
     every_key: list[str] = []
-    for attempt in range(4):
+    for attempt in range(attempts):
         cpu = meter(stack)
         cpu.start()
         run = run_load(
@@ -256,7 +258,7 @@ def sustained(
         overloaded = run.sent_rate >= 1.1 * rate
         # Taken when it was offered more than it finished, but not so much more that accepting the excess
         # (the API's CPU) took a large share from the workers. Otherwise offer more, or less, and again.
-        if (overloaded and run.sent_rate <= 1.6 * rate) or attempt == 3:
+        if (overloaded and run.sent_rate <= 1.6 * rate) or attempt == attempts - 1:
             if profile:
                 # A run of its own, so the sampler's cost is in no measured figure.
                 profiler = Profiler(stack, folder, name, PROFILE_SECONDS - 3)
