@@ -64,7 +64,7 @@ BUDGET_SECONDS = 150.0  # make bench runs five scenarios in 15 minutes: this one
 # it takes plus the requests in flight (users = rate / 2, over SECONDS): 1000/s is taken by ``sustained``
 # (sent 1.1 to 1.6 times what was finished) for a baseline between about 60 and 350/s, in one attempt.
 BASELINE_GUESS = 1000.0
-# The pipeline's first offered rate, as a share of the baseline's: its knee was 0.2 to 0.35 of it, as
+# The pipeline's first offered rate, as a share of the baseline's: its knee was 0.22 to 0.37 of it, as
 # busy as the other users of the machine left it (29/s finished offered 40/s and 22/s offered 60/s in
 # one run, 52/s offered 54/s in another). What it is offered beyond what it finishes is a backlog to
 # drain after each attempt.
