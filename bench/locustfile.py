@@ -1,8 +1,8 @@
 """The load generator of the benchmarks: locust, open-loop.
 
-Each simulated user posts at a constant rate (``constant_throughput``) whatever its last answer took, and
-there are enough users that each posts at most twice a second: the offered rate is the rate asked for
-unless an answer takes longer than a user's whole period. What a request is comes from
+Each simulated user posts on a fixed schedule of its own (a period, from a random phase) whatever its
+answers take, and there are enough users that each posts at most twice a second: the offered rate is
+the rate asked for, spread evenly over time. What a request is comes from
 ``BENCH_REQUEST`` (``module:function``, called with the request's number and ``BENCH_PARAMS``); every
 request is logged to ``BENCH_SENT_LOG`` as ``sent_at,key,status,ms`` so the run can join it with the
 database. Started by ``bench.load.run_load``, never by hand.
@@ -14,21 +14,35 @@ import importlib
 import itertools
 import json
 import os
+import random
 import time
 
-from locust import FastHttpUser, constant_throughput, events, task
+import gevent
+from locust import FastHttpUser, events, task
 
 _module, _function = os.environ["BENCH_REQUEST"].split(":")
 MAKE = getattr(importlib.import_module(_module), _function)
 PARAMS = json.loads(os.environ.get("BENCH_PARAMS", "{}"))
+RATE_PER_USER = float(os.environ["BENCH_RATE_PER_USER"])
 _numbers = itertools.count()
 _log = open(os.environ["BENCH_SENT_LOG"], "w", buffering=1 << 16)  # noqa: SIM115 - open for the whole run
 
 
 class Poster(FastHttpUser):
-    wait_time = constant_throughput(float(os.environ["BENCH_RATE_PER_USER"]))
     connection_timeout = 30.0
     network_timeout = 30.0
+
+    def on_start(self) -> None:
+        # Each user posts on a fixed schedule of its own, from a random phase: the users start together,
+        # and locust's constant_throughput would keep them in step, a burst of all of them each period.
+        self.next_at = time.time() + random.random() / RATE_PER_USER
+        gevent.sleep(max(0.0, self.next_at - time.time()))
+
+    def wait_time(self) -> float:
+        # Open-loop: the next post is due one period after the last one was due, however long the answer
+        # took (late ones go at once and the schedule catches up).
+        self.next_at += 1 / RATE_PER_USER
+        return max(0.0, self.next_at - time.time())
 
     @task
     def post(self) -> None:
