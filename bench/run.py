@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     only = set(args.only.split(","))
+    from leadrelay.logging import configure_logging
+
+    # The processes under test log as configured; this one's own diagnostics (a few intakes processed
+    # in-process to count their statements) would print a line each.
+    configure_logging(fmt="console", level="WARNING")
     if args.embedded:
         only &= {"registrations"}
 
