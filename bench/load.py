@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stack import ROOT, child_env, cpu_seconds
+from bench.stack import ROOT, cpu_seconds
+from tests.support.processes import child_env
 
 
 @dataclass(frozen=True)

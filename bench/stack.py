@@ -24,6 +24,8 @@ import httpx
 import psycopg
 import redis
 
+from tests.support.processes import _stop, child_env, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("LEADRELAY_BENCH_PG_ADMIN", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEADRELAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -181,23 +183,6 @@ class CpuMeter:
 # --- The stack ------------------------------------------------------------------------------------
 
 
-def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADRELAY_")}
-    env.update(overrides)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-
-
 @dataclass
 class Stack:
     """One run's database, queues, API and worker, with the URLs and pids a scenario needs."""
@@ -220,8 +205,6 @@ class Stack:
     def start_api(self) -> str:
         """uvicorn on a free port, one process, as ``leadrelay api`` runs it, serving ``bench.app`` (the
         product's app plus the baseline endpoints)."""
-        from tests.support.processes import free_port
-
         port = free_port()
         out = (self.folder / "api.log").open("ab")
         self._logs.append(out)
@@ -250,7 +233,7 @@ class Stack:
         """One Celery worker node, prefork, ``processes`` pool processes: ``leadrelay worker`` as deployed,
         with the baseline's no-op task imported too."""
         if self.worker is not None:
-            _stop(self.worker)
+            _stop(self.worker, timeout=30)
         log = self.folder / f"worker-{processes}.log"
         out = log.open("ab")
         self._logs.append(out)
@@ -309,7 +292,7 @@ class Stack:
     def close(self) -> None:
         for proc in (self.api, self.worker):
             if proc is not None:
-                _stop(proc)
+                _stop(proc, timeout=30)
         for out in self._logs:
             out.close()
 
