@@ -1,6 +1,6 @@
 """``make bench``: every scenario of the benchmark, each against its baseline measured in the same run.
 
-    python -m bench.run                  # PostgreSQL and Redis: all five scenarios (about 12 minutes)
+    python -m bench.run                  # PostgreSQL and Redis: all five scenarios (about 13 minutes)
     python -m bench.run --embedded       # the embedded defaults (SQLite, filesystem broker): scenarios 1 and 5
     python -m bench.run --only registrations,replies
 
