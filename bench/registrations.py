@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from bench.load import LoadRun, quantile, run_load
 from bench.stack import REDIS_URL, CpuMeter, Stack, postgres_pids
@@ -60,22 +60,18 @@ def apply_org(stack: Stack, suffix: str) -> int:
 
 def finished(stack: Stack, kind: str, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
     """Of ``keys``, those that are over: their status and when (epoch seconds)."""
-    engine = create_engine(stack.url)
-    try:
-        with engine.connect() as conn:
-            if kind == "baseline":
-                rows = conn.execute(text("SELECT id, ran_at FROM bench_noop")).all()
-                out = {k: ("done", float(at)) for k, at in rows}
-            else:
-                rows = conn.execute(
-                    text(
-                        "SELECT idempotency_key, status, processed_at FROM intakes "
-                        "WHERE source = 'registration' AND processed_at IS NOT NULL"
-                    )
-                ).all()
-                out = {k: (str(status), _epoch(at)) for k, status, at in rows if str(status) in FINAL}
-    finally:
-        engine.dispose()
+    with stack.engine().connect() as conn:
+        if kind == "baseline":
+            rows = conn.execute(text("SELECT id, ran_at FROM bench_noop")).all()
+            out = {k: ("done", float(at)) for k, at in rows}
+        else:
+            rows = conn.execute(
+                text(
+                    "SELECT idempotency_key, status, processed_at FROM intakes "
+                    "WHERE source = 'registration' AND processed_at IS NOT NULL"
+                )
+            ).all()
+            out = {k: (str(status), _epoch(at)) for k, status, at in rows if str(status) in FINAL}
     wanted = set(keys)
     return {k: v for k, v in out.items() if k in wanted}
 
@@ -330,9 +326,8 @@ def latency(
 def verify(stack: Stack, account: int, keys: Sequence[str]) -> dict[str, Any]:
     """What the pipeline's runs left: every accepted intake done, one live lead per (email, owner), each
     new lead owned, assigned and with its created and routed events, each repeat on the lead it repeats."""
-    engine = create_engine(stack.url)
     checks: dict[str, Any] = {}
-    with engine.connect() as conn:
+    with stack.engine().connect() as conn:
 
         def one(sql: str) -> int:
             return int(conn.execute(text(sql), {"a": account}).scalar_one())
@@ -361,7 +356,6 @@ def verify(stack: Stack, account: int, keys: Sequence[str]) -> dict[str, Any]:
             "SELECT count(*) FROM (SELECT owner_entity_id, email_normalized FROM leads WHERE account_id = :a "
             "AND merged_into_id IS NULL AND deleted_at IS NULL GROUP BY 1, 2 HAVING count(*) > 1) d"
         )
-    engine.dispose()
     repeats = sum(1 for k in keys if int(k.rsplit("-", 1)[1]) % REPEAT_EVERY == REPEAT_EVERY - 1)
     checks["repeats_sent"] = repeats
     checks["ok"] = (

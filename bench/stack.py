@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from sqlalchemy import Engine
 
 from tests.support.processes import _stop, child_env, free_port
 
@@ -83,17 +84,6 @@ def redis_keys(prefix: str) -> Iterator[None]:
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
-
-
-def wait_for_worker(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Until the worker says it is ready (it consumes from then on)."""
-    deadline = time.monotonic() + timeout
-    while "ready" not in (log.read_text(errors="replace") if log.exists() else ""):
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited: {log.read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
 
 
 # --- CPU of processes ------------------------------------------------------------------------------
@@ -194,8 +184,16 @@ class Stack:
     base: str = ""
     api: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
-    worker_processes: int = 0
     _logs: list[Any] = field(default_factory=list)
+
+    def engine(self) -> Engine:
+        """This process's pooled engine: while the stack is open the process's settings are the stack's,
+        so it is the run's database (a poll every tenth of a second opens no new connection)."""
+        from models.db import get_engine
+
+        engine = get_engine()
+        assert engine.url.render_as_string(hide_password=False) == self.url, "the stack's settings are not in force"
+        return engine
 
     @property
     def dsn(self) -> str:
@@ -257,7 +255,6 @@ class Stack:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        self.worker_processes = processes
         deadline = time.monotonic() + 60
         # Ready when a no-op task posted through the API has run: the pool is up and consuming.
         while len(children_of(self.worker.pid)) < processes or not self._round_trip(deadline):
@@ -275,7 +272,7 @@ class Stack:
             f"{self.base}/v1/bench/noop", headers={"Idempotency-Key": key}, json={}, timeout=10
         ).raise_for_status()
         while time.monotonic() < deadline:
-            if ran(self.url, [key]):
+            if ran(self.engine(), [key]):
                 return True
             time.sleep(0.1)
         return False
@@ -285,9 +282,6 @@ class Stack:
 
     def worker_pids(self) -> list[int]:
         return tree(self.worker.pid) if self.worker else []
-
-    def worker_children(self) -> list[int]:
-        return children_of(self.worker.pid) if self.worker else []
 
     def close(self) -> None:
         for proc in (self.api, self.worker):

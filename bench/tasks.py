@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from models.db import get_engine
 from workers.app import app
@@ -36,13 +36,9 @@ def noop(self: object, key: str) -> None:
         )
 
 
-def ran(url: str, keys: Sequence[str]) -> dict[str, float]:
+def ran(engine: Engine, keys: Sequence[str]) -> dict[str, float]:
     """Of ``keys``, those whose task ran, and when (the table holds only this run's keys)."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text(f"SELECT id, ran_at FROM {TABLE}")).all()
-    finally:
-        engine.dispose()
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT id, ran_at FROM {TABLE}")).all()
     wanted = set(keys)
     return {k: float(at) for k, at in rows if k in wanted}
