@@ -182,6 +182,7 @@ def import_csv(
     from rich.table import Table
 
     from models.uow import UnitOfWork
+    from workers.errors import error_reason
     from workers.imports import (
         ImportInvalid,
         ImportRefused,
@@ -224,7 +225,7 @@ def import_csv(
         try:
             summary = run_import(import_id, file_chunks(str(file)), progress=report)
         except Exception as exc:  # the import rolled back whole; say so on its row and here
-            mark_failed(import_id, f"{type(exc).__name__}: {exc}")
+            mark_failed(import_id, error_reason(exc))
             console.print(f"[red]import {import_id} failed, nothing was imported: {exc}[/red]", highlight=False)
             raise typer.Exit(1) from exc
 

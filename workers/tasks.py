@@ -14,6 +14,7 @@ from models.uow import UnitOfWork
 from workers import imports, jobs, notifications, relay, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
+from workers.errors import error_kind, error_reason
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +54,11 @@ def process_intake(self: Task, intake_id: str) -> str:
         return outcome.status
     except Exception as exc:
         if self.request.retries >= allowed_retries(self):
-            log.error("intake.dead", intake_id=intake_id, error=repr(exc))
+            log.error("intake.dead", intake_id=intake_id, error=error_kind(exc))
             with UnitOfWork() as uow:
-                services.mark_dead(uow, uuid.UUID(intake_id), f"{type(exc).__name__}: {exc}")
+                services.mark_dead(uow, uuid.UUID(intake_id), error_reason(exc))
             return "dead"
-        log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=type(exc).__name__)
+        log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=error_kind(exc))
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
@@ -70,10 +71,10 @@ def _whole_or_retry(
         return run(key)
     except Exception as exc:
         if self.request.retries >= self.max_retries:
-            log.error("task.dead", kind=what, id=str(key), error=repr(exc))
-            fail(key, f"{type(exc).__name__}: {exc}")
+            log.error("task.dead", kind=what, id=str(key), error=error_kind(exc))
+            fail(key, error_reason(exc))
             return "failed"
-        log.warning("task.retry", kind=what, id=str(key), retries=self.request.retries, error=type(exc).__name__)
+        log.warning("task.retry", kind=what, id=str(key), retries=self.request.retries, error=error_kind(exc))
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
@@ -105,7 +106,7 @@ def send_notification(self: Task, outbox_id: str) -> str:
     except Exception as exc:
         final = self.request.retries >= self.max_retries
         with UnitOfWork() as uow:
-            notifications.record_failure(uow, uuid.UUID(outbox_id), f"{type(exc).__name__}: {exc}", final=final)
+            notifications.record_failure(uow, uuid.UUID(outbox_id), error_reason(exc), final=final)
         if final:
             log.error("notification.failed", outbox_id=outbox_id, error=type(exc).__name__)
             return "failed"

@@ -24,6 +24,7 @@ from models.repositories import Caller
 from models.tables import Lead, LeadStatus, Message
 from models.uow import UnitOfWork
 from workers.app import publish
+from workers.errors import error_reason
 from workers.gateway import GATEWAY_TIMEOUT_SECONDS, GatewayError, TextToSend, gateway_for
 from workers.texts import apply_pending_statuses
 
@@ -145,7 +146,7 @@ def send_text(message_id: uuid.UUID, *, last_try: bool) -> str:
         sid = gateway_for(get_settings()).send(claim)
     except Exception as exc:
         permanent = isinstance(exc, GatewayError) and exc.permanent
-        error = str(exc) if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, GatewayError) else error_reason(exc)
         final = last_try or permanent
         with UnitOfWork() as uow:
             _record_failure(uow, message_id, error, final=final)
