@@ -42,8 +42,14 @@ log = structlog.get_logger(__name__)
 
 
 async def _raw_body(request: Request) -> bytes:
-    # FastAPI has already read (and cached) the body to parse the model; this is the same bytes.
-    return await request.body()
+    """The body as it is kept in ``raw_body``. FastAPI has already read (and cached) it to parse the model;
+    this is the same bytes. A NUL byte is refused here for every intake: PostgreSQL's text refuses it, so it
+    would fail the INSERT with a 500, and form fields the parser drops (``%00=``'s literal twin) would
+    otherwise carry it past the field checks."""
+    raw = await request.body()
+    if b"\x00" in raw:
+        raise invalid("body", "contains a NUL character")
+    return raw
 
 
 RawBody = Annotated[bytes, Depends(_raw_body)]
@@ -220,8 +226,11 @@ ConnectionCaller = Annotated[ApiConnectionCaller, Depends(_connection)]
 def _decode(fmt: str, raw: bytes) -> dict[str, Any]:
     """The payload as a dict: JSON for the Realtor.com shape, form fields for HotPads; text that cannot
     be stored (a NUL character, an unpaired surrogate) is refused here, naming the field."""
-    body = _parse(fmt, raw)
-    found = unstorable(body)
+    try:
+        body = _parse(fmt, raw)
+        found = unstorable(body)
+    except RecursionError as exc:  # json.loads and the walk over the value recurse once per level
+        raise invalid("body", "nested too deeply") from exc
     if found is not None:
         field, message = found[0] or "body", found[1]
         raise invalid(field, message)

@@ -128,3 +128,28 @@ def test_hotpads_without_email_is_422_naming_email(acme: Brokerage) -> None:
     r = post(acme, "hotpads", f"conn-john-{acme.s}", form="listingId=HP-2")
     assert r.status_code == 422
     assert "email" in [e["field"] for e in r.json()["errors"]]
+
+
+@pytest.mark.parametrize("nesting", ['{"a":' * 5000 + "1" + "}" * 5000, "[" * 5000 + "]" * 5000])
+def test_a_deeply_nested_provider_body_is_422_not_a_server_error(acme: Brokerage, nesting: str) -> None:
+    before = count_intakes(acme.org["account"])
+    r = httpx.post(
+        f"{acme.base}/v1/intake/providers/realtor_com",
+        content=nesting,
+        headers={"X-Api-Key": f"conn-john-{acme.s}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [{"field": "body", "message": "nested too deeply"}]
+    assert count_intakes(acme.org["account"]) == before
+
+
+@pytest.mark.parametrize(
+    "form", ["listingId=HP-9&email=nul%40example.com&\x00=", "listingId=HP-9&email=nul%40example.com&x\x00y"]
+)
+def test_a_nul_byte_in_a_hotpads_form_is_422_even_where_the_parser_drops_it(acme: Brokerage, form: str) -> None:
+    before = count_intakes(acme.org["account"])
+    r = post(acme, "hotpads", f"conn-john-{acme.s}", form=form)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [{"field": "body", "message": "contains a NUL character"}]
+    assert count_intakes(acme.org["account"]) == before
