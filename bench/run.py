@@ -1,9 +1,9 @@
 """``make bench``: every scenario of the benchmark, each against its baseline measured in the same run.
 
-    python -m bench.run                  # PostgreSQL and Redis: all six scenarios (about 14 minutes)
+    python -m bench.run                  # PostgreSQL and Redis: all six scenarios (about 16 minutes)
     python -m bench.run --embedded       # the embedded defaults (SQLite, filesystem broker): scenarios 1 and 5
     python -m bench.run --only registrations,replies
-    python -m bench.run --only poison    # scenario 6 alone (about a minute)
+    python -m bench.run --only poison    # scenario 6 alone (2 to 3 minutes)
 
 Writes ``bench/results/<date>.json`` (every figure), ``<date>.md`` (the table) and ``<date>.png`` (the
 chart). Absolute figures drift with whatever else the machine does; the ratios are the result.
