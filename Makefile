@@ -60,5 +60,5 @@ test: lint services ## Everything CI runs: lint, unit, integration and embedded 
 	$(BIN)/pytest
 	$(PIPELINE_ON_RABBITMQ)
 
-bench: $(BENCH_STAMP) services ## Every benchmark scenario against its baseline (about 13 min): bench/results/<date>.json, .md, .png
+bench: $(BENCH_STAMP) services ## Every benchmark scenario against its baseline (about 16 min): bench/results/<date>.json, .md, .png
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TARGETS = {"throughput_ratio": 0.6, "p99_ms": 250.0, "growth_ratio": 0.9, "import_rows_per_s": 50_000, "copy_ratio": 25}
+TARGETS = {
+    "throughput_ratio": 0.6,
+    "p99_ms": 250.0,
+    "growth_ratio": 0.9,
+    "import_rows_per_s": 50_000,
+    "copy_ratio": 25,
+    "poison_drop_pct": 5.0,
+}
 
 
 def _rate(figures: dict[str, Any] | None) -> float | None:
@@ -150,6 +157,19 @@ def rows_of(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "bounded (< 300 MB)",
                 _verdict(mem["peak_rss_mb"] < 300),
             )
+    poison = results.get("poison")
+    if poison:
+        drop, error = poison["drop_pct"], poison["drop_stderr_pct"]
+        add(
+            "6",
+            f"signups with {poison['poison_per_round']} poison intake in each {poison['per_round']} "
+            f"(retried {poison['max_retries']}x, then dead), {len(poison['rounds'])} rounds",
+            f"{_n(poison['poisoned_per_s'], '/s')}: drop {drop:.1f}% (± {error:.1f})",
+            f"{_n(poison['clean_per_s'], '/s')} the other lane, no poison",
+            f"{poison['ratio']:.3f}x",
+            f"drop < {TARGETS['poison_drop_pct']:.0f}%",
+            _verdict(drop < TARGETS["poison_drop_pct"]) + ("" if poison["decided"] else " (within 2 errors)"),
+        )
     return rows
 
 
@@ -193,6 +213,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     rep = results.get("replies") or {}
     if rep.get("pipeline"):
         bars.append(("4: inbound texts", _rate(rep["pipeline"]), _rate(rep.get("baseline")), "store only"))
+    poison = results.get("poison") or {}
+    if poison.get("rounds"):
+        bars.append(("6: with poison\nintakes", poison["poisoned_per_s"], poison["clean_per_s"], "no poison"))
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 2, 1.4]})
     xs = range(len(bars))

@@ -1,8 +1,9 @@
 """``make bench``: every scenario of the benchmark, each against its baseline measured in the same run.
 
-    python -m bench.run                  # PostgreSQL and Redis: all five scenarios (about 13 minutes)
+    python -m bench.run                  # PostgreSQL and Redis: all six scenarios (about 16 minutes)
     python -m bench.run --embedded       # the embedded defaults (SQLite, filesystem broker): scenarios 1 and 5
     python -m bench.run --only registrations,replies
+    python -m bench.run --only poison    # scenario 6 alone (2 to 3 minutes)
 
 Writes ``bench/results/<date>.json`` (every figure), ``<date>.md`` (the table) and ``<date>.png`` (the
 chart). Absolute figures drift with whatever else the machine does; the ratios are the result.
@@ -24,7 +25,7 @@ from bench.report import chart, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("registrations", "replies", "import")
+SCENARIOS = ("registrations", "replies", "import", "poison")
 
 
 def main() -> None:
@@ -71,6 +72,11 @@ def main() -> None:
 
             print("scenario 3: CSV import", flush=True)
             results["import"] = import_bench.run(args.import_rows, args.memory_rows, profile=True)
+        if "poison" in only:
+            from bench import poison
+
+            print("scenario 6: poison intakes among the others", flush=True)
+            results["poison"] = poison.run(folder / "poison")
     results["seconds"] = time.monotonic() - began
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,10 @@ from typing import Any
 
 import pytest
 
-from intake.orgfile import parse_org
 from leadrelay.settings import get_settings
 from models.db import dispose_engine
-from models.org import apply_org
-from models.uow import UnitOfWork
 from tests.support.chaos import (
+    RR_AGENTS,
     Lane,
     LoadRunner,
     RedisServer,
@@ -34,13 +32,13 @@ from tests.support.chaos import (
     backlog_of,
     events,
     feed,
+    make_account,
     outcome,
     own_database,
     private_celery,
     registration_calls,
     wait_final,
 )
-from tests.support.orgs import brokerage
 
 # The relay sends again what is not done this long after it was stored (or last relayed): the only way
 # back for a message held by a SIGKILLed worker or lost with Redis (visibility timeout: 3600 s).
@@ -51,8 +49,6 @@ WORKERS, CONCURRENCY = 1, 2
 # twice 0.3 s apart must not kill an intake either).
 MAX_RETRIES, RETRY_BACKOFF = 2, 0.3
 TWILIO_TOKEN_ENV, TWILIO_TOKEN = "LEADRELAY_TEST_TWILIO_TOKEN", "twilio-chaos-token"
-# Every signup goes to the company site, routed round robin over these agents by the company's only rule.
-RR_AGENTS = ("john", "jill", "bob")
 BASELINE_FED, BASELINE_POSTED = 100, 100
 PACE_OF_CAPACITY = 0.8
 BACKLOG_SECONDS = 2.0  # under RELAY_AFTER_SECONDS
@@ -125,16 +121,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report: Report) -> Iterator[
         os.environ.update(saved)
         get_settings.cache_clear()
         dispose_engine()
-
-
-def make_account(org: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A new account on the stack: brokerage()'s (or ``org``), every company-site signup round robin over RR_AGENTS."""
-    org = org or brokerage()
-    org["routing"] = [{"entity": "co", "rules": [{"name": "Chaos round robin", "agents": list(RR_AGENTS)}]}]
-    with UnitOfWork() as uow:
-        apply_org(uow.session, parse_org(org))
-        uow.commit()
-    return org
 
 
 @dataclass

@@ -883,6 +883,26 @@ def registration_calls(org: Mapping[str, Any], n: int, tag: str, *, host: str | 
     return calls
 
 
+# Every signup goes to the company site, routed round robin over these agents by the company's only rule.
+RR_AGENTS = ("john", "jill", "bob")
+
+
+def make_account(org: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new account in the database of this process's settings: brokerage()'s (or ``org``), every
+    company-site signup round robin over RR_AGENTS."""
+    from intake.orgfile import parse_org
+    from models.org import apply_org
+    from models.uow import UnitOfWork
+    from tests.support.orgs import brokerage
+
+    org = org or brokerage()
+    org["routing"] = [{"entity": "co", "rules": [{"name": "Chaos round robin", "agents": list(RR_AGENTS)}]}]
+    with UnitOfWork() as uow:
+        apply_org(uow.session, parse_org(org))
+        uow.commit()
+    return org
+
+
 # A payload this version cannot read (as if another version of the API had stored it): LeadSignup.from_dict
 # raises ValueError on it, on every attempt.
 POISON_OCCURRED_AT = "yesterday, around noon"
