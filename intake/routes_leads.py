@@ -163,6 +163,7 @@ def get_timeline(
     response_model=MessageAccepted,
     responses={
         401: {"description": "Missing or unknown user token"},
+        403: {"description": "SH4: texting is an edit; a view-only share may not text the lead"},
         404: {"description": "No such lead the caller can see (V1)"},
         409: {
             "description": "S4/D8: the lead unsubscribed from texts; SH4: no smart number to send from; a merged lead"
@@ -171,7 +172,8 @@ def get_timeline(
     },
 )
 def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: UoW) -> MessageAccepted:
-    """Text a lead the caller can see (V1). The text is recorded at once (S1 counts it from that moment)
+    """Text a lead the caller may edit (SH4: the text is in the owner's name and steers where the reply
+    goes, so a view-only share may not). The text is recorded at once (S1 counts it from that moment)
     and sent by a task through the SMS gateway, from the owner's smart number in the owner's name (SH4)."""
     lead = uow.leads.visible(caller, lead_id)
     if lead is None:
@@ -180,7 +182,9 @@ def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: 
     if isinstance(recorded, Refused):
         if recorded.status == 422:
             raise invalid(recorded.field or "body", recorded.detail, detail=recorded.detail)
-        raise Problem(recorded.status, "Conflict", recorded.detail)
+        if recorded.status == 404:
+            raise NOT_FOUND
+        raise Problem(recorded.status, "Forbidden" if recorded.status == 403 else "Conflict", recorded.detail)
     uow.commit()
     return MessageAccepted(message_id=recorded)
 
