@@ -1,5 +1,6 @@
 """Who may act on a lead, through the real API and workers: an agent the org file sets inactive (or
-leaves out) loses its token at once and gets it back when set active again."""
+leaves out) loses its token at once and gets it back when set active again; a bulk job is read by
+the user who asked for it and the company admins, nobody else of the account."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import copy
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import apply
 from tests.support.client import Brokerage
 from tests.support.leads import lead_row, make_lead
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +88,40 @@ def test_an_agent_left_out_of_the_file_loses_its_token(brokerage_factory: Any) -
             assert jill.request(method, path, json=body).status_code == 401, (method, path)
         apply(b.org)
         assert jill.get(f"/v1/leads/{own}").status_code == 200
+
+
+def _job(client: httpx.Client, lead_ids: list[str]) -> str:
+    r = client.post("/v1/leads/bulk", json={"action": "archive", "lead_ids": lead_ids})
+    assert r.status_code == 202, r.text
+    job_id = str(r.json()["job_id"])
+
+    def done() -> bool:
+        return bool(client.get(f"/v1/jobs/{job_id}").json()["status"] in ("done", "failed"))
+
+    wait_for(done, timeout=30, interval=0.1, what=f"job {job_id}")
+    return job_id
+
+
+def test_a_bulk_job_is_read_by_its_creator_and_the_company_admins_only(acme: Brokerage) -> None:
+    mine = [make_lead(acme.org["account"], owner="john", assignee="john") for _ in range(2)]
+    hidden = make_lead(acme.org["account"], owner="jill", assignee="jill")
+    with acme.user("john") as john:
+        job = _job(john, [*mine, hidden])
+        assert john.get(f"/v1/jobs/{job}").status_code == 200
+    with acme.user("olivia") as olivia:  # the company's admin: the owner side of the whole account
+        r = olivia.get(f"/v1/jobs/{job}")
+        assert r.status_code == 200, r.text
+        assert [f["lead_id"] for f in r.json()["failed"]] == [hidden]
+    # An office admin (john's office), a team admin (john's team) and another agent: no such job.
+    for other in ("oscar", "tara", "jill", "bob"):
+        with acme.user(other) as c:
+            r = c.get(f"/v1/jobs/{job}")
+            assert r.status_code == 404, (other, r.text)
+            assert hidden not in r.text
+    # A team admin's own job is its own to read.
+    team_lead = make_lead(acme.org["account"], owner="sunrise", assignee="john", routed_via="sunrise")
+    with acme.user("tara") as tara:
+        own_job = _job(tara, [team_lead])
+        assert tara.get(f"/v1/jobs/{own_job}").status_code == 200
+    with acme.user("john") as john:
+        assert john.get(f"/v1/jobs/{own_job}").status_code == 404
