@@ -60,13 +60,15 @@ def _decode_cursor(cursor: str | None, id_type: Callable[[str], K]) -> tuple[dt.
 
 
 def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
-    """Leads in the contract's shape, with their owners, assignees, shares and campaigns in four queries."""
+    """Leads in the contract's shape, with their owners, assignees, shares, campaigns and signup messages
+    in five queries."""
     ids = [lead.id for lead in leads]
     entities = uow.orgs.entities_by_ids(
         {lead.owner_entity_id for lead in leads} | {lead.assigned_agent_id for lead in leads if lead.assigned_agent_id}
     )
     shares = uow.leads.shares_of(ids)
     campaigns = uow.leads.campaigns_of(ids)
+    messages = uow.leads.signup_messages(ids)
     accounts = {account_id: uow.orgs.account(account_id).slug for account_id in {lead.account_id for lead in leads}}
     out = []
     for lead in leads:
@@ -88,6 +90,12 @@ def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
                 assigned_agent=AgentOut(id=agent.slug, name=agent.name) if agent else None,
                 source=SourceOut(kind=lead.source_kind, detail=lead.source_detail),
                 shares=[ShareOut(user_id=u, permission=p) for u, p in shares[lead.id]],
+                lead_type=lead.lead_type,
+                price_min=lead.price_min,
+                price_max=lead.price_max,
+                zip=lead.zip,
+                message=messages.get(lead.id),
+                last_activity_at=lead.last_activity_at,
                 merged_into=lead.merged_into_id,
                 created_at=lead.created_at,
             )
