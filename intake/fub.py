@@ -102,11 +102,19 @@ class FubPerson(_Fub):
         return next((p.value for p in self.phones if p.value), None)
 
 
+Zip = Annotated[str | None, Field(max_length=10)]
+
+
 class FubProperty(_Fub):
     street: Text = None
     city: Text = None
     state: Text = None
-    code: Annotated[str | None, Field(max_length=10)] = None
+    code: Annotated[Zip, Field(description="The ZIP or postal code, as Follow Up Boss documents it.")] = None
+    # Real senders spell it otherwise (the follow-up-boss package on PyPI posts ``zip``); the first given wins.
+    zip: Annotated[Zip, Field(description="Another spelling of ``code``.")] = None
+    postalCode: Annotated[Zip, Field(description="Another spelling of ``code``.")] = None
+    zipCode: Annotated[Zip, Field(description="Another spelling of ``code``.")] = None
+    postal_code: Annotated[Zip, Field(description="Another spelling of ``code``.")] = None
     mlsNumber: Annotated[str | None, Field(max_length=100)] = None
     price: Money = None
     forRent: bool | None = None
@@ -117,10 +125,14 @@ class FubProperty(_Fub):
     area: Measure = None
     lot: Measure = None
 
+    def zip_code(self) -> str | None:
+        """The postal code under whichever of its spellings the sender used (``code`` first)."""
+        return next((z for z in (self.code, self.zip, self.postalCode, self.zipCode, self.postal_code) if z), None)
+
     @property
     def address(self) -> str | None:
         """``1234 Main St, Anytown, MA 12345``, from whatever parts were given."""
-        region = " ".join(p for p in (self.state, self.code) if p)
+        region = " ".join(p for p in (self.state, self.zip_code()) if p)
         parts = [p for p in (self.street, self.city, region) if p]
         return ", ".join(parts) or None
 
@@ -186,7 +198,7 @@ class FubEvent(_Fub):
             last_name=person.lastName,
             lead_type=lead_type_of_event(kind, for_rent=prop.forRent),
             price_max=prop.price,
-            zip=prop.code,
+            zip=prop.zip_code(),
             message=self.message or self.description,
             tags=tuple(dict.fromkeys(person.tags)),
             source_detail=self.source_detail(),

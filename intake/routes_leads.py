@@ -60,13 +60,15 @@ def _decode_cursor(cursor: str | None, id_type: Callable[[str], K]) -> tuple[dt.
 
 
 def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
-    """Leads in the contract's shape, with their owners, assignees, shares and campaigns in four queries."""
+    """Leads in the contract's shape, with their owners, assignees, shares, campaigns and signup messages
+    in five queries."""
     ids = [lead.id for lead in leads]
     entities = uow.orgs.entities_by_ids(
         {lead.owner_entity_id for lead in leads} | {lead.assigned_agent_id for lead in leads if lead.assigned_agent_id}
     )
     shares = uow.leads.shares_of(ids)
     campaigns = uow.leads.campaigns_of(ids)
+    messages = uow.leads.signup_messages(ids)
     accounts = {account_id: uow.orgs.account(account_id).slug for account_id in {lead.account_id for lead in leads}}
     out = []
     for lead in leads:
@@ -88,6 +90,12 @@ def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
                 assigned_agent=AgentOut(id=agent.slug, name=agent.name) if agent else None,
                 source=SourceOut(kind=lead.source_kind, detail=lead.source_detail),
                 shares=[ShareOut(user_id=u, permission=p) for u, p in shares[lead.id]],
+                lead_type=lead.lead_type,
+                price_min=lead.price_min,
+                price_max=lead.price_max,
+                zip=lead.zip,
+                message=messages.get(lead.id),
+                last_activity_at=lead.last_activity_at,
                 merged_into=lead.merged_into_id,
                 created_at=lead.created_at,
             )
@@ -163,6 +171,7 @@ def get_timeline(
     response_model=MessageAccepted,
     responses={
         401: {"description": "Missing or unknown user token"},
+        403: {"description": "SH4: texting is an edit; a view-only share may not text the lead"},
         404: {"description": "No such lead the caller can see (V1)"},
         409: {
             "description": "S4/D8: the lead unsubscribed from texts; SH4: no smart number to send from; a merged lead"
@@ -171,7 +180,8 @@ def get_timeline(
     },
 )
 def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: UoW) -> MessageAccepted:
-    """Text a lead the caller can see (V1). The text is recorded at once (S1 counts it from that moment)
+    """Text a lead the caller may edit (SH4: the text is in the owner's name and steers where the reply
+    goes, so a view-only share may not). The text is recorded at once (S1 counts it from that moment)
     and sent by a task through the SMS gateway, from the owner's smart number in the owner's name (SH4)."""
     lead = uow.leads.visible(caller, lead_id)
     if lead is None:
@@ -180,7 +190,9 @@ def post_message(lead_id: uuid.UUID, body: MessageIn, caller: CurrentUser, uow: 
     if isinstance(recorded, Refused):
         if recorded.status == 422:
             raise invalid(recorded.field or "body", recorded.detail, detail=recorded.detail)
-        raise Problem(recorded.status, "Conflict", recorded.detail)
+        if recorded.status == 404:
+            raise NOT_FOUND
+        raise Problem(recorded.status, "Forbidden" if recorded.status == 403 else "Conflict", recorded.detail)
     uow.commit()
     return MessageAccepted(message_id=recorded)
 

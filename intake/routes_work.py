@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -240,6 +241,21 @@ EXPORT_COLUMNS = (
 )
 
 
+# OWASP's CSV injection advice: a cell starting with one of these is a formula to a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A phone is stored in E.164, checked on the way in: a spreadsheet reads "+15551234567" as a number and
+# nothing else, so it stays as it is (escaped it would no longer read as the phone).
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell that a spreadsheet will not run: text starting like a formula gets a leading ``'`` (OWASP).
+    Names, tags and sources come from anonymous visitors, and an admin opens the export in a spreadsheet."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _E164.fullmatch(value):
+        return "'" + value
+    return value
+
+
 @router.get(
     "/export.csv",
     response_class=StreamingResponse,
@@ -247,7 +263,9 @@ EXPORT_COLUMNS = (
 )
 def export_csv(caller: CurrentUser) -> StreamingResponse:
     """V3: an agent's export holds the leads it owns and the company-owned leads assigned to it, never
-    team-owned ones; an admin's, its entities' leads. Streamed from a server-side cursor."""
+    team-owned ones; an admin's, its entities' leads. Streamed from a server-side cursor. A cell that
+    starts like a spreadsheet formula (``=``, ``+``, ``-``, ``@``, tab, CR) starts with ``'`` instead,
+    E.164 phones excepted."""
 
     def rows() -> Iterator[str]:
         out = io.StringIO()
@@ -261,7 +279,7 @@ def export_csv(caller: CurrentUser) -> StreamingResponse:
                     values[7] = values[7].value
                     values[11] = " ".join(values[11] or ())
                     values[12] = values[12].isoformat()
-                    writer.writerow(values)
+                    writer.writerow([spreadsheet_safe(v) for v in values])
                 yield out.getvalue()
                 out.seek(0)
                 out.truncate()

@@ -298,6 +298,12 @@ class LeadOut(BaseModel):
     assigned_agent: AgentOut | None
     source: SourceOut
     shares: list[ShareOut]
+    lead_type: str | None = Field(description="buyer, seller or renter, as the lead said")
+    price_min: int | None
+    price_max: int | None
+    zip: str | None
+    message: str | None = Field(description="The last message the lead sent with a signup or an inquiry")
+    last_activity_at: dt.datetime
     merged_into: uuid.UUID | None
     created_at: dt.datetime
 

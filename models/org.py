@@ -307,7 +307,9 @@ class _Apply:
                 "email": entry.email if entry and entry.email else agent.email,
                 "agent_id": self.entity_ids[agent.id],
                 "token_hash": hash_secret(_secret(entry.token)) if entry and entry.token else None,
-                "active": True,
+                # An agent set inactive has left: its token stops working at once. The hash stays, so
+                # setting it active again with the same token gives access back.
+                "active": agent.active,
             }
         for entry in self.spec.users:
             if entry.id not in wanted:

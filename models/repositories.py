@@ -846,6 +846,32 @@ class LeadRepository:
                 out[lead_id].append(name)
         return out
 
+    def signup_messages(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The last message each lead sent with a signup or an inquiry: read from the intakes its
+        ``created`` and ``signup`` events came from (a merge moves those events to the primary, so it
+        has the other's messages too). Leads that never sent one are absent."""
+        out: dict[uuid.UUID, str] = {}
+        if not lead_ids:
+            return out
+        # A registration or provider keeps the signup as the payload; a Follow Up Boss event under "signup".
+        message = func.coalesce(
+            Intake.payload["message"].as_string(), Intake.payload[("signup", "message")].as_string()
+        )
+        rows = self.session.execute(
+            select(TimelineEvent.lead_id, message)
+            .join(Intake, Intake.id == TimelineEvent.intake_id)
+            .where(
+                TimelineEvent.lead_id.in_(list(lead_ids)),
+                TimelineEvent.kind.in_(("created", "signup")),
+                message.is_not(None),
+            )
+            .order_by(TimelineEvent.at.desc(), TimelineEvent.id.desc())
+        ).all()
+        for lead_id, text in rows:
+            if text and text.strip():
+                out.setdefault(lead_id, text)
+        return out
+
     def start_campaign(self, lead_id: uuid.UUID, name: str) -> None:
         self.session.execute(
             dialect_insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()

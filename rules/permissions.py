@@ -374,6 +374,17 @@ def plan_campaign(actor: Actor, lead: LeadFacts, name: str, *, start: bool) -> C
     return CampaignPlan(lead.id, "D6", f"Campaign {name} {verb} by {actor.slug}", name, start)
 
 
+def may_text(actor: Actor, lead: LeadFacts) -> Refusal | None:
+    """SH4: a text goes out in the owner's name, from the owner's number, and decides where the lead's
+    reply lands (S1: with the agent who texted it last), so texting is an edit: the owner side, the
+    assignee and users shared with edit (SH2) text the lead; a view-only share does not."""
+    if not can_view(actor, lead):
+        return NOT_VISIBLE
+    if not can_edit(actor, lead):
+        return Refusal("SH4", "view permission does not allow texting the lead in the owner's name (SH2)")
+    return None
+
+
 # --- Team membership (A5, T5) ----------------------------------------------------------------
 
 

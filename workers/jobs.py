@@ -155,11 +155,17 @@ def mark_failed(job_id: uuid.UUID, error: str) -> None:
 
 
 def job_view(uow: UnitOfWork, actor: Actor, job_id: uuid.UUID) -> JobView | None:
-    """A job of the caller's account asked for by the caller (or seen by an admin of the account)."""
+    """A job of the caller's account, to the user who asked for it and to the account's company admins;
+    anyone else (an office or team admin too) is told there is no such job.
+
+    A job is not kept per entity: its leads may have any owners of the account, and its failures name
+    leads and say why. The one admin on the owner side of the account as a whole, the company admin
+    (the admin of the company every agent is connected to), may follow anyone's job; an office or team
+    admin is the owner side of only some leads, so another user's job is not theirs to read."""
     job = uow.session.get(Job, job_id)
     if job is None or job.account_id != actor.account_id:
         return None
-    if job.user_id != actor.user_id and not actor.admin_of:
+    if job.user_id != actor.user_id and not uow.orgs.is_company_admin(actor):
         return None
     failed = uow.session.execute(
         select(JobFailure.lead_id, JobFailure.reason)

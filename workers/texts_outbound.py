@@ -23,6 +23,8 @@ from leadrelay.settings import get_settings
 from models.repositories import Caller
 from models.tables import Lead, LeadStatus, Message
 from models.uow import UnitOfWork
+from rules.permissions import NOT_VISIBLE, may_text
+from rules.permissions import Refused as RuleRefused
 from workers.app import publish
 from workers.errors import error_reason
 from workers.gateway import GATEWAY_TIMEOUT_SECONDS, GatewayError, TextToSend, gateway_for
@@ -67,7 +69,12 @@ class SendFailed(Exception):
 def record_outbound_text(uow: UnitOfWork, caller: Caller, lead: Lead, body: str) -> uuid.UUID | Refused:
     """Record a text from ``caller`` to a lead it can see (V1), at once, and publish its send task after the
     commit. The text goes out from the owner's smart number in the owner's name (SH4); the row keeps who
-    really sent it and the assignee it counts for (S1). The caller commits."""
+    really sent it and the assignee it counts for (S1). Texting is an edit (SH4): a view-only share is
+    refused with 403. The caller commits."""
+    facts = uow.leads.facts([lead.id]).get(lead.id)
+    refusal = NOT_VISIBLE if facts is None else may_text(caller, facts)
+    if refusal is not None:
+        return Refused(404 if refusal.kind is RuleRefused.NOT_FOUND else 403, refusal.detail)
     if lead.status is LeadStatus.MERGED:
         return Refused(409, f"this lead was merged into {lead.merged_into_id}; text that lead instead")
     if not lead.phone_e164:

@@ -270,3 +270,32 @@ def test_the_raw_body_is_kept_verbatim_with_unknown_fields(acme: Brokerage) -> N
         assert intake.api_connection_id is not None
         rows = uow.session.execute(select(SiteActivity).where(SiteActivity.intake_id == intake.id)).scalars().all()
         assert [row.kind for row in rows] == ["property_view"]
+
+
+def test_a_zip_rule_routes_an_event_whose_sender_spells_the_zip_property_zip(brokerage_factory: Any) -> None:
+    org = brokerage()
+    org["routing"].append(
+        {
+            "entity": "sunrise",
+            "rules": [
+                {"name": "Springfield 62711", "when": {"zips": ["62711"]}, "agents": ["john"]},
+                {"name": "Everyone else", "agents": ["tara"]},
+            ],
+        }
+    )
+    b = brokerage_factory(org=org)
+    key = f"conn-sunrise-{b.s}"
+    body = fub(REGISTRATION, "zip-spelling@example.com")
+    del body["property"]["code"]
+    body["property"]["zip"] = "62711"  # as the follow-up-boss package on PyPI sends it
+    r = post_event(b, body, key=key)
+    intake = follow(r, key)
+    assert intake["status"] == "done", intake
+    lead = b.lead(intake["lead_id"], as_user="tara")
+    assert lead["assigned_agent"]["id"] == "john"
+    routed = [e for e in b.timeline(intake["lead_id"], as_user="tara") if e["kind"] == "routed"]
+    assert routed[0]["data"]["rule"] == "Springfield 62711", routed
+    with UnitOfWork() as uow:
+        kept = uow.intakes.get(uuid.UUID(r.json()["intake_id"]))
+        assert kept is not None
+        assert json.loads(kept.raw_body)["property"]["zip"] == "62711"  # the body stays as it was sent

@@ -4,13 +4,17 @@ actor, and checks the status, the rule named in the refusal, and the effect."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from models.tables import Message, User
+from models.uow import UnitOfWork
 from tests.integration.conftest import apply
 from tests.support.client import Brokerage
 from tests.support.leads import lead_row, make_lead
@@ -60,6 +64,8 @@ def _call(case: Case, client: httpx.Client, lead: str, other: str | None) -> htt
         case "merge" | "preview":
             path = "/v1/leads/merge/preview" if case.op == "preview" else "/v1/leads/merge"
             return client.post(path, json={"primary_id": lead, "other_id": other, **body})
+        case "text":
+            return client.post(f"/v1/leads/{lead}/messages", json={"body": "Hello from the matrix"})
         case "export":
             return client.get("/v1/export.csv")
         case "leave":
@@ -69,9 +75,16 @@ def _call(case: Case, client: httpx.Client, lead: str, other: str | None) -> htt
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_permission_matrix(case: Case, api: str, stranger: Brokerage) -> None:
-    b = Brokerage(api, apply(matrix_org(duplication=case.duplication)))
+    org = matrix_org(duplication=case.duplication)
+    texting: dict[str, Any] = {}
+    if case.op == "text":
+        # A number to send from (the company's serves every owner) and a phone to text.
+        (company,) = [e for e in org["entities"] if e["id"] == "co"]
+        company["smart_numbers"] = [_fictional_number()]
+        texting["phone"] = _fictional_number()
+    b = Brokerage(api, apply(org))
     try:
-        lead = _lead(b, case.shape, case)
+        lead = _lead(b, case.shape, case, **texting)
         other = _lead(b, case.other, case, first_name="Otto") if case.other else None
         if case.before == "john transfers it to sunrise":
             with b.user("john") as john:
@@ -92,6 +105,8 @@ def _check(case: Case, r: httpx.Response, b: Brokerage, lead: str, other: str | 
     assert r.status_code == int(case.expect), r.text
     if r.status_code in (403, 409, 422):
         assert f"{case.detail_rule or case.rule}:" in r.json()["detail"], r.json()
+        if case.op == "text":
+            assert _texts_of(lead) == [], "a refused text was recorded"
         after = lead_row(lead)
         assert (after.owner_entity_id, after.assigned_agent_id, after.status) == (
             before.owner_entity_id,
@@ -127,6 +142,10 @@ def _check(case: Case, r: httpx.Response, b: Brokerage, lead: str, other: str | 
             assert not after.sms_unsubscribed
         case _, "edit":
             assert after.first_name == "Zed"
+        case _, "text":
+            ((sent_as, sent_by),) = _texts_of(lead)
+            assert sent_as == {"co": "Demo Realty", "john": "John Smith"}[SHAPES[case.shape][0]]  # the owner's name
+            assert sent_by == case.actor  # the row keeps who really sent it
         case _, "share":
             assert any(s["user_id"] in ("bob", "tara") for s in r.json()["shares"])
         case _, "unshare":
@@ -149,3 +168,19 @@ def _check(case: Case, r: httpx.Response, b: Brokerage, lead: str, other: str | 
         case _, "leave":
             assert r.json()["rerouted"] == 1  # the team lead john worked went back through the team's rules
             assert lead_row(lead).assigned_agent_id != before.assigned_agent_id
+
+
+def _fictional_number() -> str:
+    """A fictional North American number no other test uses (smart numbers are unique across accounts)."""
+    return f"+1555{random.randint(2_000_000, 9_999_999)}"
+
+
+def _texts_of(lead: str) -> list[tuple[str | None, str]]:
+    """The outbound texts recorded for the lead: (sent as, the slug of who really sent it)."""
+    with UnitOfWork() as uow:
+        rows = uow.session.execute(
+            select(Message.sent_as, User.slug)
+            .join(User, User.id == Message.sent_by_user_id)
+            .where(Message.lead_id == uuid.UUID(lead), Message.direction == "outbound")
+        ).all()
+        return [(sent_as, slug) for sent_as, slug in rows]

@@ -114,10 +114,10 @@ def entity_id(b: Brokerage, slug: str) -> int:
         return entity.id
 
 
-def share(lead_id: str, b: Brokerage, user: str) -> None:
-    """Share a lead directly in the database (the sharing endpoints are another issue)."""
+def share(lead_id: str, b: Brokerage, user: str, permission: str = "edit") -> None:
+    """Share a lead directly in the database (the sharing endpoints have their own tests)."""
     with UnitOfWork() as uow:
-        uow.session.add(LeadShare(lead_id=uuid.UUID(lead_id), user_id=user_id(b, user), permission="view"))
+        uow.session.add(LeadShare(lead_id=uuid.UUID(lead_id), user_id=user_id(b, user), permission=permission))
         uow.commit()
 
 
@@ -318,6 +318,33 @@ def test_SH4_a_shared_user_texts_in_the_owners_name_and_the_record_keeps_the_rea
     assert sent.agent_id == entity_id(b, "tara")
     (event,) = events(team_lead["id"], "text_sent")
     assert event.data["smart_number_of"] == "co"
+
+
+def test_SH4_a_view_only_share_cannot_text_the_lead_nor_steer_its_reply(brokerage_factory: Any) -> None:
+    b = brokerage_factory(org=numbered_org())
+    lead = make_lead(b, "john", phone=lead_phone())
+    share(lead["id"], b, "bob", "view")
+    with b.user("bob") as bob:
+        assert bob.get(f"/v1/leads/{lead['id']}").status_code == 200  # Bob sees the lead
+
+    r = text(b, "bob", lead["id"], "Bob here, reply to me")
+    assert r.status_code == 403, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"].startswith("SH4: view permission does not allow texting")
+    # Nothing recorded: no text in John's name, so S1 cannot send the lead's reply to Bob.
+    assert texts_of(lead["id"]) == []
+    assert events(lead["id"], "text_sent") == []
+
+    share_permission(lead["id"], b, "bob", "edit")
+    assert text(b, "bob", lead["id"]).status_code == 202  # edit permission may
+
+
+def share_permission(lead_id: str, b: Brokerage, user: str, permission: str) -> None:
+    with UnitOfWork() as uow:
+        row = uow.session.get(LeadShare, (uuid.UUID(lead_id), user_id(b, user)))
+        assert row is not None
+        row.permission = permission
+        uow.commit()
 
 
 def test_a_redelivered_send_task_does_not_send_twice(

@@ -170,6 +170,13 @@ CASES: tuple[Case, ...] = (
     # Unsubscribe (D8)
     C("unsubscribe", "jill", "company via office", "assignee, this lead only", "200", "D8"),
     C("unsubscribe", "uma", "agent", "shared with view", "403", "SH2", shares=(("uma", "view"),)),
+    # Texting (SH4): in the owner's name, and the reply goes to whoever texted last (S1): an edit
+    C("text", "uma", "agent", "shared with view", "403", "SH4", shares=(("uma", "view"),)),
+    C("text", "uma", "agent", "shared with edit; sent in the owner's name", "202", "SH4", shares=(("uma", "edit"),)),
+    C("text", "tara", "agent", "team admin who only sees it", "403", "SH4"),
+    C("text", "jill", "company via office", "assignee", "202", "SH4"),
+    C("text", "oscar", "company via office", "admin of the office it was routed through", "202", "SH4"),
+    C("text", "bob", "agent", "no relation", "404", "V1"),
     # Merge (M1-M7): the shape is the primary, ``other`` the lead merged into it
     C(
         "merge",

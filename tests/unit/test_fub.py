@@ -56,6 +56,26 @@ def test_the_documented_registration_maps_into_a_provider_signup() -> None:
     assert LeadSignup.from_dict(signup.to_dict()) == signup
 
 
+@pytest.mark.parametrize("spelling", ["zip", "postalCode", "zipCode", "postal_code"])
+def test_the_zip_is_read_under_the_spellings_real_senders_use(spelling: str) -> None:
+    body = event(REGISTRATION)
+    prop = body["property"]
+    del prop["code"]
+    prop[spelling] = "62711"  # the follow-up-boss package on PyPI posts property.zip
+    parsed = FubEvent.model_validate(body)
+    assert signup_of(body).zip == "62711"
+    assert parsed.property is not None
+    assert parsed.property.address == "48 Birch Ln, Springfield, IL 62711"
+
+
+def test_the_documented_code_wins_over_another_spelling() -> None:
+    body = event(REGISTRATION)
+    body["property"] |= {"zip": "99999", "postalCode": "88888"}
+    assert signup_of(body).zip == "62704"
+    del body["property"]["code"]
+    assert signup_of(body).zip == "99999"
+
+
 def test_O5_nothing_in_the_body_names_an_owner_or_an_agent() -> None:
     body = event(REGISTRATION)
     body["person"] |= {"assignedTo": "Jill Jones", "assignedUserId": 7}

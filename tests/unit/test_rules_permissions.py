@@ -20,6 +20,7 @@ from rules.permissions import (
     can_edit,
     can_view,
     in_export,
+    may_text,
     plan_assign,
     plan_delete,
     plan_leave_team,
@@ -109,6 +110,18 @@ def test_SH5_sharing_with_nobody_of_this_account_names_the_field() -> None:
     refused(outcome, "SH5", Refused.INVALID)
     assert isinstance(outcome, Refusal)
     assert outcome.field == "user_id"
+
+
+def test_SH4_texting_is_an_edit_a_view_share_or_a_seeing_admin_cannot_text() -> None:
+    shared = lead(
+        JOHN, JOHN.id, shares={uma.user_id: "view", jill.user_id: "edit"}, seen_by_groups=frozenset({TEAM.id})
+    )
+    refused(may_text(uma, shared), "SH4")
+    refused(may_text(tara, shared), "SH4")  # sees it through the team, edits nothing
+    assert may_text(jill, shared) is None
+    assert may_text(john, shared) is None
+    refused(may_text(oscar, shared), "V1", Refused.NOT_FOUND)
+    assert may_text(oscar, lead(CO, JILL.id, routed_via_id=OFFICE.id)) is None
 
 
 def test_SH6_only_shared_users_and_the_owner_side_remove_shares() -> None:
