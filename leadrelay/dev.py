@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intake.orgfile import load_org_file
+from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
 from models.migrate import upgrade
 from models.org import apply_org
@@ -23,8 +24,8 @@ from models.uow import UnitOfWork
 
 DEMO_ORG = Path(__file__).parent / "demo" / "org.yaml"
 DEMO_KEY = "demo-site-key"
-# The demo account's Twilio auth token lives in this variable (tokens are never stored); a published
-# demo secret, used only to sign the sample inbound text below.
+# The demo account's Twilio auth token lives in this variable (the demo shows auth_tokens_env; literal
+# auth_tokens would be stored encrypted); a published demo secret, used only to sign the sample text below.
 DEMO_TOKEN_ENV = "LEADRELAY_DEMO_TWILIO_TOKEN"  # noqa: S105 (a variable name)
 DEMO_TOKEN = "demo-twilio-token"  # noqa: S105 (the published demo secret)
 DEMO_SMART_NUMBER = "+15550100000"
@@ -181,7 +182,7 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     env.setdefault("LEADRELAY_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     upgrade(settings.effective_database_url)
     with UnitOfWork() as uow:
-        apply_org(uow.session, load_org_file(DEMO_ORG))
+        apply_org(uow.session, load_org_file(DEMO_ORG), keyring(settings))
         uow.commit()
     console.print(f"database: {settings.effective_database_url}\nbroker:   {settings.effective_broker_url}")
 

@@ -22,7 +22,8 @@ from intake.orgfile import OrgFileError, parse_org
 from models.base import Base
 from models.db import make_engine
 from models.migrate import upgrade
-from models.org import ApplyReport, apply_org
+from models.org import ApplyReport, apply_org, reencrypt_sms_tokens
+from models.secrets import Keyring, UndecryptableSecret, generate_key
 from models.security import hash_secret
 from models.tables import (
     Account,
@@ -48,6 +49,9 @@ DEMO_SECRETS = (
     "demo-tara-token",
     "demo-zillow-john-key",
 )
+# The keyring `org apply` would build from LEADRELAY_SECRET_KEY.
+KEYS = Keyring([generate_key()])
+TWILIO_TOKENS = ["twilio-literal-token-current-5f1c", "twilio-literal-token-next-9a2e"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -83,12 +87,23 @@ def demo() -> dict[str, Any]:
         return copy.deepcopy(yaml.safe_load(f))
 
 
-def apply(engine: Engine, org: dict[str, Any]) -> ApplyReport:
+def apply(engine: Engine, org: dict[str, Any], keys: Keyring = KEYS) -> ApplyReport:
     """One unit of work, as the command runs it: apply, then the caller commits."""
     with Session(engine) as session:
-        report = apply_org(session, parse_org(org))
+        report = apply_org(session, parse_org(org), keys)
         session.commit()
     return report
+
+
+def with_literal_tokens(tokens: list[str] = TWILIO_TOKENS) -> dict[str, Any]:
+    org = demo()
+    org["sms"] = {"provider": "twilio", "account_sid": "ACdemo", "auth_tokens": list(tokens)}
+    return org
+
+
+def stored_tokens(engine: Engine) -> list[str]:
+    with Session(engine) as s:
+        return list(s.execute(select(Account.sms_auth_tokens_encrypted).where(Account.slug == "demo")).scalar_one())
 
 
 def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -149,7 +164,7 @@ def test_the_demo_file_builds_the_organisation_it_describes(engine: Engine) -> N
             "Demo Realty",
             True,
             "twilio",
-            ["LEADRELAY_DEMO_TWILIO_TOKEN"],  # the variable's name only: tokens are never stored
+            ["LEADRELAY_DEMO_TWILIO_TOKEN"],  # the variable's name only: its token is never stored
         )
         agent, group = Entity.__table__.alias("agent"), Entity.__table__.alias("grp")
         memberships = slugs(
@@ -322,6 +337,67 @@ def test_tokens_and_keys_are_stored_only_as_hashes(engine: Engine) -> None:
         assert s.execute(select(User.token_hash).where(User.slug == "bob")).scalar_one() is None
         assert s.execute(select(ApiConnection.key_hash)).scalar_one() == hash_secret("demo-zillow-john-key")
         assert s.execute(select(IntakeKey.key_hash)).scalar_one() == hash_secret("demo-site-key")
+
+
+def test_literal_sms_auth_tokens_are_stored_encrypted_never_in_clear(engine: Engine) -> None:
+    report = apply(engine, with_literal_tokens())
+    assert report.created["account"] == 1
+    stored = stored_tokens(engine)
+    assert [KEYS.decrypt(value) for value in stored] == TWILIO_TOKENS
+    with engine.connect() as conn:
+        raw = conn.exec_driver_sql("SELECT * FROM accounts").all()
+    assert raw
+    for token in TWILIO_TOKENS:
+        assert token not in repr(raw)  # the columns as the database holds them
+    for table, rows in snapshot(engine).items():
+        for row in rows:
+            assert not any(token in str(value) for token in TWILIO_TOKENS for value in row), table
+
+
+def test_applying_the_same_literal_auth_tokens_again_writes_nothing_and_new_ones_replace_them(engine: Engine) -> None:
+    apply(engine, with_literal_tokens())
+    stored = stored_tokens(engine)
+
+    reports: list[ApplyReport] = []
+    assert writes_during(engine, lambda: reports.append(apply(engine, with_literal_tokens()))) == []
+    assert not reports.pop().changed
+    assert stored_tokens(engine) == stored
+
+    rotated = [TWILIO_TOKENS[1], "twilio-literal-token-third-77b0"]
+    assert apply(engine, with_literal_tokens(rotated)).updated["account"] == 1
+    assert [KEYS.decrypt(value) for value in stored_tokens(engine)] == rotated
+
+    assert apply(engine, demo()).updated["account"] == 1  # auth_tokens_env alone: no literal token is kept
+    assert stored_tokens(engine) == []
+
+
+def test_a_file_with_literal_auth_tokens_is_not_applied_without_a_keyring(engine: Engine) -> None:
+    with Session(engine) as s, pytest.raises(ValueError, match="keyring"):
+        apply_org(s, parse_org(with_literal_tokens()))
+
+
+def test_reencrypting_moves_every_token_to_the_newest_key_once(engine: Engine) -> None:
+    old, new = generate_key(), generate_key()
+    apply(engine, with_literal_tokens(), Keyring([old]))
+    both = Keyring([new, old])
+    with Session(engine) as s:
+        report = reencrypt_sms_tokens(s, both)
+        s.commit()
+    assert (report.reencrypted, report.current, report.unreadable) == (2, 0, [])
+    assert [Keyring([new]).decrypt(value) for value in stored_tokens(engine)] == TWILIO_TOKENS
+    with pytest.raises(UndecryptableSecret):
+        Keyring([old]).decrypt(stored_tokens(engine)[0])
+
+    with Session(engine) as s:
+        again = reencrypt_sms_tokens(s, both)
+        s.commit()
+    assert (again.reencrypted, again.current, again.unreadable) == (0, 2, [])
+    # Applying the file with the new key only finds the same tokens: nothing to write.
+    assert not apply(engine, with_literal_tokens(), Keyring([new])).changed
+
+    with Session(engine) as s:
+        lost = reencrypt_sms_tokens(s, Keyring([generate_key()]))
+    assert (lost.reencrypted, lost.unreadable) == (0, ["demo"])
 
 
 def test_a_token_can_move_from_one_user_to_another(engine: Engine) -> None:
