@@ -48,6 +48,7 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
     """Create or update an account from an org file. Applying the same file twice changes nothing;
     an invalid file is refused whole."""
     from intake.orgfile import OrgFileError, load_org_file
+    from leadrelay.dev import demo_credentials_in
     from leadrelay.secret_key import keyring
     from models.org import apply_org
     from models.secrets import SecretKeyError
@@ -56,6 +57,8 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
     settings = get_settings()
     try:
         spec = load_org_file(file)
+        if settings.env == "production" and (published := demo_credentials_in(spec)):
+            raise OrgFileError(published)
         keys = keyring(settings)
         with UnitOfWork() as uow:
             report = apply_org(uow.session, spec, keys)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -525,3 +527,77 @@ def test_an_entity_left_out_of_the_file_is_kept_and_reported_and_its_user_loses_
             == 0
         )
     assert not apply(engine, org).changed
+
+
+# --- published demo credentials in production ---------------------------------------------------------
+
+
+def org_apply_in_production(org: dict[str, Any], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``leadrelay org apply`` as an operator runs it, with production settings on a SQLite file."""
+    path = tmp_path / "org.yaml"
+    path.write_text(yaml.safe_dump(org))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEADRELAY_")}
+    clean |= {
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "COLUMNS": "200",
+        "LEADRELAY_ENV": "production",
+        "LEADRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'production.db'}",
+        "LEADRELAY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "LEADRELAY_SECRET_KEY": generate_key(),
+        "LEADRELAY_DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    upgrade(clean["LEADRELAY_DATABASE_URL"])
+    return subprocess.run(
+        [sys.executable, "-m", "leadrelay", "org", "apply", str(path)],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def accounts_in(tmp_path: Path) -> list[str]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'production.db'}")
+    try:
+        with Session(engine) as s:
+            return list(s.execute(select(Account.slug)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_production_refuses_the_demo_org_naming_every_published_credential(tmp_path: Path) -> None:
+    result = org_apply_in_production(demo(), tmp_path, LEADRELAY_DEMO_TWILIO_TOKEN="demo-twilio-token")
+    assert result.returncode == 1, result.stdout + result.stderr
+    refused = [line.split(":")[0].strip() for line in result.stdout.splitlines() if "published demo credential" in line]
+    assert refused == [
+        "intake_keys[0]",
+        "sms.auth_tokens_env[0]",
+        "users[0].token",
+        "users[1].token",
+        "users[2].token",
+        "users[3].token",
+        "api_connections[0].key",
+    ]
+    assert accounts_in(tmp_path) == []
+
+
+def test_production_refuses_a_file_of_its_own_that_reuses_one_demo_credential(tmp_path: Path) -> None:
+    org = demo()
+    org["account"] = "acme"
+    org["intake_keys"] = ["acme-site-key-6c1d"]
+    org["sms"] = {"provider": "twilio", "account_sid": "ACacme", "auth_tokens": ["acme-twilio-3b9e"]}
+    org["users"] = [{"id": "john", "token_env": "ACME_JOHN_TOKEN"}]
+    org["api_connections"] = []
+    reused = org_apply_in_production(org, tmp_path, ACME_JOHN_TOKEN="demo-john-token")
+    assert reused.returncode == 1, reused.stdout + reused.stderr
+    assert "users[0].token_env: a published demo credential" in reused.stdout
+    assert "acme-twilio" not in reused.stdout
+    assert "demo-john-token" not in reused.stdout
+    assert accounts_in(tmp_path) == []
+
+    own = org_apply_in_production(org, tmp_path, ACME_JOHN_TOKEN="acme-john-token-8d2f")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert accounts_in(tmp_path) == ["acme"]
