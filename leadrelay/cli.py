@@ -24,6 +24,8 @@ app.add_typer(org_app, name="org")
 app.add_typer(intake_app, name="intake")
 app.add_typer(secrets_app, name="secrets")
 console = Console()
+# The Flower passwords .env.example shows: published, so they protect nothing (tests keep the two equal).
+EXAMPLE_FLOWER_PASSWORDS = frozenset({"change-me"})
 
 
 @app.callback()
@@ -160,6 +162,15 @@ def flower(
         raise typer.Exit(2)
     if not users and settings.env == "production":
         console.print("[red]Flower in production needs LEADRELAY_FLOWER_BASIC_AUTH (user:password)[/red]")
+        raise typer.Exit(2)
+    # Refused in every environment: a published password is no protection, and without --basic-auth
+    # (allowed outside production) nobody is misled into thinking there is some.
+    if any(password in EXAMPLE_FLOWER_PASSWORDS for _, _, password in (u.partition(":") for u in users)):
+        console.print(
+            "[red]--basic-auth (LEADRELAY_FLOWER_BASIC_AUTH) uses the example password of .env.example: "
+            "choose your own (e.g. openssl rand -hex 16)[/red]",
+            highlight=False,
+        )
         raise typer.Exit(2)
     argv = ["flower", f"--port={port}", f"--address={address}", "--read_only=true"]
     if purge_offline_workers > 0:
