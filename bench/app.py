@@ -49,8 +49,8 @@ def post_sms_store(raw: RawBody, uow: UoW, request: Request, signature: sms.Sign
     to = sms._e164(form.first("To"))
     number = uow.orgs.smart_number_by_e164(to) if to else None
     if to is None or number is None:
-        raise sms._forbidden("To is not a smart number of any account")
-    sms._check_signature(request, form, list(uow.orgs.account(number.account_id).sms_auth_token_envs), signature)
+        raise sms._forbidden("To is not a smart number of any account", to or form.first("To"))
+    sms._check_signature(request, form, uow.orgs.account(number.account_id), signature, to)
     sms._storable(raw, form)
     sid = (form.first("MessageSid") or "").strip()
     sender = (form.first("From") or "").strip()

@@ -160,10 +160,13 @@ IntakeKeyItem = Annotated[IntakeKeySpec, BeforeValidator(_key_item)]
 
 
 class SmsSpec(_Spec):
-    """The account's SMS gateway. ``auth_tokens`` may list several while a token is rotated.
+    """The account's SMS gateway. ``auth_tokens`` may list several while a token is rotated; the first
+    one (else the first of ``auth_tokens_env``) sends texts, and every one of either list is accepted on
+    the webhooks.
 
-    Only ``provider``, ``account_sid`` and the *names* in ``auth_tokens_env`` are stored; literal
-    ``auth_tokens`` stay in the file (they must be usable for HMACs, so they cannot be hashed)."""
+    Literal ``auth_tokens`` are stored encrypted (they must be usable for HMACs, so they cannot be
+    hashed: :mod:`models.secrets`); for ``auth_tokens_env`` only the variables' *names* are stored,
+    and the API and workers read the tokens from their own environment."""
 
     provider: Literal["twilio"]
     account_sid: Annotated[str, Field(min_length=1, max_length=64)]

@@ -3,10 +3,14 @@
 Both are signed with ``X-Twilio-Signature`` (HMAC-SHA1 of the URL Twilio was given and the sorted
 form fields, with the account's auth token), checked by the ``twilio`` package's ``RequestValidator``
 over ``LEADRELAY_PUBLIC_BASE_URL`` plus the request's path, never over a URL rebuilt from the
-``Host`` or ``X-Forwarded-*`` headers, which anyone can send. Every token the account names is
-tried, so a token can be rotated without a gap. The tokens are read from the environment variables
-the org file names (``sms.auth_tokens_env``): a signature check needs the token itself, so it is
-never stored; literal ``auth_tokens`` in the org file are not kept and verify nothing."""
+``Host`` or ``X-Forwarded-*`` headers, which anyone can send. Every token of the account is tried, so
+a token can be rotated without a gap: the org file's literal ``sms.auth_tokens``, stored encrypted and
+decrypted with the process's keyring (``LEADRELAY_SECRET_KEY``), and the tokens of the environment
+variables it names in ``sms.auth_tokens_env``.
+
+Every refusal (a number no account has, an account with no usable token, a missing or wrong
+signature) is the same 403 with the same body, so the answers do not tell which numbers are smart
+numbers; the log says which it was, the number masked."""
 
 from __future__ import annotations
 
@@ -22,12 +26,14 @@ from intake.deps import UoW
 from intake.problems import Problem, invalid
 from intake.routes_intake import RawBody
 from intake.schemas import unstorable
+from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
-from models.tables import IntakeSource
+from models.tables import Account, IntakeSource
 from models.uow import UnitOfWork
 from rules.contact import InvalidPhone, mask_phone, normalize_phone
 from rules.texts import InboundText
 from workers import texts
+from workers.gateway import decrypt_auth_tokens
 from workers.relay import send_intake
 
 router = APIRouter(prefix="/v1/intake/sms", tags=["intake"])
@@ -76,7 +82,10 @@ _TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "Kept (or kept already): empty TwiML",
         "content": {"text/xml": {"schema": {"type": "string"}}},
     },
-    403: {"description": "Missing or wrong X-Twilio-Signature, or a number no account has (nothing is stored)"},
+    403: {
+        "description": "Missing or wrong X-Twilio-Signature, or a number no account has: one and the same "
+        "answer for each (nothing is stored)"
+    },
     422: {"description": "A signed request without a field it needs, or with text that cannot be stored"},
 }
 Signature = Annotated[
@@ -111,21 +120,45 @@ def public_url(request: Request) -> str:
     return f"{url}?{request.url.query}" if request.url.query else url
 
 
-def _forbidden(detail: str) -> Problem:
-    return Problem(403, "Forbidden", detail)
+# The one answer to every refused webhook: distinct texts would tell a caller without any token which
+# numbers are smart numbers (an unknown number was refused with its own text before the signature).
+REFUSED = "the request is not signed by the account of this number (X-Twilio-Signature)"
 
 
-def _check_signature(request: Request, form: _Form, token_envs: list[str], signature: str | None) -> None:
+def _forbidden(reason: str, number: str | None = None, **fields: Any) -> Problem:
+    """The 403 of a refused webhook; the real ``reason`` goes to the log only, with the number masked."""
+    log.warning("sms.webhook_refused", reason=reason, number=mask_phone(number) if number else None, **fields)
+    return Problem(403, "Forbidden", REFUSED)
+
+
+def auth_tokens(account: Account) -> list[str]:
+    """Every auth token of the account in clear: the literal ones of the org file, then those of the
+    variables it names that are set in this process's environment."""
+    tokens: list[str] = []
+    if account.sms_auth_tokens_encrypted:
+        tokens, unreadable = decrypt_auth_tokens(account.sms_auth_tokens_encrypted, keyring())
+        if unreadable:
+            # Counts only: the configuration is wrong (a key dropped too early), and the operator must see it.
+            log.warning("sms.auth_token_undecryptable", account_id=account.id, unreadable=unreadable)
+    tokens += [token for token in (os.environ.get(name, "").strip() for name in account.sms_auth_token_envs) if token]
+    return tokens
+
+
+def _check_signature(request: Request, form: _Form, account: Account, signature: str | None, number: str) -> None:
     if not signature:
-        raise _forbidden("X-Twilio-Signature is missing")
-    tokens = [token for token in (os.environ.get(name, "").strip() for name in token_envs) if token]
+        raise _forbidden("X-Twilio-Signature is missing", number)
+    tokens = auth_tokens(account)
     if not tokens:
-        # Names only: the configuration is wrong, and the operator must see it.
-        log.warning("sms.no_auth_token", token_envs=token_envs)
-        raise _forbidden("no auth token is configured for this number's account (sms.auth_tokens_env)")
+        # Names only, never values: the configuration is wrong, and the operator must see it.
+        raise _forbidden(
+            "no auth token is configured for this number's account",
+            number,
+            account_id=account.id,
+            token_envs=list(account.sms_auth_token_envs),
+        )
     url = public_url(request)
     if not any(RequestValidator(token).validate(url, form, signature) for token in tokens):
-        raise _forbidden("X-Twilio-Signature does not match this request")
+        raise _forbidden("X-Twilio-Signature does not match this request", number)
 
 
 def _storable(raw: bytes, form: _Form) -> None:
@@ -168,9 +201,9 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
     to = _e164(form.first("To"))
     number = uow.orgs.smart_number_by_e164(to) if to else None
     if to is None or number is None:
-        raise _forbidden("To is not a smart number of any account")
+        raise _forbidden("To is not a smart number of any account", to or form.first("To"))
     account_id = number.account_id
-    _check_signature(request, form, list(uow.orgs.account(account_id).sms_auth_token_envs), signature)
+    _check_signature(request, form, uow.orgs.account(account_id), signature, to)
     _storable(raw, form)
     sid = (form.first("MessageSid") or "").strip()
     sender = (form.first("From") or "").strip()
@@ -231,8 +264,8 @@ def post_twilio_status(raw: RawBody, uow: UoW, request: Request, signature: Sign
     sid = (form.first("MessageSid") or form.first("SmsSid") or "").strip()
     account_id = _status_account(uow, sid, form.first("From"))
     if account_id is None:
-        raise _forbidden("neither From nor MessageSid belongs to an account")
-    _check_signature(request, form, list(uow.orgs.account(account_id).sms_auth_token_envs), signature)
+        raise _forbidden("neither From nor MessageSid belongs to an account", form.first("From"))
+    _check_signature(request, form, uow.orgs.account(account_id), signature, form.first("From") or "")
     _storable(raw, form)
     status = (form.first("MessageStatus") or form.first("SmsStatus") or "").strip().lower()
     if not sid or len(sid) > 64:

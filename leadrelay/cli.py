@@ -18,10 +18,14 @@ app = typer.Typer(help="leadrelay: lead intake for real-estate brokerages.", no_
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 org_app = typer.Typer(help="Accounts and their organisation.", no_args_is_help=True)
 intake_app = typer.Typer(help="Kept intakes.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Secrets kept encrypted (LEADRELAY_SECRET_KEY).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(intake_app, name="intake")
+app.add_typer(secrets_app, name="secrets")
 console = Console()
+# The Flower passwords .env.example shows: published, so they protect nothing (tests keep the two equal).
+EXAMPLE_FLOWER_PASSWORDS = frozenset({"change-me"})
 
 
 @app.callback()
@@ -46,14 +50,24 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
     """Create or update an account from an org file. Applying the same file twice changes nothing;
     an invalid file is refused whole."""
     from intake.orgfile import OrgFileError, load_org_file
+    from leadrelay.dev import demo_credentials_in
+    from leadrelay.secret_key import keyring
     from models.org import apply_org
+    from models.secrets import SecretKeyError
     from models.uow import UnitOfWork
 
+    settings = get_settings()
     try:
         spec = load_org_file(file)
+        if settings.env == "production" and (published := demo_credentials_in(spec)):
+            raise OrgFileError(published)
+        keys = keyring(settings)
         with UnitOfWork() as uow:
-            report = apply_org(uow.session, spec)
+            report = apply_org(uow.session, spec, keys)
             uow.commit()
+    except SecretKeyError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
     except OrgFileError as exc:
         console.print(f"[red]{file}: refused, nothing was changed[/red]")
         for error in exc.errors:
@@ -61,6 +75,38 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
         raise typer.Exit(1) from exc
     console.print(f"account {spec.account}: {'changed' if report.changed else 'unchanged'}")
     console.print(report.summary(), markup=False)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Encrypt every stored secret again under the newest key of LEADRELAY_SECRET_KEY (the first). To
+    rotate: put the new key first (NEW,OLD), restart, run this, then drop the old key. Running it again
+    re-encrypts nothing."""
+    from leadrelay.secret_key import keyring
+    from models.org import reencrypt_sms_tokens
+    from models.secrets import SecretKeyError
+    from models.uow import UnitOfWork
+
+    try:
+        keys = keyring()
+    except SecretKeyError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    with UnitOfWork() as uow:
+        report = reencrypt_sms_tokens(uow.session, keys)
+        uow.commit()
+    console.print(
+        f"re-encrypted {report.reencrypted} value(s) under the newest key; {report.current} already were",
+        highlight=False,
+    )
+    if report.unreadable:
+        # Left as they are: dropping the key that opens them would lose them, so the old key must stay.
+        console.print(
+            f"[red]no key of LEADRELAY_SECRET_KEY opens the SMS auth tokens of: {', '.join(report.unreadable)}; "
+            "keep (or put back) the key they were encrypted with, or apply their org files again[/red]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("api")
@@ -116,6 +162,15 @@ def flower(
         raise typer.Exit(2)
     if not users and settings.env == "production":
         console.print("[red]Flower in production needs LEADRELAY_FLOWER_BASIC_AUTH (user:password)[/red]")
+        raise typer.Exit(2)
+    # Refused in every environment: a published password is no protection, and without --basic-auth
+    # (allowed outside production) nobody is misled into thinking there is some.
+    if any(password in EXAMPLE_FLOWER_PASSWORDS for _, _, password in (u.partition(":") for u in users)):
+        console.print(
+            "[red]--basic-auth (LEADRELAY_FLOWER_BASIC_AUTH) uses the example password of .env.example: "
+            "choose your own (e.g. openssl rand -hex 16)[/red]",
+            highlight=False,
+        )
         raise typer.Exit(2)
     argv = ["flower", f"--port={port}", f"--address={address}", "--read_only=true"]
     if purge_offline_workers > 0:

@@ -11,10 +11,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import yaml
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from intake.orgfile import load_org_file
+from intake.orgfile import OrgSpec, load_org_file
+from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
 from models.migrate import upgrade
 from models.org import apply_org
@@ -23,8 +26,8 @@ from models.uow import UnitOfWork
 
 DEMO_ORG = Path(__file__).parent / "demo" / "org.yaml"
 DEMO_KEY = "demo-site-key"
-# The demo account's Twilio auth token lives in this variable (tokens are never stored); a published
-# demo secret, used only to sign the sample inbound text below.
+# The demo account's Twilio auth token lives in this variable (the demo shows auth_tokens_env; literal
+# auth_tokens would be stored encrypted); a published demo secret, used only to sign the sample text below.
 DEMO_TOKEN_ENV = "LEADRELAY_DEMO_TWILIO_TOKEN"  # noqa: S105 (a variable name)
 DEMO_TOKEN = "demo-twilio-token"  # noqa: S105 (the published demo secret)
 DEMO_SMART_NUMBER = "+15550100000"
@@ -59,6 +62,41 @@ SAMPLES: list[tuple[str, str, dict[str, object]]] = [
     ("https://kvcore-demo.com/listings/123", "ANN@example.com ", {"first_name": "Ann"}),  # D4: repeat signup
     ("https://unknown-site.example/", "fay@example.com", {"first_name": "Fay"}),  # O9: rejected
 ]
+
+
+def demo_credentials() -> set[str]:
+    """Every key and token the demo org file publishes, and the Twilio token ``leadrelay dev`` sets for it."""
+    # The file's own shape only: resolving it would need the demo's variable set, and nothing here is applied.
+    spec = OrgSpec.model_validate(yaml.safe_load(DEMO_ORG.read_text(encoding="utf-8")))
+    given: list[SecretStr | None] = [k.key for k in spec.intake_keys]
+    given += [u.token for u in spec.users] + [c.key for c in spec.api_connections]
+    given += list(spec.sms.auth_tokens) if spec.sms else []
+    return {secret.get_secret_value() for secret in given if secret is not None} | {DEMO_TOKEN}
+
+
+def demo_credentials_in(spec: OrgSpec) -> list[str]:
+    """Where a checked org file gives a credential of the demo org (published, so anyone could use it):
+    one line per place, naming the field as the file spells it. Production refuses such a file."""
+    demo = demo_credentials()
+    found: list[tuple[str, SecretStr | None]] = []
+    # In the order of the file's sections, as every other refusal of a file is listed.
+    for i, k in enumerate(spec.intake_keys):
+        found.append((f"intake_keys[{i}]" + (".key_env" if k.key_env else ""), k.key))
+    if spec.sms is not None:
+        found += [(f"sms.auth_tokens[{j}]", token) for j, token in enumerate(spec.sms.auth_tokens)]
+        found += [
+            (f"sms.auth_tokens_env[{j}]", SecretStr(os.environ.get(env, "").strip()))
+            for j, env in enumerate(spec.sms.auth_tokens_env)
+        ]
+    for i, u in enumerate(spec.users):
+        found.append((f"users[{i}].token" + ("_env" if u.token_env else ""), u.token))
+    for i, c in enumerate(spec.api_connections):
+        found.append((f"api_connections[{i}].key" + ("_env" if c.key_env else ""), c.key))
+    return [
+        f"{path}: a published demo credential (leadrelay/demo/org.yaml); production refuses it, give a secret of your own"
+        for path, secret in found
+        if secret is not None and secret.get_secret_value().strip() in demo
+    ]
 
 
 def _wait_healthy(base: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
@@ -173,6 +211,14 @@ def _text_conversation(base: str, public_base_url: str, first_intake: dict[str, 
 
 def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     settings = get_settings()
+    if settings.env == "production":
+        # The demo org's keys and tokens are published: loaded into a production database, they would
+        # let anyone post leads and read them.
+        console.print(
+            "[red]leadrelay dev loads the demo org, whose keys and tokens are published: "
+            "it does not run with LEADRELAY_ENV=production[/red]"
+        )
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The demo's published Twilio token (the org file names the variable), and the URL the API
     # checks signatures against: this run's own address unless one is configured.
@@ -181,7 +227,7 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     env.setdefault("LEADRELAY_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     upgrade(settings.effective_database_url)
     with UnitOfWork() as uow:
-        apply_org(uow.session, load_org_file(DEMO_ORG))
+        apply_org(uow.session, load_org_file(DEMO_ORG), keyring(settings))
         uow.commit()
     console.print(f"database: {settings.effective_database_url}\nbroker:   {settings.effective_broker_url}")
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     retry_backoff_seconds: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
+    # Fernet keys, comma-separated, newest first, that encrypt the secrets kept in clear (Twilio auth tokens
+    # of org files); outside production a key is generated once into data_dir (leadrelay.secret_key).
+    secret_key: SecretStr | None = None
 
     @model_validator(mode="after")
     def _production_needs_servers(self) -> Settings:
@@ -51,6 +54,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LEADRELAY_DATABASE_URL and LEADRELAY_BROKER_URL must be set in production; "
                 "the embedded SQLite and filesystem broker are for development only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret_key(self) -> Settings:
+        if self.env == "production" and (self.secret_key is None or not self.secret_key.get_secret_value().strip()):
+            raise ValueError(
+                "LEADRELAY_SECRET_KEY must be set in production (it encrypts the Twilio auth tokens of org files); "
+                "generate one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
             )
         return self
 

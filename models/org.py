@@ -7,9 +7,11 @@ revoked, users missing from the file are deactivated. Applying the same file twi
 the second time; in particular routing cursors survive, because rules are matched by
 (entity, position) and updated in place.
 
-Literal SMS ``auth_tokens`` are not stored: a Twilio signature check needs the token itself, so
-only the names in ``auth_tokens_env`` reach the account row (issue 4 decides how literal tokens
-are handled).
+Literal SMS ``auth_tokens`` are stored encrypted (a Twilio signature check needs the token itself,
+so it cannot be hashed like the keys): each is a Fernet token under the newest key of the keyring
+the caller passes (:mod:`models.secrets`), and a token given again is not re-encrypted, so applying
+the same file twice still writes nothing. The names in ``auth_tokens_env`` are stored as names.
+:func:`reencrypt_sms_tokens` moves every stored token to the newest key (``leadrelay secrets rotate``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from intake.orgfile import AgentSpec, OfficeSpec, OrgFileError, OrgSpec, RuleSpec
 from models.base import utcnow
+from models.secrets import Keyring, UndecryptableSecret
 from models.security import hash_secret
 from models.tables import (
     Account,
@@ -102,17 +105,62 @@ class ApplyReport:
         (self.created if created else self.updated if changed else self.unchanged)[kind] += 1
 
 
-def apply_org(session: Session, spec: OrgSpec) -> ApplyReport:
+def apply_org(session: Session, spec: OrgSpec, keyring: Keyring | None = None) -> ApplyReport:
     """Create or update ``spec.account`` to match the file, in ``session``; the caller commits.
 
+    ``keyring`` encrypts the literal ``sms.auth_tokens``; a file that gives some needs one.
     Everything that would make the file fail half-way (a domain, number, key or token of another
     account, a duplication change under existing leads, an entity changing kind) is checked
     before the first write and raised as one :class:`OrgFileError` listing every problem."""
+    if spec.sms is not None and spec.sms.auth_tokens and keyring is None:
+        raise ValueError("the org file gives sms.auth_tokens: apply_org needs the keyring that encrypts them")
     account = session.execute(select(Account).where(Account.slug == spec.account)).scalar_one_or_none()
     problems = _refusals(session, spec, account)
     if problems:
         raise OrgFileError(problems)
-    return _Apply(session, spec, account).run()
+    return _Apply(session, spec, account, keyring).run()
+
+
+@dataclass
+class RotateReport:
+    """What :func:`reencrypt_sms_tokens` did: values re-encrypted, values under the newest key already,
+    and the accounts holding a value that no key opens (left as they are)."""
+
+    reencrypted: int = 0
+    current: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+def reencrypt_sms_tokens(session: Session, keyring: Keyring) -> RotateReport:
+    """Encrypt every stored SMS auth token again under the newest key of ``keyring``; the caller commits.
+    Values under that key already are left alone, so a second run re-encrypts nothing. The rows are
+    locked, so an ``org apply`` at the same time waits rather than writing tokens under an older key."""
+    report = RotateReport()
+    accounts = session.execute(
+        select(Account).where(Account.sms_auth_tokens_encrypted != []).order_by(Account.id).with_for_update()
+    ).scalars()
+    for account in accounts:
+        rotated: list[str] = []
+        unreadable = False
+        for stored in account.sms_auth_tokens_encrypted:
+            try:
+                fresh = keyring.rotate(stored)
+            except UndecryptableSecret:
+                unreadable = True
+                rotated.append(stored)
+                continue
+            if fresh is None:
+                report.current += 1
+                rotated.append(stored)
+            else:
+                report.reencrypted += 1
+                rotated.append(fresh)
+        if unreadable:
+            report.unreadable.append(account.slug)
+        if rotated != account.sms_auth_tokens_encrypted:
+            account.sms_auth_tokens_encrypted = rotated
+    session.flush()
+    return report
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -221,9 +269,10 @@ def _sync(row: Any, values: dict[str, Any]) -> bool:
 
 
 class _Apply:
-    def __init__(self, session: Session, spec: OrgSpec, account: Account | None) -> None:
+    def __init__(self, session: Session, spec: OrgSpec, account: Account | None, keyring: Keyring | None) -> None:
         self.session = session
         self.spec = spec
+        self.keyring = keyring
         self.report = ApplyReport(spec.account)
         self._existing_account = account
         self.now = utcnow()
@@ -252,6 +301,9 @@ class _Apply:
             "sms_provider": sms.provider if sms else None,
             "sms_account_sid": sms.account_sid if sms else None,
             "sms_auth_token_envs": list(sms.auth_tokens_env) if sms else [],
+            "sms_auth_tokens_encrypted": self._encrypted_tokens([t.get_secret_value() for t in sms.auth_tokens])
+            if sms
+            else [],
         }
         account = self._existing_account
         if account is None:
@@ -262,6 +314,22 @@ class _Apply:
         else:
             self.report.record("account", changed=_sync(account, values))
         return account
+
+    def _encrypted_tokens(self, tokens: list[str]) -> list[str]:
+        """``tokens`` encrypted; the stored values themselves when they decrypt to exactly ``tokens``
+        (Fernet encrypts the same token differently every time, so encrypting again would rewrite
+        the row on every apply)."""
+        if not tokens:
+            return []
+        assert self.keyring is not None  # apply_org refuses literal tokens without a keyring
+        stored = self._existing_account.sms_auth_tokens_encrypted if self._existing_account else []
+        if len(stored) == len(tokens):
+            try:
+                if [self.keyring.decrypt(value) for value in stored] == tokens:
+                    return list(stored)
+            except UndecryptableSecret:
+                pass  # under a key since dropped: the file's tokens replace them
+        return [self.keyring.encrypt(token) for token in tokens]
 
     def _entities(self) -> dict[str, int]:
         existing = {

@@ -83,9 +83,11 @@ class Account(Base):
     duplication: Mapped[bool] = mapped_column(Boolean, default=True)
     sms_provider: Mapped[str | None] = mapped_column(String(20))
     sms_account_sid: Mapped[str | None] = mapped_column(String(64))
-    # Twilio auth tokens must be usable to compute HMACs, so they are named by environment
-    # variable (auth_tokens_env) rather than stored; see issue 4.
+    # Twilio auth tokens must be usable in clear to check HMAC signatures, so they cannot be hashed: the
+    # org file's literal auth_tokens are kept encrypted (Fernet tokens, models.secrets, in the file's
+    # order), and auth_tokens_env keeps the names of environment variables that hold more of them.
     sms_auth_token_envs: Mapped[list[str]] = mapped_column(default=list)
+    sms_auth_tokens_encrypted: Mapped[list[str]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

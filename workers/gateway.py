@@ -1,18 +1,25 @@
 """SMS gateways for outbound texts: ``log`` (the default: nothing leaves the machine, the text is
 written to the log with the phone masked) and ``twilio`` (Twilio's REST API, with the account's own
-credentials). ``LEADRELAY_SMS_GATEWAY`` chooses one for the whole installation."""
+credentials). ``LEADRELAY_SMS_GATEWAY`` chooses one for the whole installation.
+
+An account's Twilio auth tokens are the org file's literal ``auth_tokens``, stored encrypted and
+decrypted here with the process's keyring (:func:`decrypt_auth_tokens`, the webhooks use it too),
+then the tokens of the environment variables it names in ``auth_tokens_env``."""
 
 from __future__ import annotations
 
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
+from leadrelay.secret_key import keyring
 from leadrelay.settings import Settings
+from models.secrets import Keyring, UndecryptableSecret
 from rules.contact import mask_phone
 
 log = structlog.get_logger(__name__)
@@ -39,6 +46,21 @@ class TextToSend:
     sms_provider: str | None
     sms_account_sid: str | None
     sms_auth_token_envs: tuple[str, ...]
+    # Fernet tokens, decrypted only by the gateway that needs them; no clear token sits in this value.
+    sms_auth_tokens_encrypted: tuple[str, ...] = ()
+
+
+def decrypt_auth_tokens(encrypted: Sequence[str], keys: Keyring) -> tuple[list[str], int]:
+    """The literal auth tokens of an account in clear, in the org file's order, and how many of them no
+    key opens (encrypted under a key since dropped from LEADRELAY_SECRET_KEY): those are left out."""
+    tokens: list[str] = []
+    unreadable = 0
+    for value in encrypted:
+        try:
+            tokens.append(keys.decrypt(value))
+        except UndecryptableSecret:
+            unreadable += 1
+    return tokens, unreadable
 
 
 class GatewayError(Exception):
@@ -78,13 +100,14 @@ class LogGateway:
 
 
 class TwilioGateway:
-    """Twilio's REST API (``messages.create``) with the account's sid and its first auth token, asking for
-    status callbacks at the public URL."""
+    """Twilio's REST API (``messages.create``) with the account's sid and its current auth token (the first
+    literal one, else the first named variable's), asking for status callbacks at the public URL."""
 
     name = "twilio"
 
-    def __init__(self, public_base_url: str) -> None:
+    def __init__(self, public_base_url: str, keys: Keyring) -> None:
         self.status_callback = public_base_url.rstrip("/") + STATUS_CALLBACK_PATH
+        self.keys = keys
 
     def send(self, text: TextToSend) -> str:
         from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped,unused-ignore]
@@ -93,14 +116,7 @@ class TwilioGateway:
 
         if text.sms_provider != "twilio" or not text.sms_account_sid:
             raise GatewayError("the account has no Twilio account (sms: in the org file)", permanent=True)
-        if not text.sms_auth_token_envs:
-            raise GatewayError("the account names no auth token variable (sms.auth_tokens_env)", permanent=True)
-        # The first named token is the current one; the others are only still accepted on inbound webhooks.
-        env = text.sms_auth_token_envs[0]
-        token = os.environ.get(env, "").strip()
-        if not token:
-            # Not permanent: the worker may be restarted with the variable set before the retries run out.
-            raise GatewayError(f"the auth token variable {env!r} is not set in the worker's environment")
+        token = self._current_token(text)
         client = Client(
             text.sms_account_sid,
             token,
@@ -120,8 +136,25 @@ class TwilioGateway:
         log.info("text.sent", gateway=self.name, message_id=str(text.message_id), sid=sid, to=mask_phone(text.to))
         return sid
 
+    def _current_token(self, text: TextToSend) -> str:
+        # The first token is the current one; the others are only still accepted on inbound webhooks.
+        if text.sms_auth_tokens_encrypted:
+            tokens, _ = decrypt_auth_tokens(text.sms_auth_tokens_encrypted[:1], self.keys)
+            if not tokens:
+                # Not permanent: the worker may be restarted with the key back in LEADRELAY_SECRET_KEY.
+                raise GatewayError("no key of LEADRELAY_SECRET_KEY decrypts the account's auth token (sms.auth_tokens)")
+            return tokens[0]
+        if not text.sms_auth_token_envs:
+            raise GatewayError("the account has no auth token (sms.auth_tokens or sms.auth_tokens_env)", permanent=True)
+        env = text.sms_auth_token_envs[0]
+        token = os.environ.get(env, "").strip()
+        if not token:
+            # Not permanent: the worker may be restarted with the variable set before the retries run out.
+            raise GatewayError(f"the auth token variable {env!r} is not set in the worker's environment")
+        return token
+
 
 def gateway_for(settings: Settings) -> Gateway:
     if settings.sms_gateway == "twilio":
-        return TwilioGateway(settings.public_base_url)
+        return TwilioGateway(settings.public_base_url, keyring(settings))
     return LogGateway()

@@ -202,6 +202,7 @@ def _claim(uow: UnitOfWork, message_id: uuid.UUID) -> TextToSend | str:
         sms_provider=account.sms_provider,
         sms_account_sid=account.sms_account_sid,
         sms_auth_token_envs=tuple(account.sms_auth_token_envs),
+        sms_auth_tokens_encrypted=tuple(account.sms_auth_tokens_encrypted),
     )
     uow.commit()
     return text

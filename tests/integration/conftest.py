@@ -23,6 +23,7 @@ import redis
 from kombu.connection import Connection
 
 from intake.orgfile import parse_org
+from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
 from models.db import dispose_engine
 from models.migrate import upgrade
@@ -231,7 +232,8 @@ def delete_broker_queues(prefix: str) -> None:
 
 def apply(org: dict[str, Any]) -> dict[str, Any]:
     with UnitOfWork() as uow:
-        apply_org(uow.session, parse_org(org))
+        # The run's processes share its data dir, so the key generated there encrypts for all of them.
+        apply_org(uow.session, parse_org(org), keyring())
         uow.commit()
     return org
 

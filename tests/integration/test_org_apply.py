@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,8 @@ from intake.orgfile import OrgFileError, parse_org
 from models.base import Base
 from models.db import make_engine
 from models.migrate import upgrade
-from models.org import ApplyReport, apply_org
+from models.org import ApplyReport, apply_org, reencrypt_sms_tokens
+from models.secrets import Keyring, UndecryptableSecret, generate_key
 from models.security import hash_secret
 from models.tables import (
     Account,
@@ -48,6 +51,9 @@ DEMO_SECRETS = (
     "demo-tara-token",
     "demo-zillow-john-key",
 )
+# The keyring `org apply` would build from LEADRELAY_SECRET_KEY.
+KEYS = Keyring([generate_key()])
+TWILIO_TOKENS = ["twilio-literal-token-current-5f1c", "twilio-literal-token-next-9a2e"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -83,12 +89,23 @@ def demo() -> dict[str, Any]:
         return copy.deepcopy(yaml.safe_load(f))
 
 
-def apply(engine: Engine, org: dict[str, Any]) -> ApplyReport:
+def apply(engine: Engine, org: dict[str, Any], keys: Keyring = KEYS) -> ApplyReport:
     """One unit of work, as the command runs it: apply, then the caller commits."""
     with Session(engine) as session:
-        report = apply_org(session, parse_org(org))
+        report = apply_org(session, parse_org(org), keys)
         session.commit()
     return report
+
+
+def with_literal_tokens(tokens: list[str] = TWILIO_TOKENS) -> dict[str, Any]:
+    org = demo()
+    org["sms"] = {"provider": "twilio", "account_sid": "ACdemo", "auth_tokens": list(tokens)}
+    return org
+
+
+def stored_tokens(engine: Engine) -> list[str]:
+    with Session(engine) as s:
+        return list(s.execute(select(Account.sms_auth_tokens_encrypted).where(Account.slug == "demo")).scalar_one())
 
 
 def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -149,7 +166,7 @@ def test_the_demo_file_builds_the_organisation_it_describes(engine: Engine) -> N
             "Demo Realty",
             True,
             "twilio",
-            ["LEADRELAY_DEMO_TWILIO_TOKEN"],  # the variable's name only: tokens are never stored
+            ["LEADRELAY_DEMO_TWILIO_TOKEN"],  # the variable's name only: its token is never stored
         )
         agent, group = Entity.__table__.alias("agent"), Entity.__table__.alias("grp")
         memberships = slugs(
@@ -324,6 +341,67 @@ def test_tokens_and_keys_are_stored_only_as_hashes(engine: Engine) -> None:
         assert s.execute(select(IntakeKey.key_hash)).scalar_one() == hash_secret("demo-site-key")
 
 
+def test_literal_sms_auth_tokens_are_stored_encrypted_never_in_clear(engine: Engine) -> None:
+    report = apply(engine, with_literal_tokens())
+    assert report.created["account"] == 1
+    stored = stored_tokens(engine)
+    assert [KEYS.decrypt(value) for value in stored] == TWILIO_TOKENS
+    with engine.connect() as conn:
+        raw = conn.exec_driver_sql("SELECT * FROM accounts").all()
+    assert raw
+    for token in TWILIO_TOKENS:
+        assert token not in repr(raw)  # the columns as the database holds them
+    for table, rows in snapshot(engine).items():
+        for row in rows:
+            assert not any(token in str(value) for token in TWILIO_TOKENS for value in row), table
+
+
+def test_applying_the_same_literal_auth_tokens_again_writes_nothing_and_new_ones_replace_them(engine: Engine) -> None:
+    apply(engine, with_literal_tokens())
+    stored = stored_tokens(engine)
+
+    reports: list[ApplyReport] = []
+    assert writes_during(engine, lambda: reports.append(apply(engine, with_literal_tokens()))) == []
+    assert not reports.pop().changed
+    assert stored_tokens(engine) == stored
+
+    rotated = [TWILIO_TOKENS[1], "twilio-literal-token-third-77b0"]
+    assert apply(engine, with_literal_tokens(rotated)).updated["account"] == 1
+    assert [KEYS.decrypt(value) for value in stored_tokens(engine)] == rotated
+
+    assert apply(engine, demo()).updated["account"] == 1  # auth_tokens_env alone: no literal token is kept
+    assert stored_tokens(engine) == []
+
+
+def test_a_file_with_literal_auth_tokens_is_not_applied_without_a_keyring(engine: Engine) -> None:
+    with Session(engine) as s, pytest.raises(ValueError, match="keyring"):
+        apply_org(s, parse_org(with_literal_tokens()))
+
+
+def test_reencrypting_moves_every_token_to_the_newest_key_once(engine: Engine) -> None:
+    old, new = generate_key(), generate_key()
+    apply(engine, with_literal_tokens(), Keyring([old]))
+    both = Keyring([new, old])
+    with Session(engine) as s:
+        report = reencrypt_sms_tokens(s, both)
+        s.commit()
+    assert (report.reencrypted, report.current, report.unreadable) == (2, 0, [])
+    assert [Keyring([new]).decrypt(value) for value in stored_tokens(engine)] == TWILIO_TOKENS
+    with pytest.raises(UndecryptableSecret):
+        Keyring([old]).decrypt(stored_tokens(engine)[0])
+
+    with Session(engine) as s:
+        again = reencrypt_sms_tokens(s, both)
+        s.commit()
+    assert (again.reencrypted, again.current, again.unreadable) == (0, 2, [])
+    # Applying the file with the new key only finds the same tokens: nothing to write.
+    assert not apply(engine, with_literal_tokens(), Keyring([new])).changed
+
+    with Session(engine) as s:
+        lost = reencrypt_sms_tokens(s, Keyring([generate_key()]))
+    assert (lost.reencrypted, lost.unreadable) == (0, ["demo"])
+
+
 def test_a_token_can_move_from_one_user_to_another(engine: Engine) -> None:
     apply(engine, demo())
     org = demo()
@@ -449,3 +527,77 @@ def test_an_entity_left_out_of_the_file_is_kept_and_reported_and_its_user_loses_
             == 0
         )
     assert not apply(engine, org).changed
+
+
+# --- published demo credentials in production ---------------------------------------------------------
+
+
+def org_apply_in_production(org: dict[str, Any], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``leadrelay org apply`` as an operator runs it, with production settings on a SQLite file."""
+    path = tmp_path / "org.yaml"
+    path.write_text(yaml.safe_dump(org))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEADRELAY_")}
+    clean |= {
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "COLUMNS": "200",
+        "LEADRELAY_ENV": "production",
+        "LEADRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'production.db'}",
+        "LEADRELAY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "LEADRELAY_SECRET_KEY": generate_key(),
+        "LEADRELAY_DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    upgrade(clean["LEADRELAY_DATABASE_URL"])
+    return subprocess.run(
+        [sys.executable, "-m", "leadrelay", "org", "apply", str(path)],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def accounts_in(tmp_path: Path) -> list[str]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'production.db'}")
+    try:
+        with Session(engine) as s:
+            return list(s.execute(select(Account.slug)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_production_refuses_the_demo_org_naming_every_published_credential(tmp_path: Path) -> None:
+    result = org_apply_in_production(demo(), tmp_path, LEADRELAY_DEMO_TWILIO_TOKEN="demo-twilio-token")
+    assert result.returncode == 1, result.stdout + result.stderr
+    refused = [line.split(":")[0].strip() for line in result.stdout.splitlines() if "published demo credential" in line]
+    assert refused == [
+        "intake_keys[0]",
+        "sms.auth_tokens_env[0]",
+        "users[0].token",
+        "users[1].token",
+        "users[2].token",
+        "users[3].token",
+        "api_connections[0].key",
+    ]
+    assert accounts_in(tmp_path) == []
+
+
+def test_production_refuses_a_file_of_its_own_that_reuses_one_demo_credential(tmp_path: Path) -> None:
+    org = demo()
+    org["account"] = "acme"
+    org["intake_keys"] = ["acme-site-key-6c1d"]
+    org["sms"] = {"provider": "twilio", "account_sid": "ACacme", "auth_tokens": ["acme-twilio-3b9e"]}
+    org["users"] = [{"id": "john", "token_env": "ACME_JOHN_TOKEN"}]
+    org["api_connections"] = []
+    reused = org_apply_in_production(org, tmp_path, ACME_JOHN_TOKEN="demo-john-token")
+    assert reused.returncode == 1, reused.stdout + reused.stderr
+    assert "users[0].token_env: a published demo credential" in reused.stdout
+    assert "acme-twilio" not in reused.stdout
+    assert "demo-john-token" not in reused.stdout
+    assert accounts_in(tmp_path) == []
+
+    own = org_apply_in_production(org, tmp_path, ACME_JOHN_TOKEN="acme-john-token-8d2f")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert accounts_in(tmp_path) == ["acme"]

@@ -8,20 +8,28 @@ sends them (``POST /v1/leads/{id}/messages`` is tested on its own)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+import yaml
 from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from leadrelay.settings import get_settings
+from models.migrate import upgrade
+from models.secrets import Keyring, UndecryptableSecret, generate_key
 from models.tables import (
     Intake,
     IntakeSource,
@@ -31,16 +39,20 @@ from models.tables import (
     Outbox,
 )
 from models.uow import UnitOfWork
-from tests.integration.conftest import apply
+from tests.integration.conftest import PG_ADMIN, apply, delete_broker_queues
 from tests.integration.test_pipeline import count_intakes
+from tests.integration.test_sms_outbound import api_logdir, log_lines
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
+from tests.support.processes import ROOT, api_server, child_env, wait_for
 from workers import texts
 
 pytestmark = pytest.mark.integration
 
 TOKEN_ENV, NEXT_TOKEN_ENV = "LEADRELAY_TEST_TWILIO_TOKEN", "LEADRELAY_TEST_TWILIO_TOKEN_NEXT"
 TOKEN, NEXT_TOKEN = "twilio-test-token-current", "twilio-test-token-next"  # tests/integration/conftest.py
+# Tokens written in the org file itself (sms.auth_tokens), kept encrypted.
+LITERAL_TOKEN, LITERAL_NEXT_TOKEN = "twilio-literal-token-8c4e1a", "twilio-literal-token-next-3f9d2b"
 INBOUND, STATUS = "/v1/intake/sms/twilio", "/v1/intake/sms/twilio/status"
 NOW = dt.datetime.now(dt.UTC)
 YESTERDAY = NOW - dt.timedelta(days=1)
@@ -165,13 +177,18 @@ class Texting(Brokerage):
         return [e for e in self.timeline(lead_id) if e["kind"] == kind]
 
 
-def texting_org(*, tokens: tuple[str, ...] = (TOKEN_ENV,), jill_takes_company_leads: bool = True) -> dict[str, Any]:
+def texting_org(
+    *, tokens: tuple[str, ...] = (TOKEN_ENV,), literal: tuple[str, ...] = (), jill_takes_company_leads: bool = True
+) -> dict[str, Any]:
+    """``tokens`` names variables (auth_tokens_env); ``literal`` gives tokens in the file (auth_tokens)."""
     org = brokerage()
     numbers = {"co": fresh_number(), "john": fresh_number(), "downtown": fresh_number()}
     for entity in org["entities"]:
         if entity["id"] in numbers:
             entity["smart_numbers"] = [numbers[entity["id"]]]
     org["sms"] = {"provider": "twilio", "account_sid": "ACtest", "auth_tokens_env": list(tokens)}
+    if literal:
+        org["sms"]["auth_tokens"] = list(literal)
     if jill_takes_company_leads:
         org["routing"][0]["rules"] = [{"name": "Jill takes all", "agents": ["jill"]}]
     org["_numbers"] = numbers
@@ -292,6 +309,126 @@ def test_rotation_both_the_old_and_the_new_token_are_valid_while_the_account_nam
     rotated = texting(tokens=(NEXT_TOKEN_ENV,))
     assert rotated.post_signed(INBOUND, rotated.inbound(fresh_number(), "Hi"), token=NEXT_TOKEN).status_code == 200
     assert rotated.post_signed(INBOUND, rotated.inbound(fresh_number(), "Hi"), token=TOKEN).status_code == 403
+
+
+def test_literal_auth_tokens_of_the_org_file_verify_a_signed_text_which_is_kept(texting: Any) -> None:
+    """``sms.auth_tokens`` in the file: stored encrypted, decrypted by the API, every one accepted."""
+    t = texting(tokens=(), literal=(LITERAL_TOKEN, LITERAL_NEXT_TOKEN))
+    for token in (LITERAL_TOKEN, LITERAL_NEXT_TOKEN):
+        fields = t.inbound(fresh_number(), "Is it still for sale?")
+        r = t.post_signed(INBOUND, fields, token=token)
+        assert r.status_code == 200, r.text
+        assert "<Response/>" in r.text
+        intake = t.wait_done(str(t.sms_intake(fields["MessageSid"])))
+        assert intake["status"] == "done", intake
+    assert t.post_signed(INBOUND, t.inbound(fresh_number(), "Hi"), token=TOKEN).status_code == 403  # not its token
+
+
+def test_literal_and_variable_auth_tokens_given_together_both_verify(texting: Any) -> None:
+    t = texting(tokens=(NEXT_TOKEN_ENV,), literal=(LITERAL_TOKEN,))
+    for token in (LITERAL_TOKEN, NEXT_TOKEN):
+        r = t.post_signed(INBOUND, t.inbound(fresh_number(), "Hi"), token=token)
+        assert r.status_code == 200, (token, r.text)
+    assert t.post_signed(INBOUND, t.inbound(fresh_number(), "Hi"), token=TOKEN).status_code == 403
+
+
+def test_every_refusal_of_a_webhook_answers_the_same_403_and_logs_the_real_reason_masked(
+    texting: Any, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A caller without a token must not learn which numbers are smart numbers, nor which have a token."""
+    acme = texting()
+    # Set for `org apply` in this process only: the API has no such variable, so this account has no token.
+    monkeypatch.setenv("LEADRELAY_TEST_TWILIO_TOKEN_NOT_IN_THE_API", "only-here")
+    tokenless = texting(tokens=("LEADRELAY_TEST_TWILIO_TOKEN_NOT_IN_THE_API",))
+    unknown = fresh_number()
+    answers = {
+        "unknown number": acme.post_signed(INBOUND, acme.inbound(fresh_number(), "Hi", to=unknown)),
+        "no token configured": tokenless.post_signed(INBOUND, tokenless.inbound(fresh_number(), "Hi")),
+        "bad signature": acme.post_signed(INBOUND, acme.inbound(fresh_number(), "Hi"), token=NEXT_TOKEN),
+        "missing signature": httpx.post(f"{acme.base}{INBOUND}", data=acme.inbound(fresh_number(), "Hi"), timeout=30),
+        "status of an unknown sid": acme.post_signed(
+            STATUS, {"MessageSid": f"SM{uuid.uuid4().hex}", "MessageStatus": "delivered", "From": unknown}
+        ),
+    }
+    assert {how: r.status_code for how, r in answers.items()} == dict.fromkeys(answers, 403)
+    assert len({(r.content, r.headers["content-type"]) for r in answers.values()}) == 1, {
+        how: r.text for how, r in answers.items()
+    }
+
+    reasons = {
+        "To is not a smart number of any account",
+        "no auth token is configured for this number's account",
+        "X-Twilio-Signature does not match this request",
+        "X-Twilio-Signature is missing",
+        "neither From nor MessageSid belongs to an account",
+    }
+
+    def logged_reasons() -> set[str]:
+        lines = [line for line in log_lines(api_logdir(tmp_path_factory)) if "sms.webhook_refused" in line]
+        return {str(json.loads(line).get("reason")) for line in lines} & reasons
+
+    wait_for(lambda: logged_reasons() == reasons, timeout=30, what="the refusals in the API's log")
+    assert unknown not in "\n".join(log_lines(api_logdir(tmp_path_factory)))
+
+
+def test_rotating_the_secret_key_reencrypts_the_tokens_and_the_new_key_alone_verifies(
+    pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Apply with key A; put B first ("B,A") and run ``leadrelay secrets rotate`` (twice: the second
+    re-encrypts nothing); then an API with B alone verifies the token. A database of its own, because
+    rotating re-encrypts every account of a database, and the run's shared one holds others."""
+    key_a, key_b = generate_key(), generate_key()
+    name = f"leadrelay_rotate_{uuid.uuid4().hex[:10]}"
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    env = {**pipeline_env, "LEADRELAY_DATABASE_URL": url, "LEADRELAY_QUEUE_PREFIX": prefix}
+    try:
+        upgrade(url)
+        org = texting_org(tokens=(), literal=(LITERAL_TOKEN,))
+        number = org.pop("_numbers")["co"]
+        path = tmp_path / "org.yaml"
+        path.write_text(yaml.safe_dump(org))
+
+        def leadrelay(*args: str, key: str) -> str:
+            result = subprocess.run(
+                [sys.executable, "-m", "leadrelay", *args],
+                env=child_env({**env, "LEADRELAY_SECRET_KEY": key, "COLUMNS": "200"}),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert LITERAL_TOKEN not in result.stdout + result.stderr
+            return result.stdout
+
+        leadrelay("org", "apply", str(path), key=key_a)
+        assert "re-encrypted 1 value(s)" in leadrelay("secrets", "rotate", key=f"{key_b},{key_a}")
+        assert "re-encrypted 0 value(s)" in leadrelay("secrets", "rotate", key=f"{key_b},{key_a}")
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            row = conn.execute("SELECT sms_auth_tokens_encrypted FROM accounts").fetchone()
+        assert row is not None
+        (stored,) = row[0]
+        with pytest.raises(UndecryptableSecret):
+            Keyring([key_a]).decrypt(stored)
+
+        fields = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": fresh_number(), "To": number, "Body": "Hi"}
+        with api_server({**env, "LEADRELAY_SECRET_KEY": key_b}, tmp_path / "api.log") as base:
+            signature = RequestValidator(LITERAL_TOKEN).compute_signature(
+                get_settings().public_base_url.rstrip("/") + INBOUND, fields
+            )
+            r = httpx.post(f"{base}{INBOUND}", data=fields, headers={"X-Twilio-Signature": signature}, timeout=30)
+        assert r.status_code == 200, r.text
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            kept = conn.execute("SELECT count(*) FROM intakes WHERE idempotency_key = %s", (fields["MessageSid"],))
+            assert kept.fetchone() == (1,)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        delete_broker_queues(prefix)
 
 
 def test_a_signed_text_without_a_message_sid_is_a_422_naming_it(acme: Texting) -> None:

@@ -420,17 +420,26 @@ def twilio_pipeline(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempP
             client.delete(key)
 
 
-def twilio_org(token_env: str) -> dict[str, Any]:
+LITERAL_TOKEN = "twilio-literal-outbound-token-4e7a"
+
+
+def twilio_org(token_env: str | None) -> dict[str, Any]:
+    """An org whose Twilio token is in ``token_env``, or written in the file (kept encrypted) when None."""
     org = numbered_org()
-    org["sms"] = {"provider": "twilio", "account_sid": "AC" + uuid.uuid4().hex, "auth_tokens_env": [token_env]}
+    org["sms"] = {"provider": "twilio", "account_sid": "AC" + uuid.uuid4().hex}
+    if token_env is None:
+        org["sms"]["auth_tokens"] = [LITERAL_TOKEN]
+    else:
+        org["sms"]["auth_tokens_env"] = [token_env]
     return org
 
 
 def failing_text(
-    twilio_pipeline: str, brokerage_factory: Any, monkeypatch: pytest.MonkeyPatch, token_env: str
+    twilio_pipeline: str, brokerage_factory: Any, monkeypatch: pytest.MonkeyPatch, token_env: str | None
 ) -> tuple[dict[str, Any], Message]:
     # org apply checks that the named variable is set; the worker of this pipeline may not have it.
-    monkeypatch.setenv(token_env, "test-token")
+    if token_env is not None:
+        monkeypatch.setenv(token_env, "test-token")
     b = brokerage_factory(org=twilio_org(token_env))
     lead = make_lead(b, "john", phone=lead_phone())
     twilio_side = Brokerage(twilio_pipeline, b.org)
@@ -456,6 +465,19 @@ def test_a_failing_twilio_gateway_retries_with_backoff_and_ends_failed_with_the_
     (event,) = events(lead["id"], "text_failed")
     assert "after 3 attempt(s)" in event.summary
     assert event.data["message_id"] == str(failed.id)
+
+
+def test_a_literal_auth_token_of_the_org_file_is_decrypted_and_used_by_the_twilio_gateway(
+    twilio_pipeline: str, brokerage_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker decrypts the stored token and calls Twilio with it: the call itself fails (the proxy
+    refuses), after the retries, rather than the text failing at once for want of a token."""
+    _, failed = failing_text(twilio_pipeline, brokerage_factory, monkeypatch, None)
+    assert failed.status == "failed"
+    assert failed.attempts == 3
+    assert failed.error is not None
+    assert "ProxyError" in failed.error or "ConnectionError" in failed.error, failed.error
+    assert LITERAL_TOKEN not in failed.error
 
 
 def test_a_missing_twilio_token_variable_ends_failed_naming_it(
