@@ -32,6 +32,16 @@ def assert_too_large(r: httpx.Response, limit: int) -> None:
     assert str(limit) in r.json()["detail"]
 
 
+def register(base: str, b: Brokerage, email: str, *, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"page_url": f"https://{b.host('downtown')}/", "email": email}
+    return httpx.post(
+        f"{base}/v1/intake/registrations",
+        json=body,
+        headers={"Authorization": f"Bearer key-{b.s}", **(headers or {})},
+        timeout=30,
+    )
+
+
 @pytest.fixture(scope="module")
 def small_limits_api(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**pipeline_env, "LEADRELAY_IMPORT_MAX_BYTES": str(SMALL_LIMIT), "LEADRELAY_BULK_MAX_BYTES": str(SMALL_LIMIT)}
@@ -126,3 +136,32 @@ def test_chunked_upload_under_the_import_limit_is_accepted(small_limits_api: str
             },
         )
     assert r.status_code == 202, r.text
+
+
+# -- URLs in answers ----------------------------------------------------------------------------------
+
+
+def test_status_urls_are_on_the_public_base_url_whatever_the_host_header(
+    api: str, pipeline_env: dict[str, str], brokerage_factory: Any
+) -> None:
+    public = pipeline_env["LEADRELAY_PUBLIC_BASE_URL"]
+    forged = {"Host": "attacker.example"}
+    b: Brokerage = brokerage_factory()
+    intake = register(api, b, "forged-host@example.com", headers=forged)
+    assert intake.status_code == 202, intake.text
+    assert intake.json()["status_url"] == f"{public}/v1/intake/{intake.json()['intake_id']}"
+    assert intake.headers["Location"] == intake.json()["status_url"]
+
+    olivia = {"Authorization": f"Bearer tok-olivia-{b.s}", **forged}
+    files = {"file": ("one.csv", "email,first_name\nforged@example.com,Forged\n", "text/csv")}
+    upload = httpx.post(f"{api}/v1/imports", data={"owner": "co"}, files=files, headers=olivia, timeout=30)
+    assert upload.status_code == 202, upload.text
+    assert upload.json()["status_url"] == f"{public}/v1/imports/{upload.json()['import_id']}"
+    assert upload.headers["Location"] == upload.json()["status_url"]
+
+    lead_id = b.wait_done(intake.json()["intake_id"])["lead_id"]
+    body = {"action": "share", "lead_ids": [lead_id], "user_id": "bob", "permission": "view"}
+    job = httpx.post(f"{api}/v1/leads/bulk", json=body, headers=olivia, timeout=30)
+    assert job.status_code == 202, job.text
+    assert job.json()["status_url"] == f"{public}/v1/jobs/{job.json()['job_id']}"
+    assert job.headers["Location"] == job.json()["status_url"]
