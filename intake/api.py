@@ -89,6 +89,10 @@ def create_app() -> FastAPI:
         title="leadrelay",
         version="0.1.0",
         description="Lead intake for real-estate brokerages: accepted means kept; owners, routing and de-duplication by rule.",
+        # Off in production unless asked for (LEADRELAY_API_DOCS): the whole surface, for anyone to read.
+        docs_url="/docs" if settings.api_docs_enabled else None,
+        redoc_url="/redoc" if settings.api_docs_enabled else None,
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     problems.install(app)
 

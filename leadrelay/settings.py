@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     retry_backoff_seconds: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
+    # GET /metrics answers only ``Authorization: Bearer <token>`` when set; production needs it.
+    metrics_token: SecretStr | None = None
+    # /docs, /redoc and /openapi.json; unset means on, except in production.
+    api_docs: bool | None = None
 
     @model_validator(mode="after")
     def _production_needs_servers(self) -> Settings:
@@ -53,6 +57,18 @@ class Settings(BaseSettings):
                 "the embedded SQLite and filesystem broker are for development only"
             )
         return self
+
+    @model_validator(mode="after")
+    def _production_needs_metrics_token(self) -> Settings:
+        if self.env == "production" and (self.metrics_token is None or not self.metrics_token.get_secret_value()):
+            raise ValueError(
+                "LEADRELAY_METRICS_TOKEN must be set in production: /metrics names every account's agents"
+            )
+        return self
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.env != "production"
 
     @property
     def effective_database_url(self) -> str:
