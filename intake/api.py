@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from intake import (
     operations,
     problems,
+    ratelimit,
     routes_admin,
     routes_events,
     routes_imports,
@@ -99,6 +100,8 @@ def create_app() -> FastAPI:
     # CSV uploads and bulk jobs have their own, larger limits; every other body the intake one.
     limits = {"/v1/imports": settings.import_max_bytes, "/v1/leads/bulk": settings.bulk_max_bytes}
     app.add_middleware(BoundedBody, limits=limits, default=settings.intake_max_body_bytes)
+    # Outside the body limit: a request over its rate is refused before any of its body is read.
+    ratelimit.install(app, settings)
     # Added last, so it is the outermost middleware and counts every answer, 413s included.
     operations.install(app)
     app.include_router(routes_intake.router)

@@ -39,6 +39,10 @@ HTTP_REQUESTS = Counter(
     "leadrelay_http_requests", "HTTP requests answered, by route and status", ["method", "route", "status"]
 )
 HTTP_SECONDS = Histogram("leadrelay_http_request_seconds", "Seconds to answer, by route", ["method", "route"])
+RATE_LIMIT_UNCHECKED = Counter(
+    "leadrelay_rate_limit_unchecked",
+    "Requests let through without a rate-limit check because the limiter's storage did not answer",
+)
 # Every label takes its values from a known set: a method outside these is "other", a path no route
 # matches is "unmatched" (the client chooses both, and each new value would be a new series for good).
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -111,6 +115,7 @@ def registry() -> CollectorRegistry:
     else:
         reg.register(HTTP_REQUESTS)
         reg.register(HTTP_SECONDS)
+        reg.register(RATE_LIMIT_UNCHECKED)
     reg.register(DatabaseFigures())
     return reg
 

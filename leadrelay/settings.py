@@ -26,7 +26,13 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     # The From of notification mail (LEADRELAY_MAIL_FROM).
     mail_from: str = "leadrelay <leadrelay@localhost>"
-    intake_rate_per_key: float = 200.0
+    # Requests per second per credential, averaged over a window of intake_burst_per_key requests (so a
+    # burst of that many is let through at once); 0 turns the limit off. Failed authentications are limited
+    # the same way per client address. Shared by the API processes through rate_limit_storage_url.
+    intake_rate_per_key: float = Field(default=200.0, ge=0)
+    intake_burst_per_key: int = Field(default=1000, ge=1)
+    # Unset means the broker's Redis (under the queue prefix), or each process's memory when the broker is not Redis.
+    rate_limit_storage_url: str | None = None
     intake_max_body_bytes: int = 256 * 1024
     # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).
     import_max_bytes: int = 512 * 1024 * 1024
@@ -61,14 +67,22 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _production_needs_metrics_token(self) -> Settings:
         if self.env == "production" and (self.metrics_token is None or not self.metrics_token.get_secret_value()):
-            raise ValueError(
-                "LEADRELAY_METRICS_TOKEN must be set in production: /metrics names every account's agents"
-            )
+            raise ValueError("LEADRELAY_METRICS_TOKEN must be set in production: /metrics names every account's agents")
         return self
 
     @property
     def api_docs_enabled(self) -> bool:
         return self.api_docs if self.api_docs is not None else self.env != "production"
+
+    @property
+    def effective_rate_limit_storage_url(self) -> str:
+        """A ``limits`` storage URL: the setting, else the broker's Redis, else this process's memory (the
+        embedded and AMQP brokers have no Redis to share a count in)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.effective_broker_url.startswith(("redis://", "rediss://")):
+            return self.effective_broker_url
+        return "memory://"
 
     @property
     def effective_database_url(self) -> str:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from models.tables import Intake
+from models.uow import UnitOfWork
+from tests.integration.conftest import REDIS_URL
 from tests.support.client import Brokerage
-from tests.support.processes import api_server
+from tests.support.processes import api_server, free_port
 
 CHUNK = 64 * 1024
 SMALL_LIMIT = 64 * 1024  # the upload and bulk limits of the API process with small limits
@@ -136,6 +141,115 @@ def test_chunked_upload_under_the_import_limit_is_accepted(small_limits_api: str
             },
         )
     assert r.status_code == 202, r.text
+
+
+# -- the rate limit -----------------------------------------------------------------------------------
+
+BURST = 3  # the limited API processes let a key (or an address's failed authentications) this many
+LIMITED = {
+    # ...over a window of BURST / rate = 300 s, so no request leaves the window during a test.
+    "LEADRELAY_INTAKE_RATE_PER_KEY": "0.01",
+    "LEADRELAY_INTAKE_BURST_PER_KEY": str(BURST),
+    # Named here, so both processes share Redis even when the test broker is RabbitMQ.
+    "LEADRELAY_RATE_LIMIT_STORAGE_URL": REDIS_URL,
+}
+
+
+@pytest.fixture(scope="module")
+def limited_apis(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """Two API processes with a low rate limit, sharing the count in Redis."""
+    env = {**pipeline_env, **LIMITED}
+    logs = tmp_path_factory.mktemp("limited")
+    with api_server(env, logs / "api-1.log") as one, api_server(env, logs / "api-2.log") as two:
+        yield one, two
+
+
+def intakes_of(b: Brokerage) -> int:
+    with UnitOfWork() as uow:
+        account = uow.orgs.account_by_slug(b.org["account"])
+        assert account is not None
+        return int(
+            uow.session.execute(
+                select(func.count()).select_from(Intake).where(Intake.account_id == account.id)
+            ).scalar_one()
+        )
+
+
+def another_address() -> str:
+    """A client address of this test's own (uvicorn takes X-Forwarded-For from a proxy on 127.0.0.1)."""
+    return f"198.51.100.{next(_addresses)}"
+
+
+_addresses = iter(range(1, 255))
+
+
+def test_a_key_past_its_rate_is_429_with_retry_after_and_rate_limit_headers(
+    limited_apis: tuple[str, str], brokerage_factory: Any
+) -> None:
+    one, _ = limited_apis
+    b: Brokerage = brokerage_factory()
+    for i in range(BURST):
+        r = register(one, b, f"rated{i}@example.com")
+        assert r.status_code == 202, r.text
+        assert r.headers["X-RateLimit-Limit"] == str(BURST)
+        assert r.headers["X-RateLimit-Remaining"] == str(BURST - 1 - i)
+        assert int(r.headers["X-RateLimit-Reset"]) > 0
+    r = register(one, b, "one-too-many@example.com")
+    assert r.status_code == 429, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    assert f"{BURST} requests per 300 s" in r.json()["detail"]
+    # Refused before anything was kept; another key of the account has a count of its own.
+    assert intakes_of(b) == BURST
+    other: Brokerage = brokerage_factory()
+    assert register(one, other, "other-key@example.com").status_code == 202
+
+
+def test_two_api_processes_share_the_count_of_a_key(limited_apis: tuple[str, str], brokerage_factory: Any) -> None:
+    one, two = limited_apis
+    b: Brokerage = brokerage_factory()
+    answers = [register(base, b, f"shared{i}@example.com").status_code for i, base in enumerate([one, two, one])]
+    assert answers == [202] * BURST
+    r = register(two, b, "shared-last@example.com")
+    assert r.status_code == 429, r.text
+    assert intakes_of(b) == BURST
+
+
+def test_failed_authentications_from_one_address_are_limited(
+    limited_apis: tuple[str, str], brokerage_factory: Any
+) -> None:
+    one, two = limited_apis
+    b: Brokerage = brokerage_factory()
+    address = {"X-Forwarded-For": another_address()}
+    wrong = {**address, "Authorization": f"Bearer not-a-key-{uuid.uuid4().hex}"}
+    for base in (one, two, one):
+        r = httpx.get(f"{base}/v1/leads", headers=wrong, timeout=30)
+        assert r.status_code == 401, r.text
+    r = httpx.get(f"{two}/v1/leads", headers=wrong, timeout=30)
+    assert r.status_code == 429, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    assert "failed authentications" in r.json()["detail"]
+    # The address is refused whatever it presents; another address is not.
+    assert register(one, b, "blocked@example.com", headers=address).status_code == 429
+    assert register(one, b, "elsewhere@example.com", headers={"X-Forwarded-For": another_address()}).status_code == 202
+
+
+def test_with_the_limiters_redis_unreachable_requests_are_accepted_and_stored(
+    pipeline_env: dict[str, str], brokerage_factory: Any, tmp_path: Path
+) -> None:
+    env = {**pipeline_env, **LIMITED, "LEADRELAY_RATE_LIMIT_STORAGE_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    b: Brokerage = brokerage_factory()
+    with api_server(env, tmp_path / "api.log") as base:
+        answers = [register(base, b, f"unlimited{i}@example.com") for i in range(BURST + 2)]
+        assert [r.status_code for r in answers] == [202] * (BURST + 2), answers[-1].text
+        assert all("X-RateLimit-Limit" not in r.headers for r in answers)
+        for r in answers:
+            assert b.wait_done(r.json()["intake_id"])["status"] == "done"
+        unchecked = httpx.get(f"{base}/metrics", timeout=30).text
+    assert f"leadrelay_rate_limit_unchecked_total {float(BURST + 2)}" in unchecked
+    warnings = [line for line in (tmp_path / "api.log").read_text().splitlines() if "ratelimit.unavailable" in line]
+    assert warnings
 
 
 # -- URLs in answers ----------------------------------------------------------------------------------
