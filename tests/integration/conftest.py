@@ -116,9 +116,10 @@ def pipeline_env(
     prefix = f"t{uuid.uuid4().hex[:8]}."
     env = {
         "LEADRELAY_ENV": "test",
-        # The session's API (the ``api`` fixture) listens here: its status URLs lead back to it, and Twilio's
-        # signatures the tests compute cover the URL it checks them over.
-        "LEADRELAY_PUBLIC_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        # The session's API (the ``api`` fixture) listens on this port, so its status URLs lead back to it.
+        # Spelled otherwise than the URL the tests reach it at (127.0.0.1), as a public URL in front of a
+        # proxy is: a check over the URL a request reached, not the public one, cannot pass by chance.
+        "LEADRELAY_PUBLIC_BASE_URL": f"http://localhost:{free_port()}",
         "LEADRELAY_DATABASE_URL": pg_database,
         "LEADRELAY_BROKER_URL": BROKER_URL,
         "LEADRELAY_QUEUE_PREFIX": prefix,
