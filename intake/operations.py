@@ -4,20 +4,24 @@ pipeline done (``/healthz``, ``/readyz``, ``/metrics``)."""
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import structlog
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intake import problems
+from leadrelay.settings import get_settings
 from models.repositories import LATENCY_BUCKETS
 from models.uow import UnitOfWork
 from workers.app import app as celery_app
@@ -35,6 +39,14 @@ HTTP_REQUESTS = Counter(
     "leadrelay_http_requests", "HTTP requests answered, by route and status", ["method", "route", "status"]
 )
 HTTP_SECONDS = Histogram("leadrelay_http_request_seconds", "Seconds to answer, by route", ["method", "route"])
+RATE_LIMIT_UNCHECKED = Counter(
+    "leadrelay_rate_limit_unchecked",
+    "Requests let through without a rate-limit check because the limiter's storage did not answer",
+)
+# Every label takes its values from a known set: a method outside these is "other", a path no route
+# matches is "unmatched" (the client chooses both, and each new value would be a new series for good).
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+UNMATCHED = "unmatched"
 
 
 class DatabaseFigures:
@@ -103,6 +115,7 @@ def registry() -> CollectorRegistry:
     else:
         reg.register(HTTP_REQUESTS)
         reg.register(HTTP_SECONDS)
+        reg.register(RATE_LIMIT_UNCHECKED)
     reg.register(DatabaseFigures())
     return reg
 
@@ -138,15 +151,59 @@ class CountAnswers:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(scope["method"], route, status).inc()
-            HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            route = route_template(scope)
+            HTTP_REQUESTS.labels(method, route, status).inc()
+            HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - start)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def route_template(scope: Scope) -> str:
+    """The template of the route the router chose; for an answer given before routing (a 413 or 429 of a
+    middleware), the route whose path matches; else ``unmatched``."""
+    route = scope.get("route")
+    if route is None:
+        route = _matching_route(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def _matching_route(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | None:
+    for candidate in routes:
+        # FastAPI keeps an included router as one entry over the router's own routes.
+        included = getattr(getattr(candidate, "original_router", None), "routes", None)
+        if included is not None:
+            if (found := _matching_route(included, scope)) is not None:
+                return found
+        elif candidate.matches(scope)[0] != Match.NONE:
+            return candidate
+    return None
+
+
+_metrics_bearer = HTTPBearer(auto_error=False)
+
+
+def _metrics_token(creds: HTTPAuthorizationCredentials | None = Depends(_metrics_bearer)) -> None:
+    """With ``LEADRELAY_METRICS_TOKEN`` set, /metrics answers only that bearer token (compared in constant time)."""
+    token = get_settings().metrics_token
+    if token is None:
+        return
+    given = creds.credentials.encode() if creds is not None else b""
+    if not hmac.compare_digest(given, token.get_secret_value().encode()):
+        raise problems.Problem(
+            401, "Unauthorized", "/metrics needs the metrics token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(_metrics_token)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "Missing or wrong metrics token"}},
+)
 def metrics() -> Response:
     """Prometheus text format: HTTP answers by route and status; intakes by source and status; the
-    latency from stored to done; the relay's re-sends; dead letters; live leads per agent."""
+    latency from stored to done; the relay's re-sends; dead letters; live leads per agent. With
+    ``LEADRELAY_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
     # With the database down its query raises, and the API's handler answers 503.
     return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
 

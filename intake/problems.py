@@ -176,6 +176,7 @@ def _problem_responses(operation: dict[str, Any]) -> None:
     responses.setdefault("503", {"description": "The database is unavailable; nothing was stored (Retry-After)"})
     if operation.get("security"):
         responses.setdefault("401", {"description": "Missing or unknown credential"})
+        responses.setdefault("429", {"description": "The credential's rate limit is used up (Retry-After)"})
     if "requestBody" in operation:
         responses.setdefault("413", {"description": "Request too large"})
     for code, response in responses.items():
@@ -208,5 +209,6 @@ _TITLES = {
     409: "Conflict",
     413: "Request too large",
     422: "Invalid request",
+    429: "Too many requests",
     503: "Unavailable",
 }

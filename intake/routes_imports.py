@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import AfterValidator, BaseModel
 
 from intake.deps import CurrentUser, UoW
+from intake.links import public_url_for
 from intake.problems import Problem, invalid
 from intake.schemas import storable, unstorable
 from models.tables import Import, User
@@ -105,7 +106,7 @@ def post_import(
     uow.commit()
     publish("imports.run", import_id)
     log.info("import.accepted", import_id=str(import_id), bytes=size)
-    status_url = str(request.url_for("get_import", import_id=import_id))
+    status_url = public_url_for(request, "get_import", import_id=import_id)
     response.headers["Location"] = status_url
     return ImportAccepted(import_id=import_id, status_url=status_url)
 

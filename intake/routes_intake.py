@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from intake import providers
 from intake.deps import UNAUTHORIZED, AccountCredential, IntakeKeyCaller, UoW
+from intake.links import public_url_for
 from intake.problems import Problem, field_path, invalid
 from intake.providers import HotPadsLead, RealtorComLead
 from intake.schemas import (
@@ -187,7 +188,7 @@ def accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, res
     if new:
         publish("intake.process", intake_id)
     log.info("intake.accepted", intake_id=str(intake_id), source=source, replay=not new)
-    status_url = str(request.url_for("get_intake", intake_id=intake_id))
+    status_url = public_url_for(request, "get_intake", intake_id=intake_id)
     response.headers["Location"] = status_url
     return Accepted(intake_id=intake_id, status_url=status_url)
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from intake.deps import CurrentUser, UoW
+from intake.links import public_url_for
 from intake.problems import Problem, invalid
 from intake.routes_leads import NOT_FOUND, lead_views
 from intake.schemas import (
@@ -203,7 +204,7 @@ def bulk(body: BulkIn, caller: CurrentUser, uow: UoW, request: Request, response
     created = jobs.create_job(uow, caller, body.action, list(body.lead_ids), params)
     if isinstance(created, Refusal):
         raise refused(created)
-    url = str(request.url_for("get_job", job_id=created))
+    url = public_url_for(request, "get_job", job_id=created)
     response.headers["Location"] = url
     return JobAccepted(job_id=created, status_url=url)
 

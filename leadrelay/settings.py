@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,7 +14,10 @@ EMBEDDED_BROKER = "filesystem://"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LEADRELAY_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refusal prints the reason, never the values (URLs with passwords, keys, tokens).
+    model_config = SettingsConfigDict(
+        env_prefix="LEADRELAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     env: Literal["dev", "test", "production"] = "dev"
     data_dir: Path = Path(".leadrelay")
@@ -26,7 +30,13 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     # The From of notification mail (LEADRELAY_MAIL_FROM).
     mail_from: str = "leadrelay <leadrelay@localhost>"
-    intake_rate_per_key: float = 200.0
+    # Requests per second per credential, averaged over a window of intake_burst_per_key requests (so a
+    # burst of that many is let through at once); 0 turns the limit off. Failed authentications are limited
+    # the same way per client address. Shared by the API processes through rate_limit_storage_url.
+    intake_rate_per_key: float = Field(default=200.0, ge=0)
+    intake_burst_per_key: int = Field(default=1000, ge=1)
+    # Unset means the broker's Redis (under the queue prefix), or each process's memory when the broker is not Redis.
+    rate_limit_storage_url: str | None = None
     intake_max_body_bytes: int = 256 * 1024
     # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).
     import_max_bytes: int = 512 * 1024 * 1024
@@ -47,6 +57,10 @@ class Settings(BaseSettings):
     # Fernet keys, comma-separated, newest first, that encrypt the secrets kept in clear (Twilio auth tokens
     # of org files); outside production a key is generated once into data_dir (leadrelay.secret_key).
     secret_key: SecretStr | None = None
+    # GET /metrics answers only ``Authorization: Bearer <token>`` when set; production needs it.
+    metrics_token: SecretStr | None = None
+    # /docs, /redoc and /openapi.json; unset means on, except in production.
+    api_docs: bool | None = None
 
     @model_validator(mode="after")
     def _production_needs_servers(self) -> Settings:
@@ -66,6 +80,41 @@ class Settings(BaseSettings):
                 "print(Fernet.generate_key().decode())'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _secret_keys_are_fernet_keys(self) -> Settings:
+        """A mistyped key stops every process at start, not the first webhook that needs a token."""
+        keys = [k.strip() for k in self.secret_key.get_secret_value().split(",")] if self.secret_key else []
+        for position, key in enumerate(k for k in keys if k):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                # Never the key itself: the message reaches logs and terminals.
+                raise ValueError(
+                    f"LEADRELAY_SECRET_KEY: key {position + 1} of {len(keys)} is not a Fernet key "
+                    "(32 URL-safe base64-encoded bytes)"
+                ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_metrics_token(self) -> Settings:
+        if self.env == "production" and (self.metrics_token is None or not self.metrics_token.get_secret_value()):
+            raise ValueError("LEADRELAY_METRICS_TOKEN must be set in production: /metrics names every account's agents")
+        return self
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.env != "production"
+
+    @property
+    def effective_rate_limit_storage_url(self) -> str:
+        """A ``limits`` storage URL: the setting, else the broker's Redis, else this process's memory (the
+        embedded and AMQP brokers have no Redis to share a count in)."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        if self.effective_broker_url.startswith(("redis://", "rediss://")):
+            return self.effective_broker_url
+        return "memory://"
 
     @property
     def effective_database_url(self) -> str:

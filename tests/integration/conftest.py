@@ -117,6 +117,10 @@ def pipeline_env(
     prefix = f"t{uuid.uuid4().hex[:8]}."
     env = {
         "LEADRELAY_ENV": "test",
+        # The session's API (the ``api`` fixture) listens on this port, so its status URLs lead back to it.
+        # Spelled otherwise than the URL the tests reach it at (127.0.0.1), as a public URL in front of a
+        # proxy is: a check over the URL a request reached, not the public one, cannot pass by chance.
+        "LEADRELAY_PUBLIC_BASE_URL": f"http://localhost:{free_port()}",
         "LEADRELAY_DATABASE_URL": pg_database,
         "LEADRELAY_BROKER_URL": BROKER_URL,
         "LEADRELAY_QUEUE_PREFIX": prefix,
@@ -155,7 +159,8 @@ def workers(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def api(pipeline_env: dict[str, str], workers: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with api_server(pipeline_env, tmp_path_factory.mktemp("api") / "api.log") as base:
+    port = int(pipeline_env["LEADRELAY_PUBLIC_BASE_URL"].rsplit(":", 1)[1])
+    with api_server(pipeline_env, tmp_path_factory.mktemp("api") / "api.log", port=port) as base:
         yield base
 
 

@@ -26,6 +26,7 @@ from tests.support.proxy import Proxy, proxy
 from workers import relay, services
 
 LONG_AGO = dt.timedelta(minutes=30)
+KNOWN_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
 
 def samples(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -70,6 +71,46 @@ def test_metrics_count_intakes_latency_assignments_and_answers(api: str, acme: B
     for kind in ("intakes", "mail", "texts", "imports", "jobs"):
         assert ("leadrelay_dead_letters", frozenset({("kind", kind)})) in after
         assert ("leadrelay_relay_resends_total", frozenset({("kind", kind)})) in after
+
+
+def test_metrics_labels_stay_in_a_known_set_whatever_the_method_or_path(api: str) -> None:
+    for i in range(5):
+        httpx.request(f"INVENTED{i}", f"{api}/healthz", timeout=10)
+        httpx.request("PROPFIND", f"{api}/nowhere-{uuid.uuid4().hex}", timeout=10)
+        httpx.get(f"{api}/v1/intake/{uuid.uuid4()}", timeout=10)
+    after = samples(api)
+    documented = httpx.get(f"{api}/openapi.json", timeout=10).json()["paths"]
+    routes = {*documented, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "unmatched"}
+    labels = [dict(labels) for name, labels in after if name.startswith("leadrelay_http_")]
+    assert {label["method"] for label in labels} <= KNOWN_METHODS | {"other"}
+    assert {label["route"] for label in labels} <= routes
+
+    def answers(method: str, route: str, status: str) -> float:
+        return after[
+            ("leadrelay_http_requests_total", frozenset({("method", method), ("route", route), ("status", status)}))
+        ]
+
+    assert answers("other", "/healthz", "405") >= 5
+    assert answers("GET", "/v1/intake/{intake_id}", "401") >= 5
+
+
+def test_in_production_metrics_answer_only_the_metrics_token_and_the_docs_are_off(
+    pipeline_env: dict[str, str], workers: Path, tmp_path: Path
+) -> None:
+    token = f"metrics-{uuid.uuid4().hex}"
+    env = {**pipeline_env, "LEADRELAY_ENV": "production", "LEADRELAY_METRICS_TOKEN": token}
+    with api_server(env, tmp_path / "api.log") as base:
+        for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": f"Basic {token}"}):
+            r = httpx.get(f"{base}/metrics", headers=headers, timeout=10)
+            assert r.status_code == 401, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert "leads_assigned" not in r.text
+        r = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert "leadrelay_http_requests_total" in r.text
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(f"{base}{path}", timeout=10).status_code == 404, path
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
 
 
 def test_the_intake_id_is_the_correlation_id_of_every_task_it_causes(

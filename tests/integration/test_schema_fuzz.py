@@ -451,7 +451,11 @@ def test_an_unexpected_error_is_a_500_problem() -> None:
 
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # Started and shut down as uvicorn does, so the app closes the connections it opened.
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
             return await client.get("/boom")
 
     body = assert_problem(asyncio.run(get()), 500)

@@ -41,18 +41,19 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 @contextmanager
-def api_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
-    """A real uvicorn serving the app on a free port; yields its base URL."""
-    port = free_port()
+def api_server(env: Mapping[str, str], log: Path, *, port: int | None = None) -> Iterator[str]:
+    """A real uvicorn serving the app on ``port`` (a free one by default); yields its base URL. Unless ``env``
+    names another, the base URL is its LEADRELAY_PUBLIC_BASE_URL, so the status URLs it answers lead back to it."""
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "leadrelay", "api", "--port", str(port)],
-            env=child_env(env),
+            env=child_env({"LEADRELAY_PUBLIC_BASE_URL": base, **env}),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 30
             while True:

@@ -76,6 +76,8 @@ def interpolate(value: str) -> str:
 
     def one(m: re.Match[str]) -> str:
         if m["op"] in (":?", "?", None):
+            if m["name"] == "LEADRELAY_SECRET_KEY":  # its format is checked at start: a well-formed dummy
+                return "A" * 43 + "="
             return f"dummy-{m['name'].lower().replace('_', '-')}"
         return m["arg"] or ""
 
@@ -321,6 +323,22 @@ def test_production_refuses_the_embedded_defaults(monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="must be set in production"):
         Settings(_env_file=None, env="production")
+
+
+def test_production_refuses_to_start_without_a_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEADRELAY_METRICS_TOKEN", raising=False)
+    servers = {
+        "database_url": "postgresql+psycopg://db/leadrelay",
+        "broker_url": "redis://redis:6379/0",
+        "secret_key": "A" * 43 + "=",
+    }
+    with pytest.raises(ValueError, match="LEADRELAY_METRICS_TOKEN must be set in production"):
+        Settings(_env_file=None, env="production", **servers)
+    settings = Settings(_env_file=None, env="production", metrics_token="t0ken", **servers)
+    # The API's docs are off in production unless asked for, and on elsewhere.
+    assert not settings.api_docs_enabled
+    assert Settings(_env_file=None, env="production", metrics_token="t0ken", api_docs=True, **servers).api_docs_enabled
+    assert Settings(_env_file=None, env="dev").api_docs_enabled
 
 
 # -- ports and healthchecks ----------------------------------------------------------------------------

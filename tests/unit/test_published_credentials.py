@@ -39,6 +39,7 @@ def production(tmp_path: Path) -> dict[str, str]:
         "LEADRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'production.db'}",
         "LEADRELAY_BROKER_URL": "redis://127.0.0.1:6379/15",
         "LEADRELAY_SECRET_KEY": generate_key(),
+        "LEADRELAY_METRICS_TOKEN": "metrics-t0ken",
     }
 
 

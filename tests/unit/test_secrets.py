@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from leadrelay.secret_key import KEY_FILE, keyring
 from leadrelay.settings import Settings
@@ -87,11 +88,12 @@ def test_the_setting_holds_comma_separated_keys_newest_first() -> None:
     assert b not in repr(settings)
 
 
-def test_a_bad_configured_key_names_the_variable_not_the_key() -> None:
-    settings = Settings(_env_file=None, secret_key="oops-not-a-key")  # type: ignore[call-arg]
-    with pytest.raises(SecretKeyError, match="LEADRELAY_SECRET_KEY") as caught:
-        keyring(settings)
-    assert "oops-not-a-key" not in str(caught.value)
+@pytest.mark.parametrize("configured", ["oops-not-a-key", f"{generate_key()},oops-not-a-key"])
+def test_a_bad_configured_key_stops_the_settings_naming_the_variable_not_the_key(configured: str) -> None:
+    with pytest.raises(ValidationError, match="LEADRELAY_SECRET_KEY") as caught:
+        Settings(_env_file=None, secret_key=configured)  # type: ignore[call-arg]
+    assert "oops" not in str(caught.value)
+    assert configured.split(",")[0][:8] not in str(caught.value)
 
 
 def test_outside_production_a_missing_key_is_generated_once_into_the_data_dir_readable_by_its_owner_only(
@@ -123,7 +125,11 @@ def test_processes_starting_together_on_an_empty_data_dir_agree_on_one_key(tmp_p
 
 def test_production_refuses_to_start_without_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LEADRELAY_SECRET_KEY", raising=False)
-    servers = {"database_url": "postgresql+psycopg://x@db/x", "broker_url": "redis://redis:6379/0"}
+    servers = {
+        "database_url": "postgresql+psycopg://x@db/x",
+        "broker_url": "redis://redis:6379/0",
+        "metrics_token": "t0ken",
+    }
     with pytest.raises(ValueError, match="LEADRELAY_SECRET_KEY must be set in production"):
         Settings(_env_file=None, env="production", **servers)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="LEADRELAY_SECRET_KEY must be set in production"):
