@@ -24,7 +24,8 @@ from rules.routing import (
     weighted_sequence,
 )
 
-PROPERTY = settings(database=None, max_examples=200, deadline=None)  # properties, not timings: a busy machine must not fail them
+# Properties, not timings: no deadline, so a busy machine cannot fail them.
+PROPERTY = settings(database=None, max_examples=200, deadline=None)
 
 
 # --- small builders ----------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from rules.texts import (
     keyword_action,
 )
 
-PROPERTY = settings(database=None, max_examples=200, deadline=None)  # properties, not timings: a busy machine must not fail them
+# Properties, not timings: no deadline, so a busy machine cannot fail them.
+PROPERTY = settings(database=None, max_examples=200, deadline=None)
 
 NOW = dt.datetime(2026, 11, 22, 15, 0, tzinfo=dt.UTC)
 YESTERDAY = NOW - dt.timedelta(days=1)
