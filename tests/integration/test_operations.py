@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
+from models.secrets import generate_key
 from models.tables import Intake, IntakeStatus
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
@@ -98,7 +99,12 @@ def test_in_production_metrics_answer_only_the_metrics_token_and_the_docs_are_of
     pipeline_env: dict[str, str], workers: Path, tmp_path: Path
 ) -> None:
     token = f"metrics-{uuid.uuid4().hex}"
-    env = {**pipeline_env, "LEADRELAY_ENV": "production", "LEADRELAY_METRICS_TOKEN": token}
+    env = {
+        **pipeline_env,
+        "LEADRELAY_ENV": "production",
+        "LEADRELAY_METRICS_TOKEN": token,
+        "LEADRELAY_SECRET_KEY": generate_key(),
+    }
     with api_server(env, tmp_path / "api.log") as base:
         for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": f"Basic {token}"}):
             r = httpx.get(f"{base}/metrics", headers=headers, timeout=10)

@@ -544,6 +544,7 @@ def org_apply_in_production(org: dict[str, Any], tmp_path: Path, **env: str) -> 
         "LEADRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'production.db'}",
         "LEADRELAY_BROKER_URL": "redis://127.0.0.1:6379/15",
         "LEADRELAY_SECRET_KEY": generate_key(),
+        "LEADRELAY_METRICS_TOKEN": "metrics-t0ken",
         "LEADRELAY_DATA_DIR": str(tmp_path / "data"),
         **env,
     }
