@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from intake.orgfile import OrgSpec, load_org_file
-from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
 from models.migrate import upgrade
 from models.org import apply_org
+from models.secrets import keyring
 from models.tables import Lead
 from models.uow import UnitOfWork
 
