@@ -42,8 +42,8 @@ REQUESTS = {"pipeline": "bench.workload:registration", "baseline": "bench.worklo
 
 def apply_org(stack: Stack, suffix: str) -> int:
     """The test brokerage (``tests.support.orgs.brokerage``) in the run's database; its account id."""
-    from intake.orgfile import parse_org
     from models.org import apply_org as apply
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
     from tests.support.orgs import brokerage
 

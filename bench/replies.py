@@ -89,8 +89,8 @@ def org() -> dict[str, Any]:
 
 def apply_org() -> int:
     """The account in the run's database (the stack's settings); its id."""
-    from intake.orgfile import parse_org
     from models.org import apply_org as apply
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
 
     with UnitOfWork() as uow:

@@ -49,9 +49,10 @@ def db_upgrade(revision: str = "head") -> None:
 def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Create or update an account from an org file. Applying the same file twice changes nothing;
     an invalid file is refused whole."""
-    from intake.orgfile import OrgFileError, load_org_file
+    from intake.orgfile import load_org_file
     from leadrelay.dev import demo_credentials_in
     from models.org import apply_org
+    from models.orgspec import OrgFileError
     from models.secrets import SecretKeyError, keyring
     from models.uow import UnitOfWork
 
