@@ -11,7 +11,7 @@ from celery import Task
 
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, jobs, notifications, relay, services, texts_outbound
+from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 from workers.errors import error_kind, error_reason
@@ -50,7 +50,7 @@ def process_intake(self: Task, intake_id: str) -> str:
     """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
     try:
         with UnitOfWork() as uow:
-            outcome = services.process_intake(uow, uuid.UUID(intake_id))
+            outcome = intakes.process_intake(uow, uuid.UUID(intake_id))
         return outcome.status
     except Exception as exc:
         if self.request.retries >= allowed_retries(self):
