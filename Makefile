@@ -37,10 +37,11 @@ demo: $(STAMP) ## The same, stopping once the demo leads are printed
 migrate: $(STAMP) ## Alembic migrations to head on LEADRELAY_DATABASE_URL
 	$(BIN)/leadrelay db upgrade
 
-lint: $(STAMP) ## ruff (with the rules/ purity ban) and mypy --strict
+lint: $(STAMP) ## ruff (with the rules/ purity ban), mypy --strict and the layers (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 services: ## Start local PostgreSQL, Redis and RabbitMQ if they are down (no Docker needed)
 	@pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

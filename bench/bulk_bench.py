@@ -343,10 +343,10 @@ def worker_seconds(job_id: str) -> float | None:
 
 
 def bench(n: int) -> dict[str, Any]:
-    from intake.orgfile import parse_org
     from leadrelay.settings import Settings
     from models.migrate import upgrade
     from models.org import apply_org
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
     from tests.support.processes import api_server, celery_workers
 

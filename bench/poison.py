@@ -1,5 +1,5 @@
 """Scenario 6: poison intakes among the others. A poison intake (its stored payload makes
-``services.process_intake`` raise, every time) is retried ``LEADRELAY_TASK_MAX_RETRIES`` times (2 here,
+``intakes.process_intake`` raise, every time) is retried ``LEADRELAY_TASK_MAX_RETRIES`` times (2 here,
 0.3 s apart and doubling, as in the chaos suite, so that its retries fall inside a round) and ends
 ``dead``; the figure is how much the other signups' throughput drops meanwhile, with one poison intake
 in each round of 80 others. Target: under 5%.

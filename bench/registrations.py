@@ -42,8 +42,8 @@ REQUESTS = {"pipeline": "bench.workload:registration", "baseline": "bench.worklo
 
 def apply_org(stack: Stack, suffix: str) -> int:
     """The test brokerage (``tests.support.orgs.brokerage``) in the run's database; its account id."""
-    from intake.orgfile import parse_org
     from models.org import apply_org as apply
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
     from tests.support.orgs import brokerage
 
@@ -437,7 +437,7 @@ def run(folder: Path, *, embedded: bool = False, seed_leads: int = 10_000, grow_
 def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) -> dict[str, Any]:
     """A diagnostic, not a rate: the SQL statements one registration costs the worker, counted with
     SQLAlchemy's ``before_cursor_execute`` over ``n`` intakes processed in this process (the same
-    ``services.process_intake`` the task runs; publishing the mail task is skipped), per site."""
+    ``intakes.process_intake`` the task runs; publishing the mail task is skipped), per site."""
     import json as _json
 
     from sqlalchemy import event
@@ -448,7 +448,7 @@ def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) 
     from models.security import hash_secret
     from models.tables import Intake, IntakeSource
     from models.uow import UnitOfWork
-    from workers import services
+    from workers import intakes
     from workers.app import app as celery_app
 
     params = params_for(suffix, 0)
@@ -483,7 +483,7 @@ def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) 
         for i, intake_id in enumerate(made):
             counted.clear()
             with UnitOfWork() as uow:
-                services.process_intake(uow, intake_id)
+                intakes.process_intake(uow, intake_id)
             per_site[SITES[i % len(SITES)]].append(len(counted))
             kinds.update(counted)
     finally:

@@ -89,8 +89,8 @@ def org() -> dict[str, Any]:
 
 def apply_org() -> int:
     """The account in the run's database (the stack's settings); its id."""
-    from intake.orgfile import parse_org
     from models.org import apply_org as apply
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
 
     with UnitOfWork() as uow:
@@ -302,7 +302,7 @@ def explain_s1(account: int, lead_phone: str) -> dict[str, Any]:
 def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any]:
     """A diagnostic, not a rate: the SQL statements one inbound text costs the worker, counted with
     SQLAlchemy's ``before_cursor_execute`` over ``n`` texts from preloaded phones processed in this
-    process by the task's own code (``services.process_intake``, then ``notifications.send`` for the mail
+    process by the task's own code (``intakes.process_intake``, then ``notifications.send`` for the mail
     to the agent; tasks are not published). Run before the worker starts."""
     from sqlalchemy import event
 
@@ -310,7 +310,7 @@ def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any
     from models.tables import Intake, IntakeSource
     from models.uow import UnitOfWork
     from rules.texts import InboundText
-    from workers import notifications, services
+    from workers import intakes, notifications
     from workers.app import app as celery_app
 
     made = []
@@ -352,7 +352,7 @@ def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any
             for intake_id in made:
                 counted.clear()
                 with UnitOfWork() as uow:
-                    services.process_intake(uow, intake_id)
+                    intakes.process_intake(uow, intake_id)
                 per_task["intake.process"].append(len(counted))
                 kinds.update(counted)
             for outbox_id in list(published):

@@ -26,8 +26,8 @@ from intake.deps import UoW
 from intake.problems import Problem, invalid
 from intake.routes_intake import RawBody
 from intake.schemas import unstorable
-from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
+from models.secrets import keyring
 from models.tables import Account, IntakeSource
 from models.uow import UnitOfWork
 from rules.contact import InvalidPhone, mask_phone, normalize_phone

@@ -49,11 +49,11 @@ def db_upgrade(revision: str = "head") -> None:
 def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Create or update an account from an org file. Applying the same file twice changes nothing;
     an invalid file is refused whole."""
-    from intake.orgfile import OrgFileError, load_org_file
+    from intake.orgfile import load_org_file
     from leadrelay.dev import demo_credentials_in
-    from leadrelay.secret_key import keyring
     from models.org import apply_org
-    from models.secrets import SecretKeyError
+    from models.orgspec import OrgFileError
+    from models.secrets import SecretKeyError, keyring
     from models.uow import UnitOfWork
 
     settings = get_settings()
@@ -82,9 +82,8 @@ def secrets_rotate() -> None:
     """Encrypt every stored secret again under the newest key of LEADRELAY_SECRET_KEY (the first). To
     rotate: put the new key first (NEW,OLD), restart, run this, then drop the old key. Running it again
     re-encrypts nothing."""
-    from leadrelay.secret_key import keyring
     from models.org import reencrypt_sms_tokens
-    from models.secrets import SecretKeyError
+    from models.secrets import SecretKeyError, keyring
     from models.uow import UnitOfWork
 
     try:

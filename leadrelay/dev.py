@@ -16,11 +16,12 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from intake.orgfile import OrgSpec, load_org_file
-from leadrelay.secret_key import keyring
+from intake.orgfile import load_org_file
 from leadrelay.settings import get_settings
 from models.migrate import upgrade
 from models.org import apply_org
+from models.orgspec import OrgSpec
+from models.secrets import keyring
 from models.tables import Lead
 from models.uow import UnitOfWork
 

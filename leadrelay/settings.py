@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
     # Fernet keys, comma-separated, newest first, that encrypt the secrets kept in clear (Twilio auth tokens
-    # of org files); outside production a key is generated once into data_dir (leadrelay.secret_key).
+    # of org files); outside production a key is generated once into data_dir (models.secrets).
     secret_key: SecretStr | None = None
     # GET /metrics answers only ``Authorization: Bearer <token>`` when set; production needs it.
     metrics_token: SecretStr | None = None

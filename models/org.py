@@ -1,4 +1,4 @@
-"""Writing a checked org file (:class:`intake.orgfile.OrgSpec`) into the database: ``leadrelay org apply``.
+"""Writing a checked org file (:class:`models.orgspec.OrgSpec`) into the database: ``leadrelay org apply``.
 
 The file is the truth for everything relational (memberships, admin roles, domains, smart
 numbers, credentials, routing rules) but rows that leads or intakes point at are never deleted:
@@ -25,8 +25,8 @@ from pydantic import SecretStr
 from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
-from intake.orgfile import AgentSpec, OfficeSpec, OrgFileError, OrgSpec, RuleSpec
 from models.base import utcnow
+from models.orgspec import AgentSpec, OfficeSpec, OrgFileError, OrgSpec, RuleSpec
 from models.secrets import Keyring, UndecryptableSecret
 from models.security import hash_secret
 from models.tables import (

@@ -17,9 +17,8 @@ from typing import Protocol
 
 import structlog
 
-from leadrelay.secret_key import keyring
 from leadrelay.settings import Settings
-from models.secrets import Keyring, UndecryptableSecret
+from models.secrets import Keyring, UndecryptableSecret, keyring
 from rules.contact import mask_phone
 
 log = structlog.get_logger(__name__)

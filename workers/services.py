@@ -98,21 +98,11 @@ def intake_work(intake: Intake) -> LeadSignup | SiteActivityEvent:
     return LeadSignup.from_dict(payload)
 
 
-def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> Outcome:
-    """Turn one stored intake into a lead (or a repeat signup on one), or record its activity, exactly once.
+def process_signup_or_activity(uow: UnitOfWork, intake: Intake) -> Outcome:
+    """Turn an intake that is not a text into a lead (or a repeat signup on one), or record its activity.
 
-    The intake row is locked first, so a redelivered or relayed copy of the task waits and then
-    finds it final; the lead insert, the cursor move and the timeline commit together."""
-    intake = uow.intakes.get_for_update(intake_id)
-    if intake is None:
-        return Outcome("missing", reason="no such intake")
-    if intake.status in FINAL:
-        return Outcome(intake.status.value, intake.lead_id, reason="already processed")
-    intake.attempts += 1
-    if intake.source is IntakeSource.SMS:
-        from workers import texts  # texts builds on this module: imported here, not at the top
-
-        return texts.process_inbound_text(uow, intake)
+    The intake row is locked already (``intakes.process_intake``); the lead insert, the cursor move and
+    the timeline commit together."""
     work = intake_work(intake)
     if isinstance(work, SiteActivityEvent):
         return _process_activity(uow, intake, work)

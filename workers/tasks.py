@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 from celery import Task
 
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, jobs, notifications, relay, services, texts_outbound
+from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound
 from workers.app import app
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 from workers.errors import error_kind, error_reason
@@ -21,61 +21,88 @@ log = structlog.get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def task(name: str, *, max_retries: int = 5) -> Callable[[F], Any]:
-    """The project's task decorator: explicit parameters, late acks, bound for retries.
-    Queues are routed by name (``celeryconfig.TASK_QUEUES``)."""
-    assert name in TASK_QUEUES, f"route {name} to a named queue in workers.celeryconfig.TASK_QUEUES"
-    return app.task(  # type: ignore[no-any-return]
-        name=name,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        max_retries=max_retries,
-        ignore_result=True,
-    )
-
-
 def backoff(retries: int) -> float:
     """Seconds before retry number ``retries + 1``: ``LEADRELAY_RETRY_BACKOFF_SECONDS`` doubled each time (2, 4, 8...)."""
     return float(min(get_settings().retry_backoff_seconds * 2**retries, MAX_RETRY_COUNTDOWN))
 
 
-def allowed_retries(self: Task) -> int:
-    """The task's own ceiling, or ``LEADRELAY_TASK_MAX_RETRIES`` when that is lower."""
-    return min(int(self.max_retries), get_settings().task_max_retries)
+class RetryingTask(Task):  # type: ignore[misc]  # celery has no type hints
+    """The base of the project's tasks: their one retry policy. A failure is tried again after
+    :func:`backoff` seconds until the last try, whose number is the task's ceiling (:attr:`ceiling`)."""
+
+    # Whether LEADRELAY_TASK_MAX_RETRIES lowers the task's own max_retries (the intake and outbound texts:
+    # the setting's retries); set by the ``task`` decorator.
+    capped_by_setting: bool = False
+
+    @property
+    def ceiling(self) -> int:
+        """The task's own ``max_retries``, or ``LEADRELAY_TASK_MAX_RETRIES`` when it is capped by it and that is lower."""
+        if self.capped_by_setting:
+            return min(int(self.max_retries), get_settings().task_max_retries)
+        return int(self.max_retries)
+
+    def last_try(self, *, own_ceiling: bool = False) -> bool:
+        """Whether this run is the last: no retry is left under the ceiling (the task's own
+        ``max_retries`` with ``own_ceiling``, whatever the setting says)."""
+        ceiling = int(self.max_retries) if own_ceiling else self.ceiling
+        return int(self.request.retries) >= ceiling
+
+    def retry_later(self, exc: Exception) -> NoReturn:
+        """Raise Celery's retry of this run, after :func:`backoff` seconds."""
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
-@task("intake.process", max_retries=5)
-def process_intake(self: Task, intake_id: str) -> str:
+def task(name: str, *, max_retries: int = 5, capped_by_setting: bool = False) -> Callable[[F], Any]:
+    """The project's task decorator: explicit parameters, late acks, bound for retries, on :class:`RetryingTask`.
+    Queues are routed by name (``celeryconfig.TASK_QUEUES``)."""
+    assert name in TASK_QUEUES, f"route {name} to a named queue in workers.celeryconfig.TASK_QUEUES"
+    return app.task(  # type: ignore[no-any-return]
+        name=name,
+        base=RetryingTask,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=max_retries,
+        capped_by_setting=capped_by_setting,
+        ignore_result=True,
+    )
+
+
+@task("intake.process", max_retries=5, capped_by_setting=True)
+def process_intake(self: RetryingTask, intake_id: str) -> str:
     """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
     try:
         with UnitOfWork() as uow:
-            outcome = services.process_intake(uow, uuid.UUID(intake_id))
+            outcome = intakes.process_intake(uow, uuid.UUID(intake_id))
         return outcome.status
     except Exception as exc:
-        if self.request.retries >= allowed_retries(self):
+        if self.last_try():
             log.error("intake.dead", intake_id=intake_id, error=error_kind(exc))
             with UnitOfWork() as uow:
                 services.mark_dead(uow, uuid.UUID(intake_id), error_reason(exc))
             return "dead"
         log.warning("intake.retry", intake_id=intake_id, retries=self.request.retries, error=error_kind(exc))
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        self.retry_later(exc)
 
 
 def _whole_or_retry(
-    self: Task, what: str, key: uuid.UUID, run: Callable[[uuid.UUID], str], fail: Callable[[uuid.UUID, str], None]
+    self: RetryingTask,
+    what: str,
+    key: uuid.UUID,
+    run: Callable[[uuid.UUID], str],
+    fail: Callable[[uuid.UUID, str], None],
 ) -> str:
     """Run an import or a bulk job; any failure retries with backoff, and past the retries the row is
     failed with the error."""
     try:
         return run(key)
     except Exception as exc:
-        if self.request.retries >= self.max_retries:
+        if self.last_try():
             log.error("task.dead", kind=what, id=str(key), error=error_kind(exc))
             fail(key, error_reason(exc))
             return "failed"
         log.warning("task.retry", kind=what, id=str(key), retries=self.request.retries, error=error_kind(exc))
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        self.retry_later(exc)
 
 
 def _import(key: uuid.UUID) -> str:
@@ -84,47 +111,47 @@ def _import(key: uuid.UUID) -> str:
 
 
 @task("imports.run", max_retries=3)
-def run_import(self: Task, import_id: str) -> str:
+def run_import(self: RetryingTask, import_id: str) -> str:
     """Run an uploaded CSV import (kept in the database) on the imports queue, whole or not at all.
     A failure retries from the start; past the retries the import is failed with the error."""
     return _whole_or_retry(self, "import", uuid.UUID(import_id), _import, imports.mark_failed)
 
 
 @task("jobs.run", max_retries=3)
-def run_job(self: Task, job_id: str) -> str:
+def run_job(self: RetryingTask, job_id: str) -> str:
     """Run a bulk job (SH7, T4) chunk by chunk; a retry resumes after the last committed chunk.
     Past the retries the job is failed with the error (the chunks done stay done)."""
     return _whole_or_retry(self, "job", uuid.UUID(job_id), jobs.run_job, jobs.mark_failed)
 
 
 @task("notifications.send", max_retries=8)
-def send_notification(self: Task, outbox_id: str) -> str:
+def send_notification(self: RetryingTask, outbox_id: str) -> str:
     """Send one kept notification; failures retry with backoff, and the row keeps the error."""
     try:
         with UnitOfWork() as uow:
             return notifications.send(uow, uuid.UUID(outbox_id))
     except Exception as exc:
-        final = self.request.retries >= self.max_retries
+        final = self.last_try()
         with UnitOfWork() as uow:
             notifications.record_failure(uow, uuid.UUID(outbox_id), error_reason(exc), final=final)
         if final:
             log.error("notification.failed", outbox_id=outbox_id, error=type(exc).__name__)
             return "failed"
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        self.retry_later(exc)
 
 
 # A copy of texts.send that finds the text's gateway call in flight looks again after this long.
 IN_FLIGHT_RECHECK_SECONDS = 10
 
 
-@task("texts.send", max_retries=5)
-def send_text(self: Task, message_id: str) -> str:
+@task("texts.send", max_retries=5, capped_by_setting=True)
+def send_text(self: RetryingTask, message_id: str) -> str:
     """Send one recorded outbound text, at most once. Gateway failures retry with backoff
     (``LEADRELAY_TASK_MAX_RETRIES``, at most 5); the last one leaves the text ``failed`` with the error."""
     key = uuid.UUID(message_id)
-    retries = allowed_retries(self)
+    last_try = self.last_try()
     try:
-        return texts_outbound.send_text(key, last_try=self.request.retries >= retries)
+        return texts_outbound.send_text(key, last_try=last_try)
     except texts_outbound.InFlight as exc:
         # Another copy is calling the gateway (or was lost doing so): look again, until it is over or stale.
         countdown = min(IN_FLIGHT_RECHECK_SECONDS, int(exc.stale_in) + 1)
@@ -133,12 +160,13 @@ def send_text(self: Task, message_id: str) -> str:
         if exc.final:
             return "failed"
         log.warning("text.retry", message_id=message_id, retries=self.request.retries)
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        self.retry_later(exc)
     except Exception as exc:  # the database: the text is still queued (or in flight) and is looked at again
-        if self.request.retries >= self.max_retries:
+        # The task's own ceiling: LEADRELAY_TASK_MAX_RETRIES counts the gateway's failures, not the database's.
+        if self.last_try(own_ceiling=True):
             log.error("text.gave_up", message_id=message_id, error=type(exc).__name__)
             return "error"
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+        self.retry_later(exc)
 
 
 @app.task(name="relay.sweep", ignore_result=True)  # type: ignore[untyped-decorator]

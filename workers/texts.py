@@ -35,7 +35,7 @@ EXCERPT = 160
 def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
     """S1-S4, O6: put one inbound text on the lead it belongs to and tell that lead's agent, once.
 
-    The intake row is already locked (``services.process_intake``); the phone is locked too, so two
+    The intake row is already locked (``intakes.process_intake``); the phone is locked too, so two
     first texts from one phone make one lead. The reason on the timeline names the outbound text
     that decided (S1) or the fallback that did (S2, O6)."""
     text = InboundText.from_dict(intake.payload)

@@ -1,4 +1,4 @@
-"""A poison intake (its stored payload makes ``services.process_intake`` raise, every time) retries
+"""A poison intake (its stored payload makes ``intakes.process_intake`` raise, every time) retries
 ``LEADRELAY_TASK_MAX_RETRIES`` times (2 in this suite, 0.3 s apart and doubling), then ends ``dead`` with
 the error as its reason and an ``intake.dead`` record in the worker's log, while the other signups flow:
 all of them done, one lead each, round robin within one.

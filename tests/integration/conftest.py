@@ -22,12 +22,12 @@ import pytest
 import redis
 from kombu.connection import Connection
 
-from intake.orgfile import parse_org
-from leadrelay.secret_key import keyring
 from leadrelay.settings import get_settings
 from models.db import dispose_engine
 from models.migrate import upgrade
 from models.org import apply_org
+from models.orgspec import parse_org
+from models.secrets import keyring
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage

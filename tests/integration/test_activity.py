@@ -17,7 +17,7 @@ from models.uow import UnitOfWork
 from tests.integration.test_pipeline import count_intakes, leads_with_email
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
-from workers import services
+from workers import intakes, services
 
 pytestmark = pytest.mark.integration
 
@@ -215,12 +215,12 @@ def count_events(lead_id: str, kind: str) -> int:
 def run_again(intake_id: str) -> services.Outcome:
     """What a redelivered task does; then the same intake reopened (a replay), past the final-status check."""
     with UnitOfWork() as uow:
-        assert services.process_intake(uow, uuid.UUID(intake_id)).reason == "already processed"
+        assert intakes.process_intake(uow, uuid.UUID(intake_id)).reason == "already processed"
     with UnitOfWork() as uow:
         uow.intakes.reopen([uuid.UUID(intake_id)])
         uow.commit()
     with UnitOfWork() as uow:
-        return services.process_intake(uow, uuid.UUID(intake_id))
+        return intakes.process_intake(uow, uuid.UUID(intake_id))
 
 
 def test_D7_the_same_activity_again_adds_one_event(acme: Brokerage) -> None:

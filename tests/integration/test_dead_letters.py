@@ -17,7 +17,7 @@ from models.tables import Intake
 from models.uow import UnitOfWork
 from tests.support.chaos import IntakeStore
 from workers.errors import error_kind, error_reason
-from workers.tasks import allowed_retries, process_intake
+from workers.tasks import process_intake
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_an_intake_that_dies_logs_no_value_its_error_quoted(acme: Any) -> None:
         row.payload = {**row.payload, "occurred_at": CANARY}
         uow.commit()
     with capture_logs() as lines:
-        outcome = process_intake.apply(args=[intake_id], retries=allowed_retries(process_intake)).get()
+        outcome = process_intake.apply(args=[intake_id], retries=process_intake.ceiling).get()
     assert outcome == "dead"
     [dead] = [line for line in lines if line["event"] == "intake.dead"]
     assert dead["error"] == "ValueError"

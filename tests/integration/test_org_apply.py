@@ -20,11 +20,11 @@ import yaml
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
-from intake.orgfile import OrgFileError, parse_org
 from models.base import Base
 from models.db import make_engine
 from models.migrate import upgrade
 from models.org import ApplyReport, apply_org, reencrypt_sms_tokens
+from models.orgspec import OrgFileError, parse_org
 from models.secrets import Keyring, UndecryptableSecret, generate_key
 from models.security import hash_secret
 from models.tables import (

@@ -17,7 +17,7 @@ from tests.integration.conftest import apply, broker_idle
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import ROOT, child_env, wait_for
-from workers import services
+from workers import intakes
 from workers.tasks import process_intake
 
 pytestmark = pytest.mark.integration
@@ -201,7 +201,7 @@ def test_running_the_same_intake_twice_changes_nothing(acme: Brokerage, workers:
 
     before = snapshot()
     with UnitOfWork() as uow:  # the service itself, as a redelivered task would run it
-        outcome = services.process_intake(uow, uuid.UUID(intake["id"]))
+        outcome = intakes.process_intake(uow, uuid.UUID(intake["id"]))
     assert outcome.reason == "already processed"
     assert str(outcome.lead_id) == intake["lead_id"]
     sent = process_intake.apply_async(args=[intake["id"]])  # and a real redelivery through the broker

@@ -890,8 +890,8 @@ RR_AGENTS = ("john", "jill", "bob")
 def make_account(org: dict[str, Any] | None = None) -> dict[str, Any]:
     """A new account in the database of this process's settings: brokerage()'s (or ``org``), every
     company-site signup round robin over RR_AGENTS."""
-    from intake.orgfile import parse_org
     from models.org import apply_org
+    from models.orgspec import parse_org
     from models.uow import UnitOfWork
     from tests.support.orgs import brokerage
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from intake.orgfile import AgentSpec, OfficeSpec, OrgFileError, WhenSpec, load_org_file, parse_org
+from intake.orgfile import load_org_file
+from models.orgspec import AgentSpec, OfficeSpec, OrgFileError, WhenSpec, parse_org
 from rules.routing import CONDITION_KEYS
 
 DEMO_ORG = Path(__file__).parents[2] / "leadrelay" / "demo" / "org.yaml"

@@ -1,4 +1,4 @@
-"""Secrets kept encrypted at rest (models.secrets) and where their keys come from (leadrelay.secret_key):
+"""Secrets kept encrypted at rest (models.secrets) and where their keys come from (models.secrets.keyring):
 Fernet round trips, rotation with MultiFernet, wrong keys refused, the development key file, and
 production refusing to start without LEADRELAY_SECRET_KEY."""
 
@@ -14,9 +14,8 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from leadrelay.secret_key import KEY_FILE, keyring
 from leadrelay.settings import Settings
-from models.secrets import Keyring, SecretKeyError, UndecryptableSecret, generate_key, parse_keys
+from models.secrets import KEY_FILE, Keyring, SecretKeyError, UndecryptableSecret, generate_key, keyring, parse_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "twilio-auth-token-0123456789abcdef"
@@ -111,7 +110,7 @@ def test_outside_production_a_missing_key_is_generated_once_into_the_data_dir_re
 def test_processes_starting_together_on_an_empty_data_dir_agree_on_one_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADRELAY_")}
     env |= {"LEADRELAY_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    code = "from leadrelay.secret_key import data_dir_key, KEY_FILE; from leadrelay.settings import get_settings; "
+    code = "from models.secrets import data_dir_key, KEY_FILE; from leadrelay.settings import get_settings; "
     code += "print(data_dir_key(get_settings().data_dir / KEY_FILE))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
