@@ -252,6 +252,30 @@ def test_with_the_limiters_redis_unreachable_requests_are_accepted_and_stored(
     assert warnings
 
 
+def test_leadrelay_api_serves_on_uvloop_and_httptools(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    """``leadrelay api`` leaves uvicorn's loop and HTTP parser on "auto", which take uvloop and httptools
+    when they are installed (``uvicorn[standard]``): the serving process has both extensions loaded."""
+    port = free_port()
+    with api_server(pipeline_env, tmp_path / "api.log", port=port):
+        command = ["-m", "leadrelay", "api", "--port", str(port)]
+        pids = [
+            p.name
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (p / "cmdline").exists() and _cmdline(p)[1:] == command
+        ]
+        assert len(pids) == 1, pids
+        libraries = Path(f"/proc/{pids[0]}/maps").read_text()
+    assert "/uvloop/" in libraries
+    assert "/httptools/" in libraries
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 # -- URLs in answers ----------------------------------------------------------------------------------
 
 
