@@ -8,9 +8,9 @@ Requests go over a few keep-alive connections, one after another on each, as fas
 the figure is the API process's user + system CPU (``/proc``) over the requests, divided by their count.
 Registrations and no-ops alternate in blocks, so a change in what else the machine does falls on both.
 
-Each variant is an API process of its own, all of them up at once and measured in turn: ``deployed`` as ``leadrelay api`` runs (uvicorn picks uvloop and
-httptools when they are installed), ``h11-asyncio`` with uvicorn's pure-Python event loop and HTTP
-parser, ``no-rate-limit`` with ``LEADRELAY_INTAKE_RATE_PER_KEY=0``. The difference between two
+Each variant is an API process of its own, all of them up at once and measured in turn: ``deployed`` as
+``leadrelay api`` runs (uvloop, h11), ``asyncio`` on Python's own event loop, ``httptools`` with that
+HTTP parser instead of h11, ``no-rate-limit`` with ``LEADRELAY_INTAKE_RATE_PER_KEY=0``. The difference between two
 variants of one run is what that part costs.
 
     python -m bench.api_cost                            # 3,000 of each per variant, every variant
@@ -44,7 +44,8 @@ ROUNDS = 3  # blocks of each kind, alternating
 
 VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "deployed": ((), {}),
-    "h11-asyncio": (("--loop", "asyncio", "--http", "h11"), {}),
+    "asyncio": (("--loop", "asyncio"), {}),
+    "httptools": (("--http", "httptools"), {}),
     "no-rate-limit": ((), {"LEADRELAY_INTAKE_RATE_PER_KEY": "0"}),
 }
 

@@ -99,9 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    # uvicorn's own choices, "auto" as ``leadrelay api`` leaves them; bench.api_cost compares the pure-Python ones.
+    # As ``leadrelay api`` serves (uvloop when installed, h11); bench.api_cost compares the alternatives.
     parser.add_argument("--loop", default="auto", help="auto, asyncio or uvloop")
-    parser.add_argument("--http", default="auto", help="auto, h11 or httptools")
+    parser.add_argument("--http", default="h11", help="h11 or httptools")
     args = parser.parse_args()
     uvicorn.run(
         "bench.app:create_app",
