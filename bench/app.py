@@ -99,8 +99,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    # As ``leadrelay api`` serves (uvloop when installed, h11); bench.api_cost compares the alternatives.
+    parser.add_argument("--loop", default="auto", help="auto, asyncio or uvloop")
+    parser.add_argument("--http", default="h11", help="h11 or httptools")
     args = parser.parse_args()
-    uvicorn.run("bench.app:create_app", factory=True, host=args.host, port=args.port, workers=1, log_config=None)
+    uvicorn.run(
+        "bench.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        log_config=None,
+        loop=args.loop,
+        http=args.http,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,15 +200,18 @@ class Stack:
         """The psycopg DSN of the database (PostgreSQL only)."""
         return self.url.replace("postgresql+psycopg://", "postgresql://")
 
-    def start_api(self) -> str:
+    def start_api(self, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:
         """uvicorn on a free port, one process, as ``leadrelay api`` runs it, serving ``bench.app`` (the
-        product's app plus the baseline endpoints)."""
+        product's app plus the baseline endpoints); ``args`` go to ``bench.app``, ``env`` over the stack's.
+        An API this stack started before is stopped first."""
+        if self.api is not None:
+            _stop(self.api, timeout=30)
         port = free_port()
         out = (self.folder / "api.log").open("ab")
         self._logs.append(out)
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "bench.app", "--port", str(port)],
-            env=child_env(self.env),
+            [sys.executable, "-m", "bench.app", "--port", str(port), *args],
+            env=child_env({**self.env, **(env or {})}),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -3,9 +3,12 @@ authentications, counted in Redis so every API process shares one count.
 
 It runs as plain ASGI middleware in front of the routes and reads only the credential headers, so it costs
 no database query: an unknown key is counted like a known one (and its 401s count against its address). The
-count is a ``limits`` moving window of ``burst`` requests over ``burst / rate`` seconds: a steady ``rate``
-per second, or a burst of ``burst`` at once. The limiter never loses a lead: while its storage does not
-answer, requests go through unchecked (a warning, and ``leadrelay_rate_limit_unchecked_total``)."""
+count is a fixed window of ``burst`` requests over ``burst / rate`` seconds from the window's first request:
+a steady ``rate`` per second, or a burst of ``burst`` at once. In Redis a request costs one round trip (a
+script that counts it and answers the count and the window's time left, which make the headers); the
+failed authentications of an address are read only when this process has answered it a 401 within a window.
+The limiter never loses a lead: while its storage does not answer, requests go through unchecked (a
+warning, and ``leadrelay_rate_limit_unchecked_total``)."""
 
 from __future__ import annotations
 
@@ -23,9 +26,8 @@ import structlog
 from fastapi import FastAPI
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +43,25 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 STORAGE_BACKOFF_SECONDS = 5.0
 # A Redis that does not answer within this is taken as down (the request then goes through unchecked).
 STORAGE_TIMEOUT_SECONDS = 0.5
+# Addresses this process remembers answering a 401 (each for a window). Past this many, every address's
+# failures are read from the storage again, as if each had had one: an attacker's spread of addresses can
+# cost round trips, never a check.
+RECENT_FAILURES_MAX = 10_000
+
+# Counts a hit and answers [count, milliseconds the window has left]; the first hit of a window starts it.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if count == 1 or ttl < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+# The count of a window and its milliseconds left, without counting anything.
+_PEEK = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -49,8 +70,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     item = limit_item(settings.intake_rate_per_key, settings.intake_burst_per_key)
     if item is None:
         return
-    storage, pool = storage_for(settings)
-    app.add_middleware(RateLimit, item=item, storage=storage)
+    counter, pool = counter_for(settings)
+    app.add_middleware(RateLimit, item=item, counter=counter)
     if pool is not None:
         running = app.router.lifespan_context
 
@@ -71,28 +92,21 @@ def limit_item(rate: float, burst: int) -> RateLimitItem | None:
     return RateLimitItemPerSecond(max(burst, math.ceil(rate * window)), window)
 
 
-def storage_for(settings: Settings) -> tuple[Storage, ConnectionPool | None]:
+def counter_for(settings: Settings) -> tuple[Counter, ConnectionPool | None]:
     """The count's storage, and the Redis connection pool it uses (ours, so shutting down can close it)."""
     url = settings.effective_rate_limit_storage_url
     scheme = url.split("://", 1)[0]
-    pool = None
     if scheme in ("redis", "rediss"):
         pool = ConnectionPool.from_url(
             url, socket_connect_timeout=STORAGE_TIMEOUT_SECONDS, socket_timeout=STORAGE_TIMEOUT_SECONDS
         )
-        storage = storage_from_string(
-            f"async+{url}",
-            implementation="redispy",
-            wrap_exceptions=True,
-            connection_pool=pool,  # type: ignore[arg-type]  # limits passes it on to redis-py as it is
-            # Under the queue prefix, so installations and test runs sharing one Redis count apart.
-            key_prefix=f"{settings.queue_prefix}ratelimit",
-        )
-    else:
-        storage = storage_from_string(url if scheme.startswith("async+") else f"async+{url}", wrap_exceptions=True)
+        # Under the queue prefix, so installations and test runs sharing one Redis count apart; "fixed:" keeps
+        # these counters apart from the lists the moving window of earlier versions kept under "ratelimit:".
+        return RedisCounter(pool, f"{settings.queue_prefix}ratelimit:fixed:"), pool
+    storage = storage_from_string(url if scheme.startswith("async+") else f"async+{url}", wrap_exceptions=True)
     if not isinstance(storage, Storage):
         raise ValueError(f"LEADRELAY_RATE_LIMIT_STORAGE_URL: {scheme} is no storage the API can use")
-    return storage, pool
+    return StorageCounter(storage), None
 
 
 def credential_of(headers: Headers) -> str | None:
@@ -128,21 +142,73 @@ class Window:
     reset_seconds: int
 
 
+class Counter:
+    """A count per key over a fixed window that starts with the key's first hit: ``hit`` counts one and
+    ``peek`` only reads; both answer (the count, seconds the window has left)."""
+
+    async def hit(self, key: str, seconds: int) -> tuple[int, float]:
+        raise NotImplementedError
+
+    async def peek(self, key: str) -> tuple[int, float]:
+        raise NotImplementedError
+
+
+class RedisCounter(Counter):
+    """In Redis, one round trip each (a script), so that the headers need no second one."""
+
+    def __init__(self, pool: ConnectionPool, prefix: str) -> None:
+        client = Redis(connection_pool=pool)
+        self.prefix = prefix
+        self._hit, self._peek = client.register_script(_HIT), client.register_script(_PEEK)
+
+    async def hit(self, key: str, seconds: int) -> tuple[int, float]:
+        count, ttl_ms = await self._hit(keys=[self.prefix + key], args=[seconds * 1000])
+        return int(count), int(ttl_ms) / 1000
+
+    async def peek(self, key: str) -> tuple[int, float]:
+        count, ttl_ms = await self._peek(keys=[self.prefix + key])
+        return int(count), max(0, int(ttl_ms)) / 1000
+
+
+class StorageCounter(Counter):
+    """Any other ``limits`` storage (each process's memory when the broker is not Redis)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def hit(self, key: str, seconds: int) -> tuple[int, float]:
+        count = await self.storage.incr(key, seconds)
+        return count, await self.storage.get_expiry(key) - time.time()
+
+    async def peek(self, key: str) -> tuple[int, float]:
+        count = await self.storage.get(key)
+        return count, (await self.storage.get_expiry(key) - time.time()) if count else 0.0
+
+
 class RateLimit:
     """429 past the limit of the request's credential, or of its address's failed authentications.
     Answers to keyed requests carry ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset`` (seconds until a
     request leaves the window) and ``-Window`` (its length in seconds), as Follow Up Boss sends them."""
 
-    def __init__(self, app: ASGIApp, *, item: RateLimitItem, storage: Storage) -> None:
-        self.app, self.item, self.limiter = app, item, MovingWindowRateLimiter(storage)
+    def __init__(self, app: ASGIApp, *, item: RateLimitItem, counter: Counter) -> None:
+        self.app, self.item, self.counter = app, item, counter
         self._skip_until = 0.0
+        # Address -> when this process last answered it a 401 (monotonic). An address not in it has had no
+        # 401 from this process within a window, so its failures are not read: one round trip less for
+        # every request but those. Another process's 401s are still counted in the storage, and this
+        # process reads them from the address's first 401 here on.
+        self._recent_failures: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
         address = (scope.get("client") or ("unknown",))[0]
-        failures = await self._check(self._test, "auth-failures", address)
+        failures = (
+            await self._check(self._test, "auth-failures", address)
+            if self._failed_lately(address)
+            else Window(True, 0, 0)
+        )
         if failures is not None and not failures.allowed:
             detail = f"too many failed authentications from this address ({self._rate()}); retry in {failures.reset_seconds} s"
             await self._refuse(scope, receive, send, detail, failures, keyed=False)
@@ -169,7 +235,23 @@ class RateLimit:
 
         await self.app(scope, receive, sending)
         if status == 401:
+            self._remember_failure(address)
             await self._check(self._hit, "auth-failures", address)
+
+    def _failed_lately(self, address: str) -> bool:
+        at = self._recent_failures.get(address)
+        if at is not None and time.monotonic() - at < self.item.get_expiry():
+            return True
+        # Past the bound, every address counts as failed lately: reading costs a round trip, skipping a check.
+        return len(self._recent_failures) >= RECENT_FAILURES_MAX
+
+    def _remember_failure(self, address: str) -> None:
+        now = time.monotonic()
+        if address not in self._recent_failures and len(self._recent_failures) >= RECENT_FAILURES_MAX:
+            horizon = now - self.item.get_expiry()
+            self._recent_failures = {a: t for a, t in self._recent_failures.items() if t > horizon}
+        if address in self._recent_failures or len(self._recent_failures) < RECENT_FAILURES_MAX:
+            self._recent_failures[address] = now
 
     def _rate(self) -> str:
         return f"{self.item.amount} requests per {self.item.multiples} s"
@@ -192,16 +274,12 @@ class RateLimit:
         await response(scope, receive, send)
 
     async def _hit(self, *identifiers: str) -> Window:
-        allowed = await self.limiter.hit(self.item, *identifiers)
-        return await self._window(allowed, *identifiers)
+        count, left = await self.counter.hit(self.item.key_for(*identifiers), self.item.get_expiry())
+        return Window(count <= self.item.amount, max(0, self.item.amount - count), max(1, math.ceil(left)))
 
     async def _test(self, *identifiers: str) -> Window:
-        allowed = await self.limiter.test(self.item, *identifiers)
-        return await self._window(allowed, *identifiers) if not allowed else Window(True, 0, 0)
-
-    async def _window(self, allowed: bool, *identifiers: str) -> Window:
-        stats = await self.limiter.get_window_stats(self.item, *identifiers)
-        return Window(allowed, stats.remaining, max(0, math.ceil(stats.reset_time - time.time())))
+        count, left = await self.counter.peek(self.item.key_for(*identifiers))
+        return Window(count < self.item.amount, max(0, self.item.amount - count), max(1, math.ceil(left)))
 
     async def _check(self, how: Callable[..., Awaitable[Window]], *identifiers: str) -> Window | None:
         """``how(*identifiers)``, or None (let the request through) while the storage does not answer."""

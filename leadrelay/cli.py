@@ -113,7 +113,11 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
-    uvicorn.run("intake.api:create_app", factory=True, host=host, port=port, workers=workers, log_config=None)
+    # uvloop's event loop (uvicorn picks it when installed); h11, not httptools, parses HTTP: httptools refuses
+    # a method it does not know with a bare 400 before the app sees it, where the app answers 405 problem+json.
+    uvicorn.run(
+        "intake.api:create_app", factory=True, host=host, port=port, workers=workers, log_config=None, http="h11"
+    )
 
 
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from models.tables import Intake
@@ -250,6 +251,62 @@ def test_with_the_limiters_redis_unreachable_requests_are_accepted_and_stored(
     assert f"leadrelay_rate_limit_unchecked_total {float(BURST + 2)}" in unchecked
     warnings = [line for line in (tmp_path / "api.log").read_text().splitlines() if "ratelimit.unavailable" in line]
     assert warnings
+
+
+def test_leadrelay_api_serves_on_uvloop(pipeline_env: dict[str, str], tmp_path: Path) -> None:
+    """``leadrelay api`` leaves uvicorn's event loop on "auto", which takes uvloop when it is installed
+    (``uvicorn[standard]``): the serving process has it loaded. HTTP stays on h11 (``leadrelay.cli``)."""
+    port = free_port()
+    with api_server(pipeline_env, tmp_path / "api.log", port=port):
+        command = ["-m", "leadrelay", "api", "--port", str(port)]
+        pids = [
+            p.name
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (p / "cmdline").exists() and _cmdline(p)[1:] == command
+        ]
+        assert len(pids) == 1, pids
+        libraries = Path(f"/proc/{pids[0]}/maps").read_text()
+    assert "/uvloop/" in libraries
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def limiter_commands(pipeline_env: dict[str, str], request: Any) -> list[str]:
+    """The commands the API processes send Redis about the rate limit while ``request()`` is answered, as
+    Redis's MONITOR shows them: one line per round trip (the commands a script runs inside Redis are shown
+    apart, marked ``lua``, and left out here)."""
+    marker = f"limiter-commands-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(REDIS_URL)
+    with client.monitor() as monitor:
+        client.ping()  # MONITOR streams from here on
+        request()
+        client.echo(marker)  # after the answer, so every command of the request is before it in the stream
+        lines = []
+        while marker not in (command := monitor.next_command())["command"]:
+            if command["client_type"] != "lua":
+                lines.append(str(command["command"]))
+    client.close()
+    prefix = f"{pipeline_env['LEADRELAY_QUEUE_PREFIX']}ratelimit"
+    return [line for line in lines if prefix in line]
+
+
+def test_a_keyed_request_costs_the_limiter_one_round_trip_to_redis(
+    limited_apis: tuple[str, str], pipeline_env: dict[str, str], brokerage_factory: Any
+) -> None:
+    one, _ = limited_apis
+    b: Brokerage = brokerage_factory()
+    answers: list[httpx.Response] = []
+    commands = limiter_commands(pipeline_env, lambda: answers.append(register(one, b, "one-trip@example.com")))
+    assert answers[0].status_code == 202, answers[0].text
+    assert answers[0].headers["X-RateLimit-Remaining"] == str(BURST - 1)
+    # The credential's count, and the headers from what that one command answered; the address has had no
+    # 401, so its failures are not read.
+    assert len(commands) == 1, commands
 
 
 # -- URLs in answers ----------------------------------------------------------------------------------
