@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.orgspec import AgentSpec, OfficeSpec, OrgFileError, OrgSpec, RuleSpec
+from models.repositories import OrgRepository
 from models.secrets import Keyring, UndecryptableSecret
 from models.security import hash_secret
 from models.tables import (
@@ -290,6 +291,9 @@ class _Apply:
         self._intake_keys()
         self._connections()
         self._routing()
+        if self.report.changed:
+            # Workers keep the organisation (models.orgsnapshot) until this version moves.
+            OrgRepository(self.session).bump_org_version(self.account.id)
         self.session.flush()
         return self.report
 

@@ -6,13 +6,14 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from models.orgsnapshot import OrgSnapshot, RoutingSnapshot
 from models.tables import (
     Account,
     AdminRole,
@@ -56,6 +57,33 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 def to_ref(entity: Entity, parent: Entity | None = None) -> EntityRef:
     return EntityRef(entity.id, entity.slug, Kind(entity.kind.value), entity.name, to_ref(parent) if parent else None)
+
+
+def _assemble_rules(
+    kind: Kind,
+    rows: Sequence[tuple[RoutingRule, Sequence[tuple[int, int]]]],
+    connected: dict[int, AgentState],
+    listed: dict[int, AgentState],
+    team_admins: Sequence[AgentState],
+    *,
+    default_cursor: int,
+) -> tuple[list[Rule], Rule]:
+    """A routing entity's rules as values: its rule rows with their (agent id, weight) members in order,
+    the agents connected to it and those the rules list (slug order), and a team's admin agents."""
+    rules: list[Rule] = []
+    for r, members in rows:
+        if r.all_connected:
+            weights = dict(members)
+            rule_members = tuple(Member(a, weights.get(a.id, 1)) for a in connected.values())
+        else:
+            rule_members = tuple(Member(listed[agent_id], weight) for agent_id, weight in members)
+        rules.append(Rule(r.id, r.name, rule_members, dict(r.conditions), r.strategy, r.cursor, r.campaign))
+    default_agents = list(connected.values())
+    default_name = "Default: round robin over connected agents"
+    if kind is Kind.TEAM and team_admins:
+        default_agents, default_name = list(team_admins), "Default: the team's admin (O4)"
+    default = Rule(None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", default_cursor)
+    return rules, default
 
 
 @dataclass(frozen=True)
@@ -131,6 +159,17 @@ class IntakeRepository:
         """The intake, locked: a redelivered task waits for the first run and then sees it done."""
         return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
 
+    def get_for_update_with_account(self, intake_id: uuid.UUID) -> tuple[Intake, Account] | None:
+        """The intake, locked as :meth:`get_for_update` locks it, and its account (its duplication flag and
+        ``org_version``) read by the same statement; the account row is not locked."""
+        row = self.session.execute(
+            select(Intake, Account)
+            .join(Account, Account.id == Intake.account_id)
+            .where(Intake.id == intake_id)
+            .with_for_update(of=Intake)
+        ).one_or_none()
+        return (row[0], row[1]) if row is not None else None
+
     def reopen(self, ids: Sequence[uuid.UUID]) -> None:
         """Back to accepted, reason cleared, in one statement. Marked as sent now (``relayed_at``): the
         caller publishes each one's task, so the relay need not send it again at once."""
@@ -166,6 +205,112 @@ class IntakeRepository:
 class OrgRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
+        # The account's organisation as a worker keeps it (models.orgsnapshot), when the caller set one:
+        # domain claims, connection owners and routing rules are then read from it, cursors excepted.
+        self.snapshot: OrgSnapshot | None = None
+
+    def use_snapshot(self, snapshot: OrgSnapshot | None) -> None:
+        self.snapshot = snapshot
+
+    def bump_org_version(self, account_id: int) -> None:
+        """Tell every worker that what it keeps of this account's organisation is stale. Called in the
+        transaction that changes entities, domains, connections, memberships, admin roles, users' agents
+        or routing rules, so the new version is visible exactly when the change is."""
+        self.session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(org_version=Account.org_version + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+    def load_snapshot(self, account_id: int, version: int) -> OrgSnapshot:
+        """The account's organisation as :meth:`domain_claims`, :meth:`connection_owner` and
+        :meth:`routing_rules` read it, for every routing entity at once (seven queries whatever its
+        size), tagged with the ``version`` the caller read before (a change committed in between makes
+        the tag older than the content, so the next intake loads it again: never the other way round)."""
+        entities = {
+            e.id: e
+            for e in self.session.execute(
+                select(Entity).where(Entity.account_id == account_id).order_by(Entity.slug)
+            ).scalars()
+        }
+        # Routing lists agents in slug order, as the database sorts them (the query above is in that order).
+        rank = {entity_id: n for n, entity_id in enumerate(entities)}
+
+        def ref(entity_id: int) -> EntityRef:
+            entity = entities[entity_id]
+            return to_ref(entity, entities.get(entity.parent_id) if entity.parent_id else None)
+
+        domains = {
+            host: ref(entity_id)
+            for host, entity_id in self.session.execute(
+                select(SiteDomain.host, SiteDomain.entity_id).where(SiteDomain.account_id == account_id)
+            ).all()
+        }
+        connections = {
+            connection_id: (slug, ref(entity_id))
+            for connection_id, slug, entity_id in self.session.execute(
+                select(ApiConnection.id, ApiConnection.slug, ApiConnection.entity_id).where(
+                    ApiConnection.account_id == account_id
+                )
+            ).all()
+        }
+        connected: dict[int, set[int]] = {}
+        for group_id, agent_id in self.session.execute(
+            select(Membership.group_id, Membership.agent_id)
+            .join(Entity, Entity.id == Membership.group_id)
+            .where(Entity.account_id == account_id)
+        ).all():
+            connected.setdefault(group_id, set()).add(agent_id)
+        rule_rows: dict[int, list[RoutingRule]] = {}
+        for rule in self.session.execute(
+            select(RoutingRule).where(RoutingRule.account_id == account_id).order_by(RoutingRule.position)
+        ).scalars():
+            rule_rows.setdefault(rule.entity_id, []).append(rule)
+        members: dict[int, list[tuple[int, int]]] = {}
+        for rule_id, agent_id, weight in self.session.execute(
+            select(RoutingRuleMember.rule_id, RoutingRuleMember.agent_id, RoutingRuleMember.weight)
+            .join(RoutingRule, RoutingRule.id == RoutingRuleMember.rule_id)
+            .where(RoutingRule.account_id == account_id)
+            .order_by(RoutingRuleMember.position)
+        ).all():
+            members.setdefault(rule_id, []).append((agent_id, weight))
+        admins: dict[int, set[int]] = {}
+        for entity_id, agent_id in self.session.execute(
+            select(AdminRole.entity_id, User.agent_id)
+            .join(User, User.id == AdminRole.user_id)
+            .where(User.account_id == account_id, User.agent_id.is_not(None))
+        ).all():
+            admins.setdefault(entity_id, set()).add(agent_id)
+
+        def states(group_id: int, agent_ids: Iterable[int]) -> dict[int, AgentState]:
+            """As :meth:`_agent_states`: the agents among ``agent_ids``, in slug order, connected or not."""
+            group = connected.get(group_id, set())
+            return {
+                e.id: AgentState(e.id, e.slug, e.name, active=e.active, paused=e.paused, connected=e.id in group)
+                for e in sorted(
+                    (entities[a] for a in set(agent_ids) if a in entities and entities[a].kind is EntityKind.AGENT),
+                    key=lambda e: rank[e.id],
+                )
+            }
+
+        routing: dict[int, RoutingSnapshot] = {}
+        for entity in entities.values():
+            if entity.kind is EntityKind.AGENT:
+                continue
+            rows = [(r, members.get(r.id, [])) for r in rule_rows.get(entity.id, [])]
+            listed_ids = {agent_id for _, ms in rows for agent_id, _ in ms}
+            team_admins = states(entity.id, admins.get(entity.id, set())) if entity.kind is EntityKind.TEAM else {}
+            rules, default = _assemble_rules(
+                Kind(entity.kind.value),
+                rows,
+                states(entity.id, connected.get(entity.id, set())),
+                states(entity.id, listed_ids),
+                list(team_admins.values()),
+                default_cursor=0,
+            )
+            routing[entity.id] = RoutingSnapshot(tuple(replace(r, cursor=0) for r in rules), default)
+        return OrgSnapshot(account_id, version, domains, connections, routing)
 
     def account(self, account_id: int) -> Account:
         account = self.session.get(Account, account_id)
@@ -187,6 +332,8 @@ class OrgRepository:
 
     def connection_owner(self, connection_id: int) -> tuple[str, EntityRef]:
         """The slug of an API connection and the entity it belongs to."""
+        if self.snapshot is not None and connection_id in self.snapshot.connections:
+            return self.snapshot.connections[connection_id]
         connection = self.session.get(ApiConnection, connection_id)
         assert connection is not None
         return connection.slug, self.entity_ref(connection.entity_id)
@@ -287,6 +434,8 @@ class OrgRepository:
         """The entities of the account that registered any of ``hosts`` (one index lookup)."""
         if not hosts:
             return {}
+        if self.snapshot is not None and self.snapshot.account_id == account_id:
+            return {host: self.snapshot.domains[host] for host in hosts if host in self.snapshot.domains}
         parent = aliased(Entity)
         rows = self.session.execute(
             select(SiteDomain.host, Entity, parent)
@@ -308,7 +457,39 @@ class OrgRepository:
 
     def routing_rules(self, entity: EntityRef, *, lock: bool) -> tuple[list[Rule], Rule]:
         """The entity's ordered rules and its default rule, as values. With ``lock`` the cursors are
-        locked (entity row first, then its rules, always in that order) until the transaction ends."""
+        locked (entity row first, then its rules, always in that order) until the transaction ends.
+
+        With a snapshot (:meth:`use_snapshot`) that holds the entity, only the cursors are read here
+        and the rest comes from the snapshot; when the rows read are not the snapshot's rules (an org
+        apply committed since the caller read the version), everything is read again from the tables."""
+        cached = self.snapshot.routing.get(entity.id) if self.snapshot is not None else None
+        if cached is not None:
+            default_cursor, cursors = self._routing_cursors(entity.id, lock=lock)
+            if [rule_id for rule_id, _ in cursors] == [r.id for r in cached.rules]:
+                rules = [
+                    replace(r, cursor=cursor, conditions=dict(r.conditions))
+                    for r, (_, cursor) in zip(cached.rules, cursors, strict=True)
+                ]
+                return rules, replace(cached.default, cursor=default_cursor)
+        return self._routing_rules_read(entity, lock=lock)
+
+    def _routing_cursors(self, entity_id: int, *, lock: bool) -> tuple[int, list[tuple[int, int]]]:
+        """The entity's default cursor and its rules' (id, cursor) in order, locked as :meth:`routing_rules` locks."""
+        entity_stmt = select(Entity.default_cursor).where(Entity.id == entity_id)
+        rules_stmt = (
+            select(RoutingRule.id, RoutingRule.cursor)
+            .where(RoutingRule.entity_id == entity_id)
+            .order_by(RoutingRule.position)
+        )
+        if lock:
+            # FOR NO KEY UPDATE, entity first: see _routing_rules_read.
+            entity_stmt = entity_stmt.with_for_update(key_share=True)
+            rules_stmt = rules_stmt.with_for_update(key_share=True)
+        default_cursor = self.session.execute(entity_stmt).scalar_one()
+        return default_cursor, [(rule_id, cursor) for rule_id, cursor in self.session.execute(rules_stmt).all()]
+
+    def _routing_rules_read(self, entity: EntityRef, *, lock: bool) -> tuple[list[Rule], Rule]:
+        """:meth:`routing_rules` read entirely from the tables."""
         entity_stmt = select(Entity).where(Entity.id == entity.id)
         rules_stmt = select(RoutingRule).where(RoutingRule.entity_id == entity.id).order_by(RoutingRule.position)
         if lock:
@@ -319,35 +500,26 @@ class OrgRepository:
             rules_stmt = rules_stmt.with_for_update(key_share=True)
         row = self.session.execute(entity_stmt).scalar_one()
         rule_rows = list(self.session.execute(rules_stmt).scalars())
-        members: dict[int, list[RoutingRuleMember]] = {r.id: [] for r in rule_rows}
+        members: dict[int, list[tuple[int, int]]] = {r.id: [] for r in rule_rows}
         if rule_rows:
             for m in self.session.execute(
                 select(RoutingRuleMember)
                 .where(RoutingRuleMember.rule_id.in_(list(members)))
                 .order_by(RoutingRuleMember.position)
             ).scalars():
-                members[m.rule_id].append(m)
-        listed_ids = {m.agent_id for ms in members.values() for m in ms}
+                members[m.rule_id].append((m.agent_id, m.weight))
+        listed_ids = {agent_id for ms in members.values() for agent_id, _ in ms}
         connected = self._agent_states(entity.id, None)
         listed = self._agent_states(entity.id, sorted(listed_ids)) if listed_ids else {}
-        rules: list[Rule] = []
-        for r in rule_rows:
-            if r.all_connected:
-                weights = {m.agent_id: m.weight for m in members[r.id]}
-                rule_members = tuple(Member(a, weights.get(a.id, 1)) for a in connected.values())
-            else:
-                rule_members = tuple(Member(listed[m.agent_id], m.weight) for m in members[r.id])
-            rules.append(Rule(r.id, r.name, rule_members, dict(r.conditions), r.strategy, r.cursor, r.campaign))
-        default_agents = list(connected.values())
-        default_name = "Default: round robin over connected agents"
-        if entity.kind is Kind.TEAM:
-            admins = self._team_admin_agents(entity.id, connected)
-            if admins:
-                default_agents, default_name = admins, "Default: the team's admin (O4)"
-        default = Rule(
-            None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", row.default_cursor
+        admins = self._team_admin_agents(entity.id, connected) if entity.kind is Kind.TEAM else []
+        return _assemble_rules(
+            entity.kind,
+            [(r, members[r.id]) for r in rule_rows],
+            connected,
+            listed,
+            admins,
+            default_cursor=row.default_cursor,
         )
-        return rules, default
 
     def _team_admin_agents(self, team_id: int, connected: dict[int, AgentState]) -> list[AgentState]:
         agent_ids = self.session.execute(

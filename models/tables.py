@@ -88,6 +88,9 @@ class Account(Base):
     # order), and auth_tokens_env keeps the names of environment variables that hold more of them.
     sms_auth_token_envs: Mapped[list[str]] = mapped_column(default=list)
     sms_auth_tokens_encrypted: Mapped[list[str]] = mapped_column(default=list)
+    # One more with every write to what a worker keeps of the organisation (models.orgsnapshot):
+    # entities, domains, connections, memberships, admin roles, routing rules and their members.
+    org_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

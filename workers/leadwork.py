@@ -711,6 +711,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
     assert agent is not None
     session = uow.session
     session.execute(delete(Membership).where(Membership.agent_id == agent.id, Membership.group_id == team.ref.id))
+    uow.orgs.bump_org_version(actor.account_id)
     session.flush()
     leads = list(
         session.execute(
