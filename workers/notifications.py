@@ -33,13 +33,8 @@ from workers.errors import error_kind, error_reason
 log = structlog.get_logger(__name__)
 
 FLUSH_TASK = "notifications.flush"
-# Mails sent per pass, each pass one transaction holding their rows and one SMTP connection. Bounded: a
-# worker killed after the server took some of a pass's mails sends those again (their Message-ID names
-# the row, so a receiver can tell), and SQLite's one writer waits for the whole pass.
-FLUSH_BATCH = 100
-SQLITE_FLUSH_BATCH = 20
-# A flush stops starting passes after this long and hands the rest to the next flush, well inside the
-# task's time limit (a pass cut by the limit would roll back mails the server already took).
+# A flush stops claiming mail after this long and hands the rest to the next flush, well inside the
+# task's time limit (a mail cut by the limit would be rolled back after the server took it).
 FLUSH_BUDGET_SECONDS = 120.0
 # A first try and eight retries (notifications.send's max_retries), then the mail is a dead letter.
 MAIL_ATTEMPTS = 9
@@ -170,36 +165,35 @@ class Mailer:
             raise
 
 
-def flush(*, limit: int | None = None, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
-    """Send the pending mail that is due, oldest first, ``limit`` rows a pass, one SMTP connection a
-    pass, until a pass finds fewer (or ``budget`` seconds are spent: ``more`` then). Each row stays locked
-    from its claim until its pass commits it ``sent``, so a second flush skips it and never sends it
-    twice. A mail that fails keeps its row pending with the error and one more attempt (``failed`` after
-    the last), and the others are still sent; it is not tried again by this flush."""
+def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
+    """Send the pending mail that is due, oldest first, over one SMTP connection, until none is left (or
+    ``budget`` seconds are spent: ``more`` then). Each mail is claimed, sent and marked ``sent`` in a
+    transaction of its own: its row stays locked from the claim until that commit, so a second flush
+    skips it and never sends it twice, and a worker killed mid-flush sends at most the one mail in hand
+    again (a larger claim would send its whole batch again). A mail that fails keeps its row pending
+    with the error and one more attempt (``failed`` after the last), and the others are still sent; it
+    is not tried again by this flush."""
     settings = get_settings()
     server = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
     schedule = retry_schedule()
     result = Flushed()
     tried: set[uuid.UUID] = set()
     started = time.monotonic()
-    while True:
-        with UnitOfWork() as uow:
-            size = limit or (SQLITE_FLUSH_BATCH if uow.session.get_bind().dialect.name == "sqlite" else FLUSH_BATCH)
-            now = dt.datetime.now(dt.UTC)
-            rows = uow.outbox.claim_pending(now=now, retry_after=schedule, exclude=tried, limit=size)
-            if not rows:
-                return result
-            with Mailer(server) as mailer:
+    with Mailer(server) as mailer:
+        while True:
+            with UnitOfWork() as uow:
+                now = dt.datetime.now(dt.UTC)
+                rows = uow.outbox.claim_pending(now=now, retry_after=schedule, exclude=tried, limit=1)
+                if not rows:
+                    return result
                 reachable = _send_pass(mailer, rows, settings.mail_from, schedule, now, result)
-            uow.commit()
-        tried.update(row.id for row in rows if row.status == "pending")
-        if not reachable:
-            return result  # the server is down: the retry of what failed is scheduled
-        if len(rows) < size:
-            return result
-        if time.monotonic() - started > budget:
-            result.more = True
-            return result
+                uow.commit()
+            tried.update(row.id for row in rows if row.status == "pending")
+            if not reachable:
+                return result  # the server is down: the retry of what failed is scheduled
+            if time.monotonic() - started > budget:
+                result.more = True
+                return result
 
 
 def _send_pass(
