@@ -302,8 +302,8 @@ def explain_s1(account: int, lead_phone: str) -> dict[str, Any]:
 def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any]:
     """A diagnostic, not a rate: the SQL statements one inbound text costs the worker, counted with
     SQLAlchemy's ``before_cursor_execute`` over ``n`` texts from preloaded phones processed in this
-    process by the task's own code (``intakes.process_intake``, then ``notifications.send`` for the mail
-    to the agent; tasks are not published). Run before the worker starts."""
+    process by the task's own code (``intakes.process_intake``, then one ``notifications.flush`` for the
+    mail to the agents, counted per mail; tasks are not published). Run before the worker starts."""
     from sqlalchemy import event
 
     from models.db import get_engine
@@ -331,20 +331,20 @@ def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any
             made.append(uow.intakes.add(intake).id)
         uow.commit()
     counted: list[str] = []
-    published: list[str] = []
+    flushes: list[str] = []
 
     def count(*args: Any) -> None:
         counted.append(str(args[2]).split(None, 1)[0].upper())
 
     def publish(name: str, args: Sequence[str] = (), **_: Any) -> None:
-        if name == "notifications.send":
-            published.append(str(args[0]))
+        if name == notifications.FLUSH_TASK:
+            flushes.append(name)
 
     engine = get_engine()
     send_task = celery_app.send_task
     celery_app.send_task = publish
     event.listen(engine, "before_cursor_execute", count)
-    per_task: dict[str, list[int]] = {"intake.process": [], "notifications.send": []}
+    per_task: dict[str, list[float]] = {"intake.process": [], "notifications.flush (per mail)": []}
     kinds: Counter[str] = Counter()
     try:
         # The project's log lines go to stdout in this process, which is the result's JSON when run alone.
@@ -355,11 +355,11 @@ def statements_per_text(account: int, phones: int, n: int = 40) -> dict[str, Any
                     intakes.process_intake(uow, intake_id)
                 per_task["intake.process"].append(len(counted))
                 kinds.update(counted)
-            for outbox_id in list(published):
+            if flushes:
                 counted.clear()
-                with UnitOfWork() as uow:
-                    notifications.send(uow, uuid.UUID(outbox_id))
-                per_task["notifications.send"].append(len(counted))
+                flushed = notifications.flush()
+                if flushed.sent:
+                    per_task["notifications.flush (per mail)"].append(len(counted) / flushed.sent)
                 kinds.update(counted)
     finally:
         event.remove(engine, "before_cursor_execute", count)

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     # The From of notification mail (LEADRELAY_MAIL_FROM).
     mail_from: str = "leadrelay <leadrelay@localhost>"
+    # Mail queued by a commit is sent by one flush this many seconds later, for every mail committed in the
+    # meantime (LEADRELAY_MAIL_FLUSH_SECONDS).
+    mail_flush_seconds: float = Field(default=1.0, gt=0, le=60)
     # Requests per second per credential, averaged over a window of intake_burst_per_key requests (so a
     # burst of that many is let through at once); 0 turns the limit off. Failed authentications are limited
     # the same way per client address. Shared by the API processes through rate_limit_storage_url.

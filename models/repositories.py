@@ -1209,6 +1209,37 @@ class RelayRepository:
         return list(self.session.execute(stmt).all())
 
 
+class OutboxRepository:
+    """The mail outbox's queries."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def claim_pending(
+        self,
+        *,
+        now: dt.datetime,
+        retry_after: Sequence[dt.timedelta],
+        exclude: Iterable[uuid.UUID] = (),
+        limit: int,
+    ) -> list[Outbox]:
+        """Lock up to ``limit`` pending mails that are due, oldest first, and return them. A mail tried ``n``
+        times is due ``retry_after[n]`` after it was stored (the last entry for every further try). Rows
+        another flush holds are skipped (``FOR UPDATE SKIP LOCKED``; SQLite's ``BEGIN IMMEDIATE`` already
+        lets one writer in at a time), so two flushes never send one mail."""
+        last = len(retry_after) - 1
+        due = or_(
+            *[and_(Outbox.attempts == n, Outbox.created_at <= now - wait) for n, wait in enumerate(retry_after[:last])],
+            and_(Outbox.attempts >= last, Outbox.created_at <= now - retry_after[last]),
+        )
+        stmt = select(Outbox).where(Outbox.status == "pending", due)
+        skipped = list(exclude)
+        if skipped:
+            stmt = stmt.where(Outbox.id.not_in(skipped))
+        stmt = stmt.order_by(Outbox.created_at).limit(limit).with_for_update(skip_locked=True)
+        return list(self.session.execute(stmt).scalars())
+
+
 # Upper bounds (seconds) of the intake latency histogram, from stored to done.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 

@@ -8,7 +8,14 @@ from types import TracebackType
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory
-from models.repositories import IntakeRepository, LeadRepository, MetricsRepository, OrgRepository, RelayRepository
+from models.repositories import (
+    IntakeRepository,
+    LeadRepository,
+    MetricsRepository,
+    OrgRepository,
+    OutboxRepository,
+    RelayRepository,
+)
 
 
 class UnitOfWork:
@@ -17,6 +24,7 @@ class UnitOfWork:
     orgs: OrgRepository
     leads: LeadRepository
     relay: RelayRepository
+    outbox: OutboxRepository
     metrics: MetricsRepository
 
     def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
@@ -24,11 +32,12 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.session = (self._factory or session_factory())()
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: list[Callable[[], object]] = []
         self.intakes = IntakeRepository(self.session)
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
         self.relay = RelayRepository(self.session)
+        self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)
         return self
 
@@ -48,7 +57,7 @@ class UnitOfWork:
         for callback in callbacks:
             callback()
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once this unit of work commits; dropped if it rolls back."""
         self._after_commit.append(callback)
 

@@ -24,16 +24,21 @@ log = structlog.get_logger(__name__)
 CORRELATION_HEADER = "leadrelay_correlation_id"
 
 
-def publish(task_name: str, key: uuid.UUID, *, queue: str | None = None) -> None:
-    """Send a task whose one argument is the id of a committed row, routed by its name
-    (``celeryconfig.TASK_QUEUES``) unless ``queue`` is given. A failed publish loses nothing (the
-    row is kept, and a replay or the relay sends it again), so it is logged, never raised: the
-    caller has already committed, and often answered."""
-    options = {"queue": queue} if queue else {}
+def publish(task_name: str, key: uuid.UUID | None, *, queue: str | None = None, countdown: float | None = None) -> bool:
+    """Send a task whose one argument is the id of a committed row (or none, for a task that reads what
+    waits, such as ``notifications.flush``), routed by its name (``celeryconfig.TASK_QUEUES``) unless
+    ``queue`` is given, ``countdown`` seconds later if given. A failed publish loses nothing (the row is
+    kept, and a replay or the relay sends it again), so it is logged, never raised: the caller has already
+    committed, and often answered. Whether it was sent."""
+    options: dict[str, Any] = {"queue": queue} if queue else {}
+    if countdown is not None:
+        options["countdown"] = countdown
     try:
-        app.send_task(task_name, args=[str(key)], **options)
+        app.send_task(task_name, args=[str(key)] if key is not None else [], **options)
     except Exception as exc:
         log.warning("task.enqueue_failed", task=task_name, id=str(key), error=type(exc).__name__)
+        return False
+    return True
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]

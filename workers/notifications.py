@@ -1,5 +1,6 @@
 """Agent notifications through an outbox: a mail is a row written in the transaction that decides
-it, and a task sends it after the commit. A failed send keeps the row and retries; nothing is lost.
+it, and after the commit one ``notifications.flush`` task, shared by every mail committed around the same
+time, sends what is pending over one SMTP connection. A failed send keeps the row and retries; nothing is lost.
 
 Backends: SMTP when ``LEADRELAY_SMTP_URL`` is set, else the log (the mail's masked recipient and subject)."""
 
@@ -8,10 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import smtplib
 import ssl
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
+from types import TracebackType
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
@@ -23,13 +27,26 @@ from models.tables import Lead, Outbox
 from models.uow import UnitOfWork
 from rules.contact import mask_email
 from workers.app import publish
+from workers.celeryconfig import MAX_RETRY_COUNTDOWN
+from workers.errors import error_kind, error_reason
 
 log = structlog.get_logger(__name__)
+
+FLUSH_TASK = "notifications.flush"
+# A flush stops claiming mail after this long and hands the rest to the next flush, well inside the
+# task's time limit (a mail cut by the limit would be rolled back after the server took it).
+FLUSH_BUDGET_SECONDS = 120.0
+# A first try and eight retries (notifications.send's max_retries), then the mail is a dead letter.
+MAIL_ATTEMPTS = 9
+
+# Until when (time.monotonic) the flush this process last published covers what it commits; see request_flush.
+_flush_lock = threading.Lock()
+_flush_covers_until = 0.0
 
 
 def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address: str, subject: str, body: str) -> None:
     """Write one notification (once per ``dedupe_key``: a redelivered task writes nothing more) and
-    publish its send task once the unit of work commits."""
+    ask for a flush once the unit of work commits."""
     outbox_id = uuid.uuid4()
     inserted = uow.session.execute(
         dialect_insert(uow.session, Outbox)
@@ -46,11 +63,191 @@ def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address:
         .returning(Outbox.id)
     ).scalar_one_or_none()
     if inserted is not None:
-        uow.after_commit(lambda: publish("notifications.send", inserted))
+        uow.after_commit(request_flush)
+
+
+def request_flush() -> None:
+    """After a commit that queued mail: publish ``notifications.flush`` ``LEADRELAY_MAIL_FLUSH_SECONDS``
+    later, unless a flush this process published is still to run. Called once per commit however many
+    mails it queued (one lead or a batch of them).
+
+    Why no mail waits longer than the countdown plus one pass: a mail committed now is either covered
+    by the flush published now, or this process published one less than half a countdown ago, whose
+    ETA (the countdown after its publish) is still ahead. A flush reads the pending rows when it runs,
+    at or after its ETA, so after this commit: it sends this mail too. Half a countdown, not a whole
+    one, leaves the other half for a worker host whose clock runs ahead of this one (Celery compares the
+    ETA with the worker's clock). The window is this process's (a timestamp in the module, not shared):
+    another process's flush is not known here, so at worst each process publishes one flush per half
+    countdown, never one per mail. A flush that is lost (a publish refused, a worker killed) leaves the
+    mail pending: the relay publishes a flush for it after ``LEADRELAY_RELAY_AFTER_SECONDS``."""
+    global _flush_covers_until
+    countdown = get_settings().mail_flush_seconds
+    now = time.monotonic()
+    with _flush_lock:
+        if now < _flush_covers_until:
+            return
+        _flush_covers_until = now + countdown / 2
+    if not publish(FLUSH_TASK, None, countdown=countdown):
+        with _flush_lock:
+            # Not published: the next commit tries again rather than counting on a flush that will not come.
+            _flush_covers_until = 0.0
+
+
+def retry_schedule() -> list[dt.timedelta]:
+    """How long after it was stored a mail tried ``n`` times is tried again (index ``n``): at once the
+    first time, then ``LEADRELAY_RETRY_BACKOFF_SECONDS`` doubled after each failed try, as a retried task
+    waited. Counted from the row's creation, as the outbox keeps no time of the last try."""
+    base = get_settings().retry_backoff_seconds
+    waits = [0.0]
+    for n in range(MAIL_ATTEMPTS - 1):
+        waits.append(waits[-1] + min(base * 2**n, MAX_RETRY_COUNTDOWN))
+    return [dt.timedelta(seconds=w) for w in waits]
+
+
+@dataclass
+class Flushed:
+    """What one flush did: mails sent, mails given up (``failed``), whether pending mail was left for
+    another flush (``more``), and in how many seconds the earliest mail that failed may be tried again."""
+
+    sent: int = 0
+    failed: int = 0
+    more: bool = False
+    retry_in: float | None = None
+
+
+class Mailer:
+    """One SMTP connection for many mails (or the log, without ``LEADRELAY_SMTP_URL``), opened at the
+    first mail. A mail the server refuses leaves the connection usable; a dropped connection is opened
+    again for the next mail, and a connection that cannot be opened fails the rest of the pass."""
+
+    def __init__(self, server: SmtpServer | None) -> None:
+        self.server = server
+        self.client: smtplib.SMTP | None = None
+
+    @property
+    def backend(self) -> str:
+        return "smtp" if self.server else "log"
+
+    def __enter__(self) -> Mailer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+
+    def connect(self) -> None:
+        """Open the connection if it is not; raises when the server cannot be reached."""
+        if self.server is not None and self.client is None:
+            self.client = open_smtp(self.server)
+
+    def send(self, message: EmailMessage) -> None:
+        if self.server is None:
+            return
+        if self.client is not None and self.client.sock is None:
+            self.client = None  # the server hung up after refusing the last mail
+        self.connect()
+        assert self.client is not None
+        try:
+            self.client.send_message(message)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError):
+            raise  # this mail refused; smtplib reset the transaction and the connection goes on
+        except Exception:
+            self.close()  # the connection's state is unknown: the next mail opens a new one
+            raise
+
+
+def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
+    """Send the pending mail that is due, oldest first, over one SMTP connection, until none is left (or
+    ``budget`` seconds are spent: ``more`` then). Each mail is claimed, sent and marked ``sent`` in a
+    transaction of its own: its row stays locked from the claim until that commit, so a second flush
+    skips it and never sends it twice, and a worker killed mid-flush sends at most the one mail in hand
+    again (a larger claim would send its whole batch again). A mail that fails keeps its row pending
+    with the error and one more attempt (``failed`` after the last), and the others are still sent; it
+    is not tried again by this flush."""
+    settings = get_settings()
+    server = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+    schedule = retry_schedule()
+    result = Flushed()
+    tried: set[uuid.UUID] = set()
+    started = time.monotonic()
+    with Mailer(server) as mailer:
+        while True:
+            with UnitOfWork() as uow:
+                now = dt.datetime.now(dt.UTC)
+                rows = uow.outbox.claim_pending(now=now, retry_after=schedule, exclude=tried, limit=1)
+                if not rows:
+                    return result
+                reachable = _send_pass(mailer, rows, settings.mail_from, schedule, now, result)
+                uow.commit()
+            tried.update(row.id for row in rows if row.status == "pending")
+            if not reachable:
+                return result  # the server is down: the retry of what failed is scheduled
+            if time.monotonic() - started > budget:
+                result.more = True
+                return result
+
+
+def _send_pass(
+    mailer: Mailer, rows: list[Outbox], mail_from: str, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed
+) -> bool:
+    """Send the claimed rows over ``mailer``, marking each sent or failed; whether the server could be reached."""
+    for index, row in enumerate(rows):
+        row.attempts += 1
+        try:
+            mailer.connect()
+        except Exception as exc:
+            for rest in rows[index:]:
+                if rest is not row:
+                    rest.attempts += 1
+                _failed(rest, exc, schedule, now, result)
+            return False
+        try:
+            # The row stays locked while the server takes the mail: another flush skips it, a redelivered
+            # notifications.send waits, then finds it sent.
+            mailer.send(mail_message(row, mail_from))
+        except Exception as exc:
+            _failed(row, exc, schedule, now, result)
+            continue
+        log.info(
+            "notification.mail",
+            outbox_id=str(row.id),
+            backend=mailer.backend,
+            to=mask_email(row.to_address),
+            subject=row.subject,
+        )
+        row.status = "sent"
+        row.sent_at = dt.datetime.now(dt.UTC)
+        row.error = None
+        result.sent += 1
+    return True
+
+
+def _failed(row: Outbox, exc: Exception, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed) -> None:
+    """Keep the error on the row: pending for a later try, or ``failed`` after the last one."""
+    row.error = error_reason(exc)[:2000]
+    if row.attempts >= MAIL_ATTEMPTS:
+        row.status = "failed"
+        result.failed += 1
+        log.error("notification.failed", outbox_id=str(row.id), error=error_kind(exc))
+        return
+    due = row.created_at + schedule[min(row.attempts, len(schedule) - 1)]
+    wait = max((due - now).total_seconds(), 0.0)
+    result.retry_in = wait if result.retry_in is None else min(result.retry_in, wait)
+    log.warning("notification.retry", outbox_id=str(row.id), attempts=row.attempts, error=error_kind(exc))
 
 
 def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
-    """Send one pending notification through the configured backend and mark it sent.
+    """Send one pending notification through the configured backend and mark it sent: the
+    ``notifications.send`` task of messages published before :func:`flush` replaced it.
 
     The default backend writes the mail to the log (masked), so the demo needs no mail server."""
     row = uow.session.execute(select(Outbox).where(Outbox.id == outbox_id).with_for_update()).scalar_one_or_none()
@@ -133,19 +330,28 @@ def mail_message(row: Outbox, mail_from: str) -> EmailMessage:
     return message
 
 
-def send_smtp(server: SmtpServer, message: EmailMessage) -> None:
-    """One SMTP conversation; certificates are verified for TLS and STARTTLS."""
+def open_smtp(server: SmtpServer) -> smtplib.SMTP:
+    """A connection ready to take mail (STARTTLS and login done); certificates are verified for TLS and STARTTLS."""
     context = ssl.create_default_context()
     client: smtplib.SMTP
     if server.tls:
         client = smtplib.SMTP_SSL(server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS, context=context)
     else:
         client = smtplib.SMTP(server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS)
-    with client:
+    try:
         if server.starttls:
             client.starttls(context=context)
         if server.username:
             client.login(server.username, server.password or "")
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def send_smtp(server: SmtpServer, message: EmailMessage) -> None:
+    """One SMTP conversation for one mail."""
+    with open_smtp(server) as client:
         client.send_message(message)
 
 

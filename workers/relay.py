@@ -26,10 +26,13 @@ log = structlog.get_logger(__name__)
 WAITING: dict[str, tuple[Any, list[Any], str]] = {
     "intakes": (Intake, [Intake.status.in_([IntakeStatus.ACCEPTED, IntakeStatus.PROCESSING])], "intake.process"),
     "texts": (Message, [Message.direction == "outbound", Message.status == "queued"], "texts.send"),
-    "mail": (Outbox, [Outbox.status == "pending"], "notifications.send"),
+    "mail": (Outbox, [Outbox.status == "pending"], "notifications.flush"),
     "jobs": (Job, [Job.status == JobStatus.QUEUED], "jobs.run"),
     "imports": (Import, [Import.status == ImportStatus.QUEUED], "imports.run"),
 }
+# Kinds whose task takes no id but sends everything of its kind that waits: one task a pass, however
+# many rows were claimed (a flush sends the pending mail over one SMTP connection).
+ONE_TASK_A_PASS = frozenset({"mail"})
 
 
 def intake_queue(source: IntakeSource) -> str | None:
@@ -48,12 +51,16 @@ def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, 
     settings = get_settings()
     now = dt.datetime.now(dt.UTC)
     cutoff = now - (after if after is not None else dt.timedelta(seconds=settings.relay_after_seconds))
-    sends: list[tuple[str, uuid.UUID, str | None]] = []
+    sends: list[tuple[str, uuid.UUID | None, str | None]] = []
     counts: dict[str, int] = {}
     with UnitOfWork() as uow:
         for kind, (table, conditions, task) in WAITING.items():
             rows = uow.relay.claim(table, conditions, cutoff=cutoff, now=now, limit=limit)
             counts[kind] = len(rows)
+            if kind in ONE_TASK_A_PASS:
+                if rows:
+                    sends.append((task, None, None))
+                continue
             for row in rows:
                 sends.append((task, row.id, intake_queue(row.source) if table is Intake else None))
         uow.commit()

@@ -12,7 +12,7 @@ from celery import Task
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
 from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound
-from workers.app import app
+from workers.app import app, publish
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 from workers.errors import error_kind, error_reason
 
@@ -124,9 +124,32 @@ def run_job(self: RetryingTask, job_id: str) -> str:
     return _whole_or_retry(self, "job", uuid.UUID(job_id), jobs.run_job, jobs.mark_failed)
 
 
+@task("notifications.flush", max_retries=5)
+def flush_notifications(self: RetryingTask) -> str:
+    """Send the pending mail over one SMTP connection a pass (``notifications.flush``): published after a
+    commit that queued mail (``notifications.request_flush``) and by the relay. A mail that fails stays
+    pending with its error; this flush then publishes the next one for when that mail is due. A database
+    failure retries the whole flush with backoff; past the retries the relay publishes another."""
+    try:
+        result = notifications.flush()
+    except Exception as exc:
+        if self.last_try():
+            log.error("notification.flush_failed", error=error_kind(exc))
+            return "error"
+        log.warning("notification.flush_retry", retries=self.request.retries, error=error_kind(exc))
+        self.retry_later(exc)
+    if result.more:
+        publish(notifications.FLUSH_TASK, None)
+    elif result.retry_in is not None:
+        publish(notifications.FLUSH_TASK, None, countdown=min(result.retry_in, MAX_RETRY_COUNTDOWN))
+    return f"sent {result.sent}, failed {result.failed}"
+
+
 @task("notifications.send", max_retries=8)
 def send_notification(self: RetryingTask, outbox_id: str) -> str:
-    """Send one kept notification; failures retry with backoff, and the row keeps the error."""
+    """Send one kept notification; failures retry with backoff, and the row keeps the error. Nothing
+    publishes this task any more (``notifications.flush`` sends the outbox in batches): it stays registered
+    so that the messages queued before an upgrade are still consumed."""
     try:
         with UnitOfWork() as uow:
             return notifications.send(uow, uuid.UUID(outbox_id))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -31,7 +32,8 @@ from models.secrets import keyring
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
-from tests.support.processes import api_server, celery_workers, free_port, wait_for
+from tests.support.processes import ROOT, api_server, celery_workers, free_port, wait_for
+from tests.support.smtp_sink import CONNECTION_HEADER, REFUSED_FILE
 from workers.app import app as celery_app
 from workers.celeryconfig import QUEUES, celery_config
 
@@ -66,13 +68,28 @@ def pg_database() -> Iterator[str]:
 
 @dataclass(frozen=True)
 class SmtpSink:
-    """A real SMTP server of this run: its URL, and the mail it has received (kept in a Maildir)."""
+    """A real SMTP server of this run: its URL, and the mail it has received (kept in a Maildir), each
+    with the number of the connection that brought it (``connection_of``)."""
 
     url: str
     maildir: Path
 
     def messages(self) -> list[Message]:
         return [message for _, message in mailbox.Maildir(self.maildir, create=False).items()]
+
+    @staticmethod
+    def connection_of(message: Message) -> str:
+        return str(message[CONNECTION_HEADER])
+
+    @contextmanager
+    def refusing(self, address: str) -> Iterator[None]:
+        """The server answers 451 (try again later) to mail for ``address`` until the block ends."""
+        refused = self.maildir.parent / REFUSED_FILE
+        refused.write_text(address)
+        try:
+            yield
+        finally:
+            refused.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -81,11 +98,19 @@ def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     folder = tmp_path_factory.mktemp("smtp")
     port = free_port()
     with (folder / "smtpd.log").open("wb") as out:
-        server = ["-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Mailbox", str(folder / "maildir")]
+        server = [
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "tests.support.smtp_sink.CountingMailbox",
+            str(folder / "maildir"),
+        ]
         proc = subprocess.Popen(
             [sys.executable, "-m", "aiosmtpd", *server],
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=ROOT,  # where the handler's module (tests.support.smtp_sink) is imported from
         )
         try:
 

@@ -1,12 +1,16 @@
-"""Issue 4, notifications: a new lead assigned to an agent mails that agent through the outbox and the
-notifications.send task, over SMTP to a real server (aiosmtpd in its own process, started by conftest:
-the session's workers send to it). Imports do not mail per lead."""
+"""Notifications: a new lead assigned to an agent mails that agent through the outbox and the
+notifications.flush task, over SMTP to a real server (aiosmtpd in its own process, started by conftest:
+the session's workers send to it). A burst of leads is mailed by few tasks over few connections; a mail
+the server refuses is sent on a later pass, once. Imports do not mail per lead."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,9 @@ from sqlalchemy import select
 
 from models.tables import Outbox
 from models.uow import UnitOfWork
-from tests.integration.conftest import SmtpSink, broker_idle
-from tests.integration.test_sms_outbound import api_logdir, entity_id, lead_phone, log_lines
-from tests.support.client import Brokerage
+from tests.integration.conftest import SmtpSink, apply, broker_idle
+from tests.integration.test_sms_outbound import api_logdir, entity_id, lead_phone, log_lines, logged
+from tests.support.client import Brokerage, post_all
 from tests.support.orgs import brokerage
 from tests.support.processes import wait_for
 from workers.notifications import SmtpServer, parse_smtp_url
@@ -135,6 +139,97 @@ def test_an_import_does_not_mail_per_imported_lead(acme: Brokerage, smtp_server:
     for lead in imported:
         assert outbox_for(lead["id"]) == []
         assert mails_about(smtp_server, lead["id"]) == []
+
+
+BURST = 40
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Leads assigned to one agent in a burst (posted 20 at a time), and the mail about each."""
+
+    lead_ids: list[str]
+    mails: dict[str, list[Message]]
+
+
+@pytest.fixture(scope="module")
+def burst(api: str, smtp_server: SmtpSink) -> Iterator[Burst]:
+    b = Brokerage(api, apply(brokerage()))
+    try:
+        bodies = [
+            {"page_url": f"https://{b.host('john')}/", "email": f"burst{i}-{uuid.uuid4().hex[:6]}@example.com"}
+            for i in range(BURST)
+        ]
+        intake_ids = asyncio.run(post_all(b, bodies, parallel=20))
+        lead_ids = [b.wait_done(intake_id)["lead_id"] for intake_id in intake_ids]
+
+        john = entity_id(b, "john")
+        keys = [f"assigned:{lead_id}:{john}" for lead_id in lead_ids]
+
+        def all_mailed() -> bool:
+            with UnitOfWork() as uow:
+                sent = uow.session.execute(
+                    select(Outbox.id).where(Outbox.status == "sent", Outbox.dedupe_key.in_(keys))
+                ).all()
+            return len(sent) == len(keys)
+
+        wait_for(all_mailed, timeout=120, interval=0.2, what="the burst's mail")
+        wait_for(broker_idle, timeout=60, interval=0.1, what="the queues to drain")
+        messages = smtp_server.messages()
+        yield Burst(lead_ids, {lead_id: [m for m in messages if lead_id in text_of(m)] for lead_id in lead_ids})
+    finally:
+        b.site.close()
+
+
+def test_a_burst_of_leads_is_mailed_once_each_over_far_fewer_smtp_connections_than_mails(
+    burst: Burst, smtp_server: SmtpSink
+) -> None:
+    assert {lead_id: len(mails) for lead_id, mails in burst.mails.items()} == dict.fromkeys(burst.lead_ids, 1)
+    connections = {smtp_server.connection_of(mail) for mails in burst.mails.values() for mail in mails}
+    # One connection per mail before; now one per flush, and a flush takes every mail committed before it runs.
+    assert len(connections) * 4 <= BURST, f"{len(connections)} SMTP connections for {BURST} mails"
+
+
+def test_a_burst_of_leads_is_mailed_by_far_fewer_notification_tasks_than_leads(burst: Burst, workers: Path) -> None:
+    outbox_ids = {str(row.id) for lead_id in burst.lead_ids for row in outbox_for(lead_id)}
+    assert len(outbox_ids) == BURST
+    sent = [record for record in logged(log_lines(workers), "notification.mail") if record["outbox_id"] in outbox_ids]
+    assert {record["outbox_id"] for record in sent} == outbox_ids
+    tasks = {record["task_id"] for record in sent}
+    assert len(tasks) * 4 <= BURST, f"{len(tasks)} notification tasks for {BURST} leads"
+    assert {record["task"] for record in sent} == {"notifications.flush"}
+
+
+def test_a_mail_the_server_refuses_for_a_while_stays_pending_and_is_sent_once_on_a_later_pass(
+    brokerage_factory: Any, smtp_server: SmtpSink
+) -> None:
+    org = brokerage()
+    address = f"john-{uuid.uuid4().hex[:8]}@co.test"
+    (john,) = [e for e in org["entities"] if e["id"] == "john"]
+    john["email"] = address
+    b = brokerage_factory(org=org)
+    with smtp_server.refusing(address):
+        lead_id = b.register_and_wait("john", f"r{uuid.uuid4().hex[:6]}@example.com", first_name="Ref")["lead_id"]
+
+        def refused() -> bool:
+            rows = outbox_for(lead_id)
+            return bool(rows) and rows[0].error is not None
+
+        wait_for(refused, timeout=60, interval=0.1, what="a refused try")
+        (row,) = outbox_for(lead_id)
+        assert row.status == "pending"
+        assert row.attempts >= 1
+        assert row.error is not None
+        assert "451" in row.error
+        assert mails_about(smtp_server, lead_id) == []
+    mail = wait_mail(smtp_server, lead_id)
+    assert mail["To"] == address
+    wait_for(lambda: outbox_for(lead_id)[0].status == "sent", timeout=30, what="the outbox row marked sent")
+    wait_for(broker_idle, timeout=60, interval=0.1, what="the queues to drain")
+    assert len(mails_about(smtp_server, lead_id)) == 1
+    (row,) = outbox_for(lead_id)
+    assert row.attempts >= 2
+    assert row.error is None
 
 
 @pytest.mark.parametrize(
