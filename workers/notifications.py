@@ -58,12 +58,18 @@ def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address:
             to_address=to_address,
             subject=subject[:300],
             body=body,
+            correlation_id=_correlation_id(),
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(Outbox.id)
     ).scalar_one_or_none()
     if inserted is not None:
         uow.after_commit(request_flush)
+
+
+def _correlation_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get("correlation_id")
+    return str(value)[:64] if value else None
 
 
 def request_flush() -> None:
@@ -199,35 +205,57 @@ def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
 def _send_pass(
     mailer: Mailer, rows: list[Outbox], mail_from: str, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed
 ) -> bool:
-    """Send the claimed rows over ``mailer``, marking each sent or failed; whether the server could be reached."""
+    """Send the claimed rows over ``mailer``, marking each sent or failed; whether the server could be reached.
+    Each mail's lines carry the correlation id of the work that queued it, not the flush's."""
     for index, row in enumerate(rows):
-        row.attempts += 1
-        try:
-            mailer.connect()
-        except Exception as exc:
-            for rest in rows[index:]:
-                if rest is not row:
-                    rest.attempts += 1
-                _failed(rest, exc, schedule, now, result)
-            return False
-        try:
-            # The row stays locked while the server takes the mail: another flush skips it, a redelivered
-            # notifications.send waits, then finds it sent.
-            mailer.send(mail_message(row, mail_from))
-        except Exception as exc:
-            _failed(row, exc, schedule, now, result)
-            continue
-        log.info(
-            "notification.mail",
-            outbox_id=str(row.id),
-            backend=mailer.backend,
-            to=mask_email(row.to_address),
-            subject=row.subject,
-        )
-        row.status = "sent"
-        row.sent_at = dt.datetime.now(dt.UTC)
-        row.error = None
-        result.sent += 1
+        with structlog.contextvars.bound_contextvars(**_correlation_of(row)):
+            if not _send_one(mailer, rows, index, mail_from, schedule, now, result):
+                return False
+    return True
+
+
+def _correlation_of(row: Outbox) -> dict[str, str]:
+    return {"correlation_id": row.correlation_id} if row.correlation_id else {}
+
+
+def _send_one(
+    mailer: Mailer,
+    rows: list[Outbox],
+    index: int,
+    mail_from: str,
+    schedule: list[dt.timedelta],
+    now: dt.datetime,
+    result: Flushed,
+) -> bool:
+    """Send ``rows[index]``; False when the server cannot be reached (the rest of the rows then failed)."""
+    row = rows[index]
+    row.attempts += 1
+    try:
+        mailer.connect()
+    except Exception as exc:
+        for rest in rows[index:]:
+            if rest is not row:
+                rest.attempts += 1
+            _failed(rest, exc, schedule, now, result)
+        return False
+    try:
+        # The row stays locked while the server takes the mail: another flush skips it, a redelivered
+        # notifications.send waits, then finds it sent.
+        mailer.send(mail_message(row, mail_from))
+    except Exception as exc:
+        _failed(row, exc, schedule, now, result)
+        return True
+    log.info(
+        "notification.mail",
+        outbox_id=str(row.id),
+        backend=mailer.backend,
+        to=mask_email(row.to_address),
+        subject=row.subject,
+    )
+    row.status = "sent"
+    row.sent_at = dt.datetime.now(dt.UTC)
+    row.error = None
+    result.sent += 1
     return True
 
 

@@ -122,7 +122,7 @@ def test_in_production_metrics_answer_only_the_metrics_token_and_the_docs_are_of
 def test_the_intake_id_is_the_correlation_id_of_every_task_it_causes(
     acme: Brokerage, workers: Path, smtp_server: Any
 ) -> None:
-    # A downtown signup is assigned to an agent, whose notification mail is a task of its own.
+    # A downtown signup is assigned to an agent, whose notification mail a flush task sends.
     r = acme.register("downtown", "correlated@example.com")
     assert r.status_code == 202, r.text
     intake_id = r.json()["intake_id"]
@@ -138,14 +138,15 @@ def test_the_intake_id_is_the_correlation_id_of_every_task_it_causes(
                         seen.add(record["task"])
         return seen
 
-    wait_for(lambda: {"intake.process", "notifications.send"} <= tasks_seen(), timeout=30, what="both tasks' lines")
+    wait_for(lambda: {"intake.process", "notifications.flush"} <= tasks_seen(), timeout=30, what="both tasks' lines")
     mail_lines = [
         json.loads(line)
         for log in workers.glob("worker-*.log")
         for line in log.read_text(errors="replace").splitlines()
         if line.startswith("{") and '"notification.mail"' in line and intake_id in line
     ]
-    # The mail's own line names its outbox row, yet carries the intake's id: the header crossed the broker.
+    # The mail's own line names its outbox row, yet carries the intake's id, kept on the row: one flush
+    # sends the mail of many intakes, and each mail's line names its own.
     assert mail_lines
     assert all(m["correlation_id"] == intake_id and m["outbox_id"] != intake_id for m in mail_lines)
 
