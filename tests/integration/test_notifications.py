@@ -150,6 +150,7 @@ class Burst:
 
     lead_ids: list[str]
     mails: dict[str, list[Message]]
+    intake_of: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,11 @@ def burst(api: str, smtp_server: SmtpSink) -> Iterator[Burst]:
         wait_for(all_mailed, timeout=120, interval=0.2, what="the burst's mail")
         wait_for(broker_idle, timeout=60, interval=0.1, what="the queues to drain")
         messages = smtp_server.messages()
-        yield Burst(lead_ids, {lead_id: [m for m in messages if lead_id in text_of(m)] for lead_id in lead_ids})
+        yield Burst(
+            lead_ids,
+            {lead_id: [m for m in messages if lead_id in text_of(m)] for lead_id in lead_ids},
+            dict(zip(lead_ids, intake_ids, strict=True)),
+        )
     finally:
         b.site.close()
 
@@ -198,6 +203,16 @@ def test_a_burst_of_leads_is_mailed_by_far_fewer_notification_tasks_than_leads(b
     tasks = {record["task_id"] for record in sent}
     assert len(tasks) * 4 <= BURST, f"{len(tasks)} notification tasks for {BURST} leads"
     assert {record["task"] for record in sent} == {"notifications.flush"}
+
+
+def test_each_mail_of_a_flush_is_logged_under_the_intake_that_caused_it(burst: Burst, workers: Path) -> None:
+    lead_of = {str(row.id): lead_id for lead_id in burst.lead_ids for row in outbox_for(lead_id)}
+    sent = [record for record in logged(log_lines(workers), "notification.mail") if record["outbox_id"] in lead_of]
+    assert len(sent) == BURST
+    # One flush sends many intakes' mail: each line names its own intake, not the flush's publisher.
+    assert {r["outbox_id"]: r["correlation_id"] for r in sent} == {
+        outbox_id: burst.intake_of[lead_id] for outbox_id, lead_id in lead_of.items()
+    }
 
 
 def test_a_mail_the_server_refuses_for_a_while_stays_pending_and_is_sent_once_on_a_later_pass(
