@@ -161,10 +161,10 @@ def _check_signature(request: Request, form: _Form, account: Account, signature:
         raise _forbidden("X-Twilio-Signature does not match this request", number)
 
 
-def _storable(raw: bytes, form: _Form) -> None:
+def _storable(form: _Form) -> None:
+    """A percent-encoded NUL (``%00``) or unpaired surrogate in a field; a raw NUL byte was refused with the body
+    (``RawBody``)."""
     found = unstorable({key: values[0] if len(values) == 1 else values for key, values in form.items()})
-    if found is None and "\x00" in raw.decode("utf-8", errors="replace"):
-        found = ("body", "contains a NUL character")
     if found is not None:
         raise invalid(found[0] or "body", found[1])
 
@@ -204,7 +204,7 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
         raise _forbidden("To is not a smart number of any account", to or form.first("To"))
     account_id = number.account_id
     _check_signature(request, form, uow.orgs.account(account_id), signature, to)
-    _storable(raw, form)
+    _storable(form)
     sid = (form.first("MessageSid") or "").strip()
     sender = (form.first("From") or "").strip()
     if not sid or len(sid) > 64:
@@ -266,7 +266,7 @@ def post_twilio_status(raw: RawBody, uow: UoW, request: Request, signature: Sign
     if account_id is None:
         raise _forbidden("neither From nor MessageSid belongs to an account", form.first("From"))
     _check_signature(request, form, uow.orgs.account(account_id), signature, form.first("From") or "")
-    _storable(raw, form)
+    _storable(form)
     status = (form.first("MessageStatus") or form.first("SmsStatus") or "").strip().lower()
     if not sid or len(sid) > 64:
         raise invalid("MessageSid", "required, at most 64 characters")
