@@ -1,4 +1,4 @@
-"""The bulk jobs benchmark (issue 5): "10,000 leads in one job finish in under 30 s on this machine".
+"""The bulk jobs benchmark: "10,000 leads in one job finish in under 30 s on this machine".
 
     python -m bench.bulk_bench                 # 10,000 leads per job
     python -m bench.bulk_bench --leads 2000    # a quicker run (the target scales with the leads)

@@ -1,4 +1,4 @@
-"""The CSV import benchmark (issue 3): rows/s of a full import against a bare ``COPY`` of the same
+"""The CSV import benchmark: rows/s of a full import against a bare ``COPY`` of the same
 file, measured in one run on this machine's PostgreSQL, and the import process's peak memory.
 
     python -m bench.import_bench                    # 100,000 rows, then 1,000,000 for memory

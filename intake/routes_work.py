@@ -1,4 +1,4 @@
-"""Working the leads (issue 5): edit, assign, share, transfer, merge, archive, delete, unsubscribe,
+"""Working the leads: edit, assign, share, transfer, merge, archive, delete, unsubscribe,
 campaigns, bulk jobs, the export and leaving a team. Every endpoint asks a rule in ``rules/`` through
 ``workers.leadwork`` and only maps its answer: a plan carried out, or a refusal naming the rule."""
 

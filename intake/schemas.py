@@ -381,7 +381,7 @@ class MessageAccepted(BaseModel):
     status: Literal["queued"] = "queued"
 
 
-# --- Working the leads (issue 5) ---
+# --- Working the leads: share, transfer, merge, assign, archive, delete, export ---
 
 Slug = Annotated[str, Field(min_length=1, max_length=64)]
 

@@ -1049,7 +1049,7 @@ class LeadRepository:
             dialect_insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()
         )
 
-    # --- Inbound texts and delivery reports (issue 4) ---
+    # --- Inbound texts and delivery reports (reply routing S1-S3, Twilio status callbacks) ---
 
     def _xact_lock(self, key: str) -> None:
         """A PostgreSQL advisory lock on ``key`` until the transaction ends; nothing on SQLite, which

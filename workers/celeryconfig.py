@@ -1,4 +1,4 @@
-"""Celery configuration from the typed settings (RELIABILITY.md explains each choice)."""
+"""Celery configuration from the typed settings (each choice says what it guards against)."""
 
 from __future__ import annotations
 

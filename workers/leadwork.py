@@ -1,4 +1,4 @@
-"""Working the leads (issue 5): load the facts, ask the rule, carry out the plan, in the caller's unit
+"""Working the leads: load the facts, ask the rule, carry out the plan, in the caller's unit
 of work. The API calls these for one lead; a bulk job calls them for a chunk of leads at a time, with
 set-wise writes, so the same rule decides either way (SH7, T4)."""
 

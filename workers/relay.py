@@ -1,4 +1,4 @@
-"""The relay (issue 6, RELIABILITY.md): the database is the system of record and the broker only
+"""The relay: the database is the system of record and the broker only
 carries ids, so a lost message, a killed worker or a Redis restart must delay work, never lose it.
 Every pass claims the kept work that is not done a while after it was stored or last relayed
 (``FOR UPDATE SKIP LOCKED``: relays on several hosts share it) and publishes its task again. Every

@@ -1,4 +1,4 @@
-"""Outbound texts (issue 4): recorded by the API at once, sent by the ``texts.send`` task through the
+"""Outbound texts: recorded by the API at once, sent by the ``texts.send`` task through the
 gateway, in the owner's name and from the owner's smart number (SH4).
 
 A text's ``status``: ``queued`` (recorded, waiting for its task; also between retries), ``sending`` (a

@@ -1,4 +1,4 @@
-"""Redis, this suite's own, run as RELIABILITY.md warns not to (no persistence): restarted under load,
+"""Redis, this suite's own, run as Celery's Redis transport warns not to (no persistence): restarted under load,
 and killed with work queued. The database is the system of record, so a lost message delays a lead and
 the relay sends it again; the worker must consume again once Redis is back (celery #8091, #10205)."""
 

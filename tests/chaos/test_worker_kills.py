@@ -1,4 +1,4 @@
-"""The worker killed under load (RELIABILITY.md). A SIGKILLed main process takes the messages it reserved
+"""The worker killed under load. A SIGKILLed main process takes the messages it reserved
 with it: they stay in Redis's unacked hash for the 3600 s visibility timeout, so the relay is their only
 way back. A SIGKILLed pool child's message is requeued (``task_reject_on_worker_lost``) and the pool
 replaced. Either way every accepted registration ends done, once: one lead per person, one `created` and

@@ -1,4 +1,4 @@
-"""Working the leads (issue 5) as a state machine: random sequences of signups, shares, unshares,
+"""Working the leads as a state machine: random sequences of signups, shares, unshares,
 transfers, merges, assignments, archives and deletes, done by random users of an account through the
 real HTTP API, against a model of what the contract promises (V1, SH1-SH6, T1/T2/T6, A3/A4/A6, X1-X4,
 M1-M6, D1/D3/D4, O7). After every step the database is read directly and these hold:

@@ -1,4 +1,4 @@
-"""Operations (issue 6): readiness, metrics, the correlation id across processes, outages of the
+"""Operations: readiness, metrics, the correlation id across processes, outages of the
 database and the broker as the API sees them, and replaying dead intakes over HTTP. Outages are made by
 a TCP forwarder this test owns (tests/support/proxy.py) or a port nothing listens on, in front of an
 API process this test started: the shared PostgreSQL and Redis stay up for everyone else."""

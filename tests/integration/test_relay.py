@@ -1,4 +1,4 @@
-"""The relay (issue 6): kept work whose task was lost is sent again, once per pass, and relays on
+"""The relay: kept work whose task was lost is sent again, once per pass, and relays on
 several hosts share the work (FOR UPDATE SKIP LOCKED). Real PostgreSQL, Redis and Celery workers."""
 
 from __future__ import annotations

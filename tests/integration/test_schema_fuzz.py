@@ -1,7 +1,7 @@
-"""Issue 3: a schemathesis run over the OpenAPI schema of every intake endpoint, against the real API
+"""A schemathesis run over the OpenAPI schema of every intake endpoint, against the real API
 (uvicorn, PostgreSQL, Redis and two Celery workers), loaded from the live server's ``/openapi.json``.
 
-The contract (CONTRACT.md, HTTP API): "Errors are ``application/problem+json`` (``status``, ``title``,
+The HTTP API's contract: "Errors are ``application/problem+json`` (``status``, ``title``,
 ``detail``, and ``errors`` listing each bad field)"; "a missing or unknown credential is 401"; "a
 malformed body ... is 422"; and no 5xx (the contract's only one, an intake's 503 when it cannot store
 the request, needs a database that is down).
@@ -84,7 +84,7 @@ STATUSES: dict[str, collections.Counter[int]] = collections.defaultdict(collecti
 
 @schemathesis.check
 def refusal_is_problem_json(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """CONTRACT.md, HTTP API: every error is ``application/problem+json`` with ``status``, ``title`` and
+    """The HTTP API's contract: every error is ``application/problem+json`` with ``status``, ``title`` and
     ``detail`` (and ``errors``, when given, a list of ``{field, message}``)."""
     STATUSES[case.operation.label][response.status_code] += 1
     if response.status_code < 400:
@@ -234,7 +234,7 @@ def aim(case: Case, b: Fuzzed, pick: int) -> None:
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
 def test_every_intake_endpoint_with_its_credential(method: str, path: str, live_schema: Any, fuzzed: Fuzzed) -> None:
-    """CONTRACT.md, HTTP API, with the account's real credential: schema-valid and schema-invalid requests
+    """The HTTP API's contract, with the account's real credential: schema-valid and schema-invalid requests
     to every intake endpoint never get a 5xx, every refusal is ``application/problem+json`` with
     ``status``, ``title`` and ``detail``, an invalid request is refused (4xx), and every answer is one
     /openapi.json documents, in its status, content type, headers and body schema. Two in three schema-valid
@@ -303,7 +303,7 @@ def settled(b: Brokerage, timeout: float = 60) -> tuple[dict[str, str | None], d
 def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_401_problem(
     method: str, path: str, live_schema: Any, fuzzed: Fuzzed
 ) -> None:
-    """CONTRACT.md, HTTP API: "a missing or unknown credential is 401", as problem+json with a
+    """The HTTP API's contract: "a missing or unknown credential is 401", as problem+json with a
     ``WWW-Authenticate`` challenge, whatever the (schema-valid) request; and nothing is stored."""
     operation = live_schema[path][method]
     wrong = st.sampled_from(
@@ -342,7 +342,7 @@ def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_40
 
 
 def test_the_fuzzed_operations_are_every_intake_endpoint_and_document_their_problems(api: str) -> None:
-    """CONTRACT.md, HTTP API: "OpenAPI at /openapi.json"; "Errors are application/problem+json". The
+    """The HTTP API's contract: "OpenAPI at /openapi.json"; "Errors are application/problem+json". The
     fuzzing covers every intake operation the live schema lists, and every error the schema documents is a
     ``Problem`` in application/problem+json (not FastAPI's default ``HTTPValidationError`` JSON); a GET of an
     intake or an import documents its 401 and 404."""
@@ -422,7 +422,7 @@ def test_an_empty_idempotency_key_is_no_key_not_a_500(fuzzed: Fuzzed) -> None:
 
 def test_a_body_that_cannot_be_parsed_is_a_422_problem_naming_the_body(fuzzed: Fuzzed) -> None:
     """Found by the fuzzing: JSON that is not UTF-8 got FastAPI's 400 "There was an error parsing the body",
-    a status no operation documents. CONTRACT.md: a malformed body is 422, as problem+json naming ``body``."""
+    a status no operation documents. The contract: a malformed body is 422, as problem+json naming ``body``."""
     r = fuzzed.site.post(
         "/v1/intake/registrations", content=b'{"page_url": "\xff\xfe"}', headers={"Content-Type": "application/json"}
     )
@@ -432,7 +432,7 @@ def test_a_body_that_cannot_be_parsed_is_a_422_problem_naming_the_body(fuzzed: F
 
 
 def test_an_unknown_path_or_method_is_a_problem_too(fuzzed: Fuzzed) -> None:
-    """CONTRACT.md: every error is problem+json, the router's own 404 and 405 too (they were FastAPI's
+    """The contract: every error is problem+json, the router's own 404 and 405 too (they were FastAPI's
     ``{"detail": ...}`` in application/json); the 405 keeps its ``Allow`` header."""
     assert_problem(fuzzed.site.get("/v1/intake/providers/zillow/extra"), 404)
     r = fuzzed.site.delete("/v1/intake/registrations")
@@ -441,7 +441,7 @@ def test_an_unknown_path_or_method_is_a_problem_too(fuzzed: Fuzzed) -> None:
 
 
 def test_an_unexpected_error_is_a_500_problem() -> None:
-    """CONTRACT.md: every error is problem+json, an unexpected one too (it was Starlette's text/plain
+    """The contract: every error is problem+json, an unexpected one too (it was Starlette's text/plain
     "Internal Server Error"); its detail names nothing of the request."""
     app = create_app()
 
@@ -464,7 +464,7 @@ def test_an_unexpected_error_is_a_500_problem() -> None:
 
 def test_text_that_cannot_be_stored_is_a_422_naming_the_field_not_a_500(fuzzed: Fuzzed) -> None:
     """Found by the fuzzing: a NUL character (``\\u0000`` in JSON, ``%00`` in a form) in any stored field
-    failed the INSERT (PostgreSQL's text and JSONB refuse it) with a 500. CONTRACT.md: a malformed body is
+    failed the INSERT (PostgreSQL's text and JSONB refuse it) with a 500. The contract: a malformed body is
     422, naming the field; nothing is stored."""
     site = {"page_url": f"https://{fuzzed.host('co')}/", "email": "nul@example.com"}
     connection = {"X-Api-Key": f"conn-john-{fuzzed.s}"}
@@ -507,7 +507,7 @@ def test_text_that_cannot_be_stored_is_a_422_naming_the_field_not_a_500(fuzzed: 
     assert [e["field"] for e in assert_problem(r, 422)["errors"]] == ["owner"]
 
 
-# Working the leads (issue 5): every operation a user token reaches, fuzzed as the company admin.
+# Working the leads: every operation a user token reaches, fuzzed as the company admin.
 WORK_OPERATIONS = [
     ("PATCH", "/v1/leads/{lead_id}"),
     ("POST", "/v1/leads/{lead_id}/assign"),
@@ -587,7 +587,7 @@ def aim_work(case: Case, leads: list[str], job_id: str, pick: int) -> None:
 def test_every_lead_operation_with_a_user_token(
     method: str, path: str, live_schema: Any, worked: tuple[Brokerage, list[str], str]
 ) -> None:
-    """The same checks for working the leads (issue 5), as the company admin (the team admin for leaving a
+    """The same checks for working the leads, as the company admin (the team admin for leaving a
     team): no 5xx, every refusal problem+json, every answer as /openapi.json documents it. Two in three
     schema-valid cases name the account's own leads and people."""
     b, leads, job_id = worked

@@ -1,4 +1,4 @@
-"""Inbound texts (issue 4): Twilio's webhooks signed by the real ``twilio`` package, the reply routed to the
+"""Inbound texts: Twilio's webhooks signed by the real ``twilio`` package, the reply routed to the
 lead and agent that texted that phone last (S1-S3, O6), STOP and START (S4, D8), and delivery reports of
 outbound texts, end to end through the API, Redis and two real Celery workers on PostgreSQL.
 
@@ -247,7 +247,7 @@ def outbox_for(account_id: int, sid: str) -> list[Outbox]:
 
 
 def test_a_validly_signed_text_is_kept_before_the_answer_and_answered_with_empty_twiml(acme: Texting) -> None:
-    """CONTRACT.md: ``200 text/xml <Response/>``; the text is stored before the answer (accepted means kept)."""
+    """The contract: ``200 text/xml <Response/>``; the text is stored before the answer (accepted means kept)."""
     fields = acme.inbound(fresh_number(), "Hello")
     fields["SomethingTwilioAddsLater"] = "kept"
     r = acme.post_signed(INBOUND, fields)
@@ -709,7 +709,7 @@ def test_status_callbacks_are_signed_too(acme: Texting) -> None:
 
 
 def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: Texting) -> None:
-    """Issue 4, done when: the query reading the last outbound texts to a phone stays an index lookup with a
+    """The query reading the last outbound texts to a phone stays an index lookup with a
     million messages in the table (``EXPLAIN_ROWS``). The rows are written and analysed in a transaction that
     is rolled back, so no other test sees them."""
     phone = fresh_number()

@@ -1,4 +1,4 @@
-"""Issue 4, outbound: POST /v1/leads/{id}/messages records the text at once and the texts.send task
+"""Outbound texts: POST /v1/leads/{id}/messages records the text at once and the texts.send task
 sends it through the gateway, from the owner's smart number in the owner's name (SH4). Real API,
 workers, PostgreSQL and Redis; the failing gateway is the real twilio client against a proxy that
 refuses connections, and a token variable that is not set."""

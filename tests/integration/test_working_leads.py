@@ -1,7 +1,7 @@
-"""Issue 5, working the leads, end to end: every request goes through the real API server, the mails
+"""Working the leads, end to end: every request goes through the real API server, the mails
 through the outbox, the notifications.send task and a real SMTP server, the bulk jobs and replays
 through the real Celery workers, all on the run's PostgreSQL and Redis. Each test names the rules it
-checks (RULES.md); the leads are made straight in the database in the shapes a rule needs
+checks; the leads are made straight in the database in the shapes a rule needs
 (tests/support/leads.py), or by real signups where the intake pipeline is part of the story."""
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ class Service:
 
 
 class RedisServer(Service):
-    """A redis-server of this run on its own port and directory, persistence off (as RELIABILITY.md warns
+    """A redis-server of this run on its own port and directory, persistence off (as Celery's Redis transport warns
     against, so a restart loses every queued message)."""
 
     def __init__(self, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""Leads made straight in the database, for tests of what users do with leads (issue 5): the intake
+"""Leads made straight in the database, for tests of what users do with leads: the intake
 pipeline that normally makes them has its own tests, and a permission matrix needs many leads of
 exact shapes (owner, assignee, routed through an office, shared) quickly."""
 

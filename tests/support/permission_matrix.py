@@ -1,4 +1,4 @@
-"""The permission matrix (issue 5): one row per (operation, actor, owner kind, relation to the lead)
+"""The permission matrix: one row per (operation, actor, owner kind, relation to the lead)
 with the expected outcome and the rule that decides it. ``tests/integration/test_permission_matrix.py``
 runs every row through the HTTP API on PostgreSQL; ``docs/permissions.md`` is this table printed by
 ``python -m tests.support.permission_matrix`` (a unit test checks the file matches), so the
@@ -306,8 +306,9 @@ def render_markdown() -> str:
         "",
         "Generated from `tests/support/permission_matrix.py` by `python -m tests.support.permission_matrix`;",
         "`tests/integration/test_permission_matrix.py` runs every row through the HTTP API on PostgreSQL, and",
-        "`tests/unit/test_permission_doc.py` fails if this file differs from the table. Rule IDs are those of",
-        "`../shared/RULES.md`. A refusal answers 403 (or 409 for a merge conflict, 422 for a bad target) with",
+        "`tests/unit/test_permission_doc.py` fails if this file differs from the table. Each refusal names its",
+        "rule by area and number (V visibility, SH sharing, T transfers, M merges, A assignment, X archive and delete).",
+        "A refusal answers 403 (or 409 for a merge conflict, 422 for a bad target) with",
         "the rule in `detail`; a lead the caller cannot see is 404 for every operation (V1, V4).",
         "",
         "Actors (from the test brokerage): " + "; ".join(f"`{k}` = {v}" for k, v in ACTORS.items()) + ".",

@@ -1,4 +1,4 @@
-"""The shape STYLE.md asks for, checked by tools rather than by reviewers."""
+"""The shape of the house (layers, pure rules), checked by tools rather than by reviewers."""
 
 from __future__ import annotations
 

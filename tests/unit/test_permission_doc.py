@@ -1,4 +1,4 @@
-"""docs/permissions.md is the permission matrix the tests run, and every rule of issue 5's groups is
+"""docs/permissions.md is the permission matrix the tests run, and every rule of the working-the-leads groups is
 named by at least one test."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.support.permission_matrix import CASES, DOC, render_markdown
 
 TESTS = Path(__file__).resolve().parents[1]
-# The rule groups of issue 5: V, A3-A6, SH, T, M, X, D8.
+# The rule groups of working the leads: V, A3-A6, SH, T, M, X, D8.
 ISSUE_5_RULES = (
     [f"V{i}" for i in range(1, 5)]
     + [f"A{i}" for i in range(3, 7)]
