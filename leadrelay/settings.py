@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     retry_backoff_seconds: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
+    # A worker's task for one signup also takes up to this many signups waiting beside it and decides them
+    # together (one plan, a handful of statements); 1 turns batching off (LEADRELAY_BATCH_SIZE).
+    batch_size: int = Field(default=50, ge=1, le=1000)
     # Fernet keys, comma-separated, newest first, that encrypt the secrets kept in clear (Twilio auth tokens
     # of org files); outside production a key is generated once into data_dir (models.secrets).
     secret_key: SecretStr | None = None

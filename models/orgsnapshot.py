@@ -14,10 +14,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rules.entities import EntityRef
 from rules.routing import Rule
+from rules.signups import Contact
 
 # Accounts whose organisation one process keeps; the least recently used is dropped past this.
 SNAPSHOT_ACCOUNTS = 256
@@ -40,6 +41,8 @@ class OrgSnapshot:
     connections: Mapping[int, tuple[str, EntityRef]]
     # routing entity id (every entity that is not an agent) -> its rules
     routing: Mapping[int, RoutingSnapshot]
+    # entity id -> the name and mail address a new lead's mail uses (models.signups fills it)
+    contacts: Mapping[int, Contact] = field(default_factory=dict)
 
 
 class SnapshotCache:

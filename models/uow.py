@@ -57,6 +57,11 @@ class UnitOfWork:
         for callback in callbacks:
             callback()
 
+    def rollback(self) -> None:
+        """Roll back what this unit of work did so far (and drop what was to run after its commit)."""
+        self._after_commit.clear()
+        self.session.rollback()
+
     def after_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once this unit of work commits; dropped if it rolls back."""
         self._after_commit.append(callback)

@@ -156,18 +156,39 @@ def route(rules: Sequence[Rule], default: Rule, lead: LeadSignup) -> Decision:
     )
 
 
+class Router:
+    """Routes one entity's leads in order, each seeing the cursors the ones before it moved: exactly what
+    routing them one by one would give. Starts from the rules as read (cursors locked by the caller)."""
+
+    def __init__(self, rules: Sequence[Rule], default: Rule) -> None:
+        self.before: tuple[Rule, ...] = (*rules, default)
+        self.current: list[Rule] = list(self.before)
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.current[:-1]
+
+    @property
+    def default(self) -> Rule:
+        return self.current[-1]
+
+    def route(self, lead: LeadSignup) -> Decision:
+        decision = route(self.current[:-1], self.current[-1], lead)
+        if decision.rule is not None and decision.cursor is not None:
+            i = next(i for i, r in enumerate(self.current) if r is decision.rule)
+            self.current[i] = replace(self.current[i], cursor=decision.cursor)
+        return decision
+
+    def moves(self) -> list[tuple[Rule, int]]:
+        """The rules whose cursor moved (as read), each with its cursor now: what the caller writes back."""
+        return [(b, a.cursor) for b, a in zip(self.before, self.current, strict=True) if a.cursor != b.cursor]
+
+
 def route_many(
     rules: Sequence[Rule], default: Rule, leads: Sequence[LeadSignup]
 ) -> tuple[list[Decision], list[Rule], Rule]:
-    """:func:`route` for each lead in order, each seeing the cursors the ones before it moved: exactly
-    what routing them one by one would give (an import's fairness is the pipeline's). Returns the
-    decisions and the rules with their cursors after the last lead, to carry into the next batch."""
-    current = [*rules, default]
-    decisions: list[Decision] = []
-    for lead in leads:
-        decision = route(current[:-1], current[-1], lead)
-        decisions.append(decision)
-        if decision.rule is not None and decision.cursor is not None:
-            i = next(i for i, r in enumerate(current) if r is decision.rule)
-            current[i] = replace(current[i], cursor=decision.cursor)
-    return decisions, current[:-1], current[-1]
+    """:func:`route` for each lead in order (a :class:`Router`). Returns the decisions and the rules with
+    their cursors after the last lead, to carry into the next batch."""
+    router = Router(rules, default)
+    decisions = [router.route(lead) for lead in leads]
+    return decisions, router.rules, router.default

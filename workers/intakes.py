@@ -1,35 +1,103 @@
 """One stored intake, processed exactly once by what its source asks for: a text goes to
-:mod:`workers.texts` (S1-S4, O6), a signup or site activity to :mod:`workers.services`.
+:mod:`workers.texts` (S1-S4, O6), site activity to :mod:`workers.services`, and a signup to
+:mod:`workers.signups`, together with the signups waiting beside it (a batch).
 
-Above both: texts builds on the services' signup recording, so the choice between them is made here."""
+Above all three: texts builds on the signup path, so the choice between them is made here."""
 
 from __future__ import annotations
 
 import uuid
 
-from models.orgsnapshot import SNAPSHOTS
-from models.tables import IntakeSource
+import structlog
+
+from leadrelay.settings import get_settings
+from models.signups import FINAL, Claimed, SignupStore
+from models.tables import Intake, IntakeSource
 from models.uow import UnitOfWork
-from workers import services, texts
+from workers import services, signups, texts
+
+log = structlog.get_logger(__name__)
 
 
-def process_intake(uow: UnitOfWork, intake_id: uuid.UUID) -> services.Outcome:
+def process_intake(uow: UnitOfWork, intake_id: uuid.UUID, *, batch_size: int | None = None) -> services.Outcome:
     """Turn one stored intake into a lead (or a repeat signup on one), or record its activity, exactly once.
 
-    The intake row is locked first, so a redelivered or relayed copy of the task waits and then
-    finds it final; the lead insert, the cursor move and the timeline commit together.
+    The intake row is locked first. A signup's task also takes up to ``batch_size`` (by default
+    ``LEADRELAY_BATCH_SIZE``) other signups of its account that wait for their first try, skipping rows
+    another batch holds, and decides them together. So a task whose intake a batch already finished finds
+    it final and does nothing more; one whose intake a batch holds right now first runs the batch it
+    could take, then waits for that intake alone.
 
-    The account's org version comes with the lock: the organisation this process keeps of that
-    version (models.orgsnapshot) decides owners and routing, and is loaded again when it moved."""
-    locked = uow.intakes.get_for_update_with_account(intake_id)
-    if locked is None:
-        return services.Outcome("missing", reason="no such intake")
-    intake, account = locked
-    if intake.status in services.FINAL:
-        return services.Outcome(intake.status.value, intake.lead_id, reason="already processed")
-    intake.attempts += 1
-    version = account.org_version
-    uow.orgs.use_snapshot(SNAPSHOTS.get(account.id, version, lambda: uow.orgs.load_snapshot(account.id, version)))
-    if intake.source is IntakeSource.SMS:
-        return texts.process_inbound_text(uow, intake)
-    return services.process_signup_or_activity(uow, intake)
+    If a batch fails, each of its intakes is tried alone at once, in its own transaction: one that fails
+    alone is counted as tried (so no batch takes it again) and is left to its own task's retries, and
+    only this task's own intake raises. One poison intake fails no batch twice, and ends dead alone."""
+    store = SignupStore(uow.session, uow.orgs)
+    size = batch_size or get_settings().batch_size
+    claimed = store.claim(intake_id, size)
+    if claimed is not None and claimed.intakes[0].id != intake_id:
+        _run_or_split(uow, claimed, claimed.intakes, intake_id)
+        claimed = None
+    if claimed is None:
+        uow.rollback()
+        claimed = store.wait_for(intake_id)
+        if claimed is None:
+            return services.Outcome("missing", reason="no such intake")
+    this, companions = claimed.intakes[0], claimed.intakes[1:]
+    if this.status in FINAL:
+        outcome = services.Outcome(this.status.value, this.lead_id, reason="already processed")
+        if companions:
+            _run_or_split(uow, claimed, companions, intake_id)
+        else:
+            uow.rollback()
+        return outcome
+    if this.source is IntakeSource.SMS or _is_activity(this):
+        this.attempts += 1
+        signups.snapshot_of(uow, store, claimed)
+        if this.source is IntakeSource.SMS:
+            return texts.process_inbound_text(uow, this)
+        return services.process_activity(uow, this)
+    outcomes = _run_or_split(uow, claimed, claimed.intakes, intake_id)
+    return outcomes[intake_id]
+
+
+def _is_activity(intake: Intake) -> bool:
+    return intake.source is IntakeSource.ACTIVITY or (
+        intake.source is IntakeSource.EVENTS and "activity" in intake.payload
+    )
+
+
+def _run_or_split(
+    uow: UnitOfWork, claimed: Claimed, intakes: list[Intake], intake_id: uuid.UUID
+) -> dict[uuid.UUID, services.Outcome]:
+    """Run the batch; if it fails, run each intake alone (see :func:`process_intake`)."""
+    store = SignupStore(uow.session, uow.orgs)
+    try:
+        return signups.run_batch(uow, store, claimed, intakes)
+    except Exception as exc:
+        if len(intakes) == 1:
+            uow.rollback()
+            raise
+        uow.rollback()
+        ids = [intake.id for intake in intakes]
+        log.warning("intake.batch_split", intakes=len(ids), error=type(exc).__name__)
+    outcomes: dict[uuid.UUID, services.Outcome] = {}
+    failure: Exception | None = None
+    for key in ids:
+        alone = store.claim(key, 1)
+        if alone is None or alone.intakes[0].status in FINAL:
+            uow.rollback()
+            continue
+        try:
+            outcomes.update(signups.run_batch(uow, store, alone, alone.intakes))
+        except Exception as exc:
+            uow.rollback()
+            if key == intake_id:
+                failure = exc
+            else:
+                # Tried and failed alone: no batch takes it again; its own task retries it.
+                store.count_attempt(key)
+                uow.commit()
+                log.warning("intake.retry", intake_id=str(key), error=type(exc).__name__)
+    if failure is not None:
+        raise failure
+    return outcomes

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from leadrelay.settings import get_settings
 from models.repositories import dialect_insert
-from models.tables import Lead, Outbox
+from models.tables import Outbox
 from models.uow import UnitOfWork
 from rules.contact import mask_email
 from workers.app import publish
@@ -381,41 +381,3 @@ def send_smtp(server: SmtpServer, message: EmailMessage) -> None:
     """One SMTP conversation for one mail."""
     with open_smtp(server) as client:
         client.send_message(message)
-
-
-def notify_new_lead_assigned(uow: UnitOfWork, lead: Lead) -> None:
-    """Tell the agent a new lead was assigned to it, by mail (once per lead and agent; only an agent
-    with an email). Written in the caller's transaction; sent after its commit."""
-    if lead.assigned_agent_id is None:
-        return
-    agent = uow.orgs.entity(lead.assigned_agent_id)
-    if not agent.email:
-        return
-    owner = uow.orgs.entity(lead.owner_entity_id)
-    name = " ".join(part for part in (lead.first_name, lead.last_name) if part)
-    base = get_settings().public_base_url.rstrip("/")
-    lines = [
-        f"Hello {agent.name},",
-        "",
-        "A new lead was assigned to you.",
-        "",
-        f"Name:   {name or '(no name given)'}",
-        f"Email:  {lead.email or '-'}",
-        f"Phone:  {lead.phone_e164 or '-'}",
-        f"Source: {lead.source_kind}" + (f" ({lead.source_detail})" if lead.source_detail else ""),
-        f"Owner:  {owner.name}",
-    ]
-    if lead.lead_type:
-        lines.append(f"Type:   {lead.lead_type}")
-    if lead.price_min is not None or lead.price_max is not None:
-        lines.append(f"Price:  {lead.price_min or '-'} to {lead.price_max or '-'}")
-    lines += ["", f"Lead {lead.id}: {base}/v1/leads/{lead.id}", ""]
-    queue_mail(
-        uow,
-        account_id=lead.account_id,
-        dedupe_key=f"assigned:{lead.id}:{agent.id}",
-        to_address=agent.email,
-        # The subject is logged: a name at most, never the lead's email or phone.
-        subject=f"New lead assigned to you: {name}" if name else f"New lead assigned to you ({lead.source_kind})",
-        body="\n".join(lines),
-    )

@@ -24,7 +24,7 @@ from rules.texts import (
     choose_reply_lead,
     keyword_action,
 )
-from workers import services
+from workers import services, signups
 from workers.notifications import queue_mail
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
         entity = uow.orgs.entity_ref(number.entity_id)
         ownership = decide_number_owner(entity, text.to)
         signup = LeadSignup(source_kind="sms", phone=phone, message=text.body, source_detail=f"text to {text.to}")
-        outcome = services.record_signup(uow, intake, signup, ownership)
+        outcome = signups.record_one(uow, intake, signup, ownership)
         if outcome.lead_id is None:  # X4: a replayed text whose lead was deleted
             return services.reject_intake(uow, intake, outcome.reason or "rejected")
         lead = uow.leads.get(outcome.lead_id)

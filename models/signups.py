@@ -1,0 +1,416 @@
+"""The one signup path, the database part: claim a batch of waiting intakes, lock and read what their
+plan needs (:class:`rules.signups.Needs`), and write the plan (:class:`rules.signups.SignupPlan`) in a
+handful of statements whatever the batch's size.
+
+Locks, always in this order, so two batches (or a batch and any other writer) cannot deadlock:
+the intake rows (``FOR UPDATE SKIP LOCKED``: batches never wait for each other's intakes), the people
+(advisory locks in key order: an activity of the person deciding right now that there is no lead waits,
+then finds it), the routing entities (rows in id order; an entity's rule cursors move only under its
+row lock). Leads are inserted last: two batches making the same person's lead are already serialised
+by the person lock, so the unique index never makes one wait for the other."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    case,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+    values,
+)
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from models.orgsnapshot import OrgSnapshot
+from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
+from models.tables import (
+    Account,
+    Entity,
+    Intake,
+    IntakeSource,
+    IntakeStatus,
+    Lead,
+    LeadCampaign,
+    Outbox,
+    RoutingRule,
+    SiteActivity,
+    TimelineEvent,
+    User,
+)
+from rules.routing import Rule
+from rules.signups import Contact, Facts, KnownLead, Needs, SignupPlan
+
+# The sources a batch takes beside the intake its task was sent for: every one is a signup. (An event
+# intake may hold activity, and a text has its own path: those are taken one at a time.)
+BATCHED_SOURCES = (IntakeSource.REGISTRATION, IntakeSource.PROVIDER)
+FINAL = (IntakeStatus.DONE, IntakeStatus.REJECTED)
+# The tables written with many rows in one executemany: Core, not the ORM's bulk paths.
+LEADS = cast(Table, Lead.__table__)
+RULES = cast(Table, RoutingRule.__table__)
+ENTITIES = cast(Table, Entity.__table__)
+ACTIVITY = cast(Table, SiteActivity.__table__)
+
+
+def person_lock_key(account_id: int, email_normalized: str) -> int:
+    """The advisory lock of one person of an account (``LeadRepository.lock_person`` takes the same)."""
+    digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The intakes a batch holds, the one its task was sent for first when it was free to take."""
+
+    intakes: list[Intake]
+    org_version: int
+    duplication: bool
+    account_id: int
+
+
+class SignupStore:
+    """The batch's statements, on the unit of work's session."""
+
+    def __init__(self, session: Session, orgs: OrgRepository) -> None:
+        self.session = session
+        self.orgs = orgs
+        self.postgres = session.get_bind().dialect.name == "postgresql"
+
+    # --- claim -----------------------------------------------------------------------------------
+
+    def claim(self, intake_id: uuid.UUID, limit: int) -> Claimed | None:
+        """Lock the intake ``intake_id`` and, when it is a signup and ``limit`` allows, up to ``limit - 1``
+        other signups of its account waiting their first try, oldest first, in one statement. Rows another
+        batch holds are skipped, never waited for: the intake itself too (the caller then waits for it
+        alone). None when no row was taken. SQLite (one writer, no row locks) takes the intake alone."""
+        this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
+        this_source = select(Intake.source).where(Intake.id == intake_id).scalar_subquery()
+        stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
+        if self.postgres and limit > 1:
+            companions = (
+                (Intake.status == IntakeStatus.ACCEPTED)
+                & (Intake.attempts == 0)
+                & Intake.source.in_(BATCHED_SOURCES)
+                & this_source.in_(BATCHED_SOURCES)
+            )
+            stmt = (
+                stmt.where(Intake.account_id == this, or_(Intake.id == intake_id, companions))
+                .order_by((Intake.id == intake_id).desc(), Intake.created_at)
+                .limit(limit)
+            )
+        else:
+            stmt = stmt.where(Intake.id == intake_id)
+        stmt = stmt.with_for_update(of=Intake, skip_locked=self.postgres)
+        rows = self.session.execute(stmt).all()
+        if not rows:
+            return None
+        _, version, duplication = rows[0]
+        return Claimed([row[0] for row in rows], version, duplication, rows[0][0].account_id)
+
+    def wait_for(self, intake_id: uuid.UUID) -> Claimed | None:
+        """Lock the intake alone, waiting for the batch that holds it to end."""
+        locked = self.session.execute(
+            select(Intake, Account.org_version, Account.duplication)
+            .join(Account, Account.id == Intake.account_id)
+            .where(Intake.id == intake_id)
+            .with_for_update(of=Intake)
+        ).first()
+        if locked is None:
+            return None
+        intake, version, duplication = locked
+        return Claimed([intake], version, duplication, intake.account_id)
+
+    def count_attempt(self, intake_id: uuid.UUID) -> None:
+        """One more try of an intake that failed alone (a batch takes only intakes on their first try)."""
+        self.session.execute(
+            update(Intake)
+            .where(Intake.id == intake_id)
+            .values(attempts=Intake.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+    def contacts(self, account_id: int) -> dict[int, Contact]:
+        """Every entity's name and mail address (the snapshot keeps them: a new lead's mail names both)."""
+        rows = self.session.execute(select(Entity.id, Entity.name, Entity.email).where(Entity.account_id == account_id))
+        return {entity_id: Contact(name, email) for entity_id, name, email in rows}
+
+    def load_snapshot(self, account_id: int, version: int) -> OrgSnapshot:
+        return replace(self.orgs.load_snapshot(account_id, version), contacts=self.contacts(account_id))
+
+    # --- lock and read ---------------------------------------------------------------------------
+
+    def lock_people(self, account_id: int, emails: Sequence[str]) -> None:
+        """One advisory lock per person, taken in key order in one statement (PostgreSQL; SQLite has one writer)."""
+        if not self.postgres or not emails:
+            return
+        keys = sorted({person_lock_key(account_id, e) for e in emails})
+        # The subquery's order is the order the locks are taken in (OFFSET 0 keeps it from being flattened).
+        ordered = (
+            select(func.unnest(bindparam("keys", keys, type_=ARRAY(BigInteger))).label("k"))
+            .order_by("k")
+            .offset(0)
+            .subquery()
+        )
+        self.session.execute(select(func.pg_advisory_xact_lock(ordered.c.k))).all()
+
+    def routing(self, snapshot: OrgSnapshot, entity_ids: Sequence[int]) -> dict[int, tuple[Sequence[Rule], Rule]]:
+        """Each entity's rules and default rule with its cursors, locked until the transaction ends: the
+        entity rows in id order, then their rules' cursors (which move only under the entity's lock).
+        The rest comes from the snapshot; an entity whose rules are not the snapshot's (an org apply
+        committed since its version was read) is read whole from the tables."""
+        if not entity_ids:
+            return {}
+        defaults: dict[int, int] = dict(
+            self.session.execute(  # type: ignore[arg-type]
+                select(Entity.id, Entity.default_cursor)
+                .where(Entity.id.in_(entity_ids))
+                .order_by(Entity.id)
+                .with_for_update(key_share=True)
+            ).all()
+        )
+        cursors: dict[int, list[tuple[int, int]]] = {entity_id: [] for entity_id in entity_ids}
+        for entity_id, rule_id, cursor in self.session.execute(
+            select(RoutingRule.entity_id, RoutingRule.id, RoutingRule.cursor)
+            .where(RoutingRule.entity_id.in_(entity_ids))
+            .order_by(RoutingRule.entity_id, RoutingRule.position)
+        ).all():
+            cursors[entity_id].append((rule_id, cursor))
+        routing: dict[int, tuple[Sequence[Rule], Rule]] = {}
+        for entity_id in entity_ids:
+            cached = snapshot.routing.get(entity_id)
+            rows = cursors[entity_id]
+            if cached is not None and [rule_id for rule_id, _ in rows] == [r.id for r in cached.rules]:
+                rules = [
+                    replace(r, cursor=cursor, conditions=dict(r.conditions))
+                    for r, (_, cursor) in zip(cached.rules, rows, strict=True)
+                ]
+                routing[entity_id] = (rules, replace(cached.default, cursor=defaults[entity_id]))
+            else:
+                routing[entity_id] = self.orgs.routing_rules(self.orgs.entity_ref(entity_id), lock=True)
+        return routing
+
+    def known_leads(self, account_id: int, needs: Needs) -> tuple[dict[str, KnownLead], dict[uuid.UUID, KnownLead]]:
+        """The leads that hold the batch's keys or that its signups name (D5), with every lead on their merge
+        chains (M4), in one statement."""
+        if not needs.keys and not needs.named_leads:
+            return {}, {}
+        columns = (
+            Lead.id,
+            Lead.owner_entity_id,
+            Lead.status,
+            Lead.email_normalized,
+            Lead.merged_into_id,
+            Lead.created_by_intake_id,
+            Lead.deleted_by_user_id,
+            Lead.deleted_at,
+            Lead.unique_key,
+        )
+        first = select(*columns).where(
+            Lead.account_id == account_id, or_(Lead.unique_key.in_(needs.keys), Lead.id.in_(needs.named_leads))
+        )
+        chain = first.cte("chain", recursive=True)
+        chain = chain.union(select(*columns).join(chain, Lead.id == chain.c.merged_into_id))
+        rows = self.session.execute(
+            select(chain, User.slug).outerjoin(User, User.id == chain.c.deleted_by_user_id)
+        ).all()
+        by_key: dict[str, KnownLead] = {}
+        by_id: dict[uuid.UUID, KnownLead] = {}
+        for row in rows:
+            status = row.status.value if hasattr(row.status, "value") else str(row.status)
+            lead = KnownLead(
+                row.id,
+                row.owner_entity_id,
+                status,
+                row.email_normalized,
+                row.merged_into_id,
+                row.created_by_intake_id,
+                row.slug,
+                row.deleted_at,
+            )
+            by_id[lead.id] = lead
+            if row.unique_key is not None:
+                by_key[row.unique_key] = lead
+        return by_key, by_id
+
+    def events_of(self, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]) -> frozenset[tuple[uuid.UUID, uuid.UUID]]:
+        """Of (lead id, intake id) pairs, those with an event (X4: a replay's earlier run left one)."""
+        wanted = list(pairs)
+        if not wanted:
+            return frozenset()
+        leads = {lead for lead, _ in wanted}
+        intakes = {intake for _, intake in wanted}
+        found = self.session.execute(
+            select(TimelineEvent.lead_id, TimelineEvent.intake_id)
+            .where(TimelineEvent.lead_id.in_(leads), TimelineEvent.intake_id.in_(intakes))
+            .distinct()
+        ).all()
+        return frozenset((lead, intake) for lead, intake in found if (lead, intake) in set(wanted))
+
+    def facts(self, account_id: int, snapshot: OrgSnapshot, needs: Needs, intake_ids: Sequence[uuid.UUID]) -> Facts:
+        """Lock the people and the cursors, then read what the plan decides over."""
+        self.lock_people(account_id, needs.people)
+        routing = self.routing(snapshot, needs.routing_entities)
+        by_key, by_id = self.known_leads(account_id, needs)
+        tombstones = [lead for lead in by_key.values() if lead.status in ("deleted", "merged")]
+        pairs = [
+            (lead_id, intake_id)
+            for lead in tombstones
+            for lead_id in (lead.id, lead.merged_into_id)
+            if lead_id is not None
+            for intake_id in intake_ids
+        ]
+        return Facts(by_key, by_id, routing, self.events_of(pairs) if tombstones else frozenset())
+
+    # --- write -----------------------------------------------------------------------------------
+
+    def write(
+        self, account_id: int, plan: SignupPlan, intakes: Mapping[uuid.UUID, Intake]
+    ) -> list[tuple[uuid.UUID, ClaimedActivity]]:
+        """Write the plan: each step one statement for the whole batch. Returns the kept activity the new
+        leads claimed (D7), for the caller to put on their timelines (:meth:`add_events`)."""
+        session = self.session
+        now = dt.datetime.now(dt.UTC)
+        freed = [lead.replaces for lead in plan.leads if lead.replaces is not None]
+        if freed:
+            session.execute(update(Lead).where(Lead.id.in_(freed)).values(unique_key=None))
+        if plan.leads:
+            session.execute(insert(LEADS), [{"id": lead.id, **lead.values} for lead in plan.leads])
+        self.add_events(
+            account_id,
+            [
+                {
+                    "lead_id": e.lead_id,
+                    "kind": e.kind,
+                    "intake_id": e.intake_id,
+                    "at": e.at,
+                    "summary": e.summary,
+                    "data": e.data,
+                    "actor": e.actor,
+                }
+                for e in plan.events
+            ],
+        )
+        self.touch(plan.touched)
+        self._move_cursors(plan)
+        if plan.campaigns:
+            session.execute(
+                dialect_insert(session, LeadCampaign).on_conflict_do_nothing(),
+                [{"lead_id": lead_id, "name": name, "started_at": now} for lead_id, name in plan.campaigns],
+            )
+        if plan.mails:
+            session.execute(
+                dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "account_id": account_id,
+                        "kind": "email",
+                        "dedupe_key": m.dedupe_key[:200],
+                        "to_address": m.to_address,
+                        "subject": m.subject[:300],
+                        "body": m.body,
+                        "correlation_id": m.correlation_id[:64],
+                    }
+                    for m in plan.mails
+                ],
+            )
+        claimed = self._claim_activity(account_id, plan)
+        for done in plan.finished:
+            intake = intakes[done.intake_id]
+            intake.status = IntakeStatus(done.status)
+            intake.lead_id = done.lead_id
+            intake.reason = done.reason
+            intake.processed_at = now
+        return claimed
+
+    def add_events(self, account_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Timeline events in one executemany; an (lead, intake, kind) already there is skipped."""
+        if rows:
+            self.session.execute(
+                dialect_insert(self.session, TimelineEvent).on_conflict_do_nothing(
+                    index_elements=["lead_id", "intake_id", "kind"]
+                ),
+                [{"account_id": account_id, "actor": "system", **row} for row in rows],
+            )
+
+    def touch(self, lead_ids_at: Mapping[uuid.UUID, dt.datetime]) -> None:
+        """Leads' last activity moved to at least the given time."""
+        if not lead_ids_at:
+            return
+        at = bindparam("b_at", type_=Lead.last_activity_at.type)
+        self.session.execute(
+            update(LEADS)
+            .where(LEADS.c.id == bindparam("b_id"))
+            .values(last_activity_at=case((LEADS.c.last_activity_at < at, at), else_=LEADS.c.last_activity_at)),
+            [{"b_id": lead_id, "b_at": when} for lead_id, when in lead_ids_at.items()],
+        )
+
+    def _move_cursors(self, plan: SignupPlan) -> None:
+        rules = [{"b_id": m.rule_id, "b_cursor": m.cursor} for m in plan.cursors if m.rule_id is not None]
+        defaults = [{"b_id": m.entity_id, "b_cursor": m.cursor} for m in plan.cursors if m.rule_id is None]
+        if rules:
+            self.session.execute(
+                update(RULES).where(RULES.c.id == bindparam("b_id")).values(cursor=bindparam("b_cursor")),
+                rules,
+            )
+        if defaults:
+            self.session.execute(
+                update(ENTITIES).where(ENTITIES.c.id == bindparam("b_id")).values(default_cursor=bindparam("b_cursor")),
+                defaults,
+            )
+
+    def _claim_activity(self, account_id: int, plan: SignupPlan) -> list[tuple[uuid.UUID, ClaimedActivity]]:
+        """D7: kept anonymous activity of the new leads' people joins them, in one UPDATE ... FROM (VALUES)
+        on PostgreSQL (one per lead on SQLite); the rows claimed, oldest first per lead."""
+        if not plan.claims:
+            return []
+        if self.postgres:
+            wanted = values(
+                column("email", String), column("owner_id", Integer), column("lead_id", Uuid), name="wanted"
+            ).data([(c.email, c.owner_id, c.lead_id) for c in plan.claims])
+            stmt = (
+                update(ACTIVITY)
+                .where(
+                    ACTIVITY.c.account_id == account_id,
+                    ACTIVITY.c.lead_id.is_(None),
+                    ACTIVITY.c.email_normalized == wanted.c.email,
+                    # A column of NULLs only (duplication off) is text to PostgreSQL unless cast.
+                    or_(wanted.c.owner_id.is_(None), ACTIVITY.c.owner_entity_id == sa_cast(wanted.c.owner_id, Integer)),
+                )
+                .values(lead_id=wanted.c.lead_id)
+                .returning(ACTIVITY.c.lead_id, *(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+            )
+            rows = [(row[0], ClaimedActivity(*row[1:])) for row in self.session.execute(stmt).all()]
+        else:
+            rows = []
+            for claim in plan.claims:
+                stmt = (
+                    update(ACTIVITY)
+                    .where(
+                        ACTIVITY.c.account_id == account_id,
+                        ACTIVITY.c.email_normalized == claim.email,
+                        ACTIVITY.c.lead_id.is_(None),
+                    )
+                    .values(lead_id=claim.lead_id)
+                    .returning(*(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+                )
+                if claim.owner_id is not None:
+                    stmt = stmt.where(ACTIVITY.c.owner_entity_id == claim.owner_id)
+                rows += [(claim.lead_id, ClaimedActivity(*row)) for row in self.session.execute(stmt).all()]
+        return sorted(rows, key=lambda r: (str(r[0]), r[1].at, str(r[1].id)))

@@ -1,0 +1,185 @@
+"""Live intakes in batches: a signup's task also takes the signups waiting beside it and decides them
+together, exactly as deciding them one by one would, in a handful of statements.
+
+The intakes here are stored as the API stores them, but without publishing their tasks, so that the
+running workers leave them waiting; each test then runs what a task runs, in this process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from intake.schemas import RegistrationIn
+from models.db import get_engine
+from models.security import hash_secret
+from models.tables import Intake, IntakeSource, IntakeStatus, Lead, TimelineEvent
+from models.uow import UnitOfWork
+from tests.support.client import Brokerage
+from workers import intakes
+
+pytestmark = pytest.mark.usefixtures("api")
+
+
+def store(b: Brokerage, bodies: list[dict[str, Any]]) -> list[uuid.UUID]:
+    """Stored registrations, waiting (no task published)."""
+    with UnitOfWork() as uow:
+        key = uow.orgs.intake_key_by_hash(hash_secret(f"key-{b.s}"))
+        assert key is not None
+        ids = []
+        for body in bodies:
+            payload = RegistrationIn(**body).to_signup().to_dict() if "page_url" in body else body
+            intake = Intake(
+                account_id=key.account_id,
+                source=IntakeSource.REGISTRATION,
+                intake_key_id=key.id,
+                raw_body="{}",
+                payload=payload,
+                content_type="application/json",
+            )
+            ids.append(uow.intakes.add(intake).id)
+        uow.commit()
+    return ids
+
+
+def body(b: Brokerage, site: str, email: str, **fields: Any) -> dict[str, Any]:
+    return {"page_url": f"https://{b.host(site)}/", "email": email, **fields}
+
+
+def process(intake_id: uuid.UUID, batch_size: int | None = None) -> intakes.services.Outcome:
+    with UnitOfWork() as uow:
+        return intakes.process_intake(uow, intake_id, batch_size=batch_size)
+
+
+def rows(ids: list[uuid.UUID]) -> list[Intake]:
+    with UnitOfWork() as uow:
+        found = {i.id: i for i in uow.session.execute(select(Intake).where(Intake.id.in_(ids))).scalars()}
+        uow.session.expunge_all()
+    return [found[i] for i in ids]
+
+
+def assignments(b: Brokerage, ids: list[uuid.UUID]) -> list[tuple[str, str | None, str | None]]:
+    """Per intake: its status, its lead's assignee (slug) and the rule that routed it."""
+    out = []
+    for intake in rows(ids):
+        if intake.lead_id is None:
+            out.append((intake.status.value, None, None))
+            continue
+        lead = b.lead(str(intake.lead_id))
+        routed = [e for e in b.timeline(str(intake.lead_id)) if e["kind"] == "routed"]
+        out.append((intake.status.value, (lead.get("assigned_agent") or {}).get("id"), routed[0]["data"].get("rule")))
+    return out
+
+
+@contextmanager
+def counted() -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]).split(None, 1)[0].upper())
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def mixed(b: Brokerage) -> list[dict[str, Any]]:
+    """Signups of two owners (the company, the team) and two of the company's rules (Luxury, Everyone)."""
+    return [
+        body(b, "co", "p1@example.com", price_max=2_000_000),
+        body(b, "sunrise", "p2@example.com"),
+        body(b, "co", "p3@example.com"),
+        body(b, "co", "p4@example.com", price_max=3_000_000),
+        body(b, "sunrise", "p5@example.com"),
+        body(b, "co", "p6@example.com", price_max=1_500_000),
+        body(b, "co", "p7@example.com"),
+        body(b, "downtown", "p8@example.com"),
+    ]
+
+
+def test_a_batch_spanning_two_owners_and_two_rules_decides_as_one_by_one_would(brokerage_factory: Any) -> None:
+    batched, alone = brokerage_factory(), brokerage_factory()
+    batch_ids = store(batched, mixed(batched))
+    alone_ids = store(alone, mixed(alone))
+
+    first = process(batch_ids[0])
+    assert first.status == "done"
+    assert first.created
+    assert [i.status for i in rows(batch_ids)] == [IntakeStatus.DONE] * len(batch_ids)  # one task did all
+    for intake_id in alone_ids:
+        process(intake_id, batch_size=1)
+
+    got = assignments(batched, batch_ids)
+    assert got == assignments(alone, alone_ids)
+    assert {rule for _, _, rule in got} >= {"Luxury", "Everyone"}
+    assert {agent for _, agent, _ in got} >= {"john", "jill"}
+
+
+def test_a_task_whose_intake_a_batch_finished_is_one_statement(acme: Brokerage) -> None:
+    ids = store(acme, [body(acme, "co", f"n{i}@example.com") for i in range(3)])
+    process(ids[0])
+    with counted() as statements:
+        outcome = process(ids[1])
+    assert outcome.reason == "already processed"
+    assert statements == ["SELECT"]
+
+
+def test_a_batch_of_twenty_costs_a_handful_of_statements_not_twenty_times_one(acme: Brokerage) -> None:
+    process(store(acme, [body(acme, "co", "warm@example.com")])[0])  # the organisation is loaded once per process
+    ids = store(acme, [body(acme, "co", f"s{i}@example.com") for i in range(20)])
+    with counted() as statements:
+        process(ids[0])
+    assert [i.status for i in rows(ids)] == [IntakeStatus.DONE] * 20
+    # claim, people, cursors (entity, rules), leads by key, then one statement per table written.
+    print("STMTS", len(statements), statements)
+    assert len(statements) <= 12, statements
+
+
+def test_two_signups_of_one_person_in_a_batch_make_one_lead_and_one_signup_event(acme: Brokerage) -> None:
+    ids = store(acme, [body(acme, "co", "twice@example.com"), body(acme, "co", "Twice@Example.com ", first_name="T")])
+    process(ids[0])
+    first, second = rows(ids)
+    assert first.status is second.status is IntakeStatus.DONE
+    assert first.lead_id == second.lead_id is not None
+    kinds = [e["kind"] for e in acme.timeline(str(first.lead_id))]
+    assert kinds.count("created") == 1
+    assert kinds.count("signup") == 1
+    with UnitOfWork() as uow:
+        leads = uow.session.execute(select(Lead).where(Lead.email_normalized == "twice@example.com")).scalars().all()
+        assert [lead.id for lead in leads if lead.account_id == first.account_id] == [first.lead_id]
+
+
+def test_a_poison_intake_inside_a_batch_fails_alone_and_is_not_taken_by_the_next_batch(acme: Brokerage) -> None:
+    good = [body(acme, "co", f"g{i}@example.com") for i in range(4)]
+    ids = store(acme, [good[0], good[1], {"not": "a signup"}, good[2], good[3]])
+    poison = ids[2]
+
+    process(ids[0])
+    statuses = [i.status for i in rows(ids)]
+    assert statuses == [
+        IntakeStatus.DONE,
+        IntakeStatus.DONE,
+        IntakeStatus.ACCEPTED,
+        IntakeStatus.DONE,
+        IntakeStatus.DONE,
+    ]
+    assert rows([poison])[0].attempts == 1  # tried alone once: no batch takes it again
+
+    later = store(acme, [body(acme, "co", "later@example.com")])
+    with counted():
+        process(later[0])
+    assert rows(later)[0].status is IntakeStatus.DONE
+    assert rows([poison])[0].attempts == 1
+
+    with pytest.raises(TypeError):  # its own task meets the payload alone, and retries
+        process(poison)
+    with UnitOfWork() as uow:
+        made = uow.session.execute(select(TimelineEvent.kind).where(TimelineEvent.intake_id.in_(ids))).scalars().all()
+    assert sorted(made) == sorted(["created", "routed"] * 4)
