@@ -95,19 +95,24 @@ class SignupStore:
     # --- claim -----------------------------------------------------------------------------------
 
     def claim(self, intake_id: uuid.UUID, limit: int) -> Claimed | None:
-        """Lock the intake ``intake_id`` and, when it is a signup and ``limit`` allows, up to ``limit - 1``
-        other signups of its account waiting their first try, oldest first, in one statement. Rows another
+        """Lock the intake ``intake_id`` and, when it is a signup on its first try and ``limit`` allows, up to
+        ``limit - 1`` other signups of its account waiting their first try, oldest first, in one statement. Rows another
         batch holds are skipped, never waited for: the intake itself too (the caller then waits for it
         alone). None when no row was taken. SQLite (one writer, no row locks) takes the intake alone."""
         this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
-        this_source = select(Intake.source).where(Intake.id == intake_id).scalar_subquery()
+        # Companions only for a signup on its first try: an intake that failed before is tried alone.
+        first_try_signup = (
+            select(Intake.id)
+            .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
+            .exists()
+        )
         stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
         if self.postgres and limit > 1:
             companions = (
                 (Intake.status == IntakeStatus.ACCEPTED)
                 & (Intake.attempts == 0)
                 & Intake.source.in_(BATCHED_SOURCES)
-                & this_source.in_(BATCHED_SOURCES)
+                & first_try_signup
             )
             stmt = (
                 stmt.where(Intake.account_id == this, or_(Intake.id == intake_id, companions))

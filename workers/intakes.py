@@ -97,7 +97,7 @@ def _run_or_split(
                 # Tried and failed alone: no batch takes it again; its own task retries it.
                 store.count_attempt(key)
                 uow.commit()
-                log.warning("intake.retry", intake_id=str(key), error=type(exc).__name__)
+                log.warning("intake.failed_alone", intake_id=str(key), error=type(exc).__name__)
     if failure is not None:
         raise failure
     return outcomes
