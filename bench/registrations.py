@@ -435,9 +435,15 @@ def run(folder: Path, *, embedded: bool = False, seed_leads: int = 10_000, grow_
 
 
 def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) -> dict[str, Any]:
-    """A diagnostic, not a rate: the SQL statements one registration costs the worker, counted with
-    SQLAlchemy's ``before_cursor_execute`` over ``n`` intakes processed in this process (the same
-    ``intakes.process_intake`` the task runs; publishing the mail task is skipped), per site."""
+    """A diagnostic, not a rate: the SQL statements registrations cost the worker, counted with
+    SQLAlchemy's ``before_cursor_execute`` in this process, running what the task runs
+    (``intakes.process_intake``; publishing the mail flush is skipped), after one registration has
+    loaded the organisation. Two ways, ``n`` registrations each, spread over the sites:
+
+    - **alone**: each intake processed on its own (``batch_size=1``), as at low load;
+    - **batched**: ``n`` intakes waiting, then each one's task run in order, as under load: the first
+      task takes the waiting ones as its batch, and the others find theirs done. Per registration,
+      every statement of all ``n`` tasks counted."""
     import json as _json
 
     from sqlalchemy import event
@@ -452,40 +458,55 @@ def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) 
     from workers.app import app as celery_app
 
     params = params_for(suffix, 0)
-    with UnitOfWork() as uow:
-        key = uow.orgs.intake_key_by_hash(hash_secret(f"key-{suffix}"))
-        assert key is not None
-        made = []
-        for i in range(n):
-            body, _ = signup(i, params)
-            intake = Intake(
-                account_id=account,
-                source=IntakeSource.REGISTRATION,
-                intake_key_id=key.id,
-                raw_body=_json.dumps(body),
-                payload=RegistrationIn(**body).to_signup().to_dict(),
-                content_type="application/json",
-            )
-            made.append(uow.intakes.add(intake).id)
-        uow.commit()
+    offset = [0]
+
+    def store(count: int) -> list[uuid.UUID]:
+        with UnitOfWork() as uow:
+            key = uow.orgs.intake_key_by_hash(hash_secret(f"key-{suffix}"))
+            assert key is not None
+            made = []
+            for _ in range(count):
+                body, _ = signup(offset[0], params)
+                offset[0] += 1
+                intake = Intake(
+                    account_id=account,
+                    source=IntakeSource.REGISTRATION,
+                    intake_key_id=key.id,
+                    raw_body=_json.dumps(body),
+                    payload=RegistrationIn(**body).to_signup().to_dict(),
+                    content_type="application/json",
+                )
+                made.append(uow.intakes.add(intake).id)
+            uow.commit()
+        return made
+
     counted: list[str] = []
 
     def count(*args: Any) -> None:
         counted.append(str(args[2]).split(None, 1)[0].upper())
 
+    def process(intake_id: uuid.UUID, batch_size: int | None) -> None:
+        with UnitOfWork() as uow:
+            intakes.process_intake(uow, intake_id, batch_size=batch_size)
+
     engine = get_engine()
     send_task = celery_app.send_task
     celery_app.send_task = lambda *a, **k: None
-    event.listen(engine, "before_cursor_execute", count)
     per_site: dict[str, list[int]] = {site: [] for site in SITES}
     kinds: Counter[str] = Counter()
     try:
-        for i, intake_id in enumerate(made):
+        process(store(1)[0], 1)  # the organisation, loaded once per process
+        event.listen(engine, "before_cursor_execute", count)
+        for i, intake_id in enumerate(store(n)):
             counted.clear()
-            with UnitOfWork() as uow:
-                intakes.process_intake(uow, intake_id)
+            process(intake_id, 1)
             per_site[SITES[i % len(SITES)]].append(len(counted))
             kinds.update(counted)
+        batch = store(n)
+        counted.clear()
+        for intake_id in batch:
+            process(intake_id, None)
+        batched = len(counted)
     finally:
         event.remove(engine, "before_cursor_execute", count)
         celery_app.send_task = send_task
@@ -495,5 +516,6 @@ def statements_per_intake(stack: Stack, account: int, suffix: str, n: int = 40) 
         "mean": sum(every) / len(every),
         "per_site": {site: max(counts) for site, counts in per_site.items() if counts},
         "by_verb": {k: round(v / n, 1) for k, v in kinds.most_common()},
+        "batched_mean": batched / n,
         "baseline_noop": 1,
     }
