@@ -23,21 +23,25 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     Uuid,
     bindparam,
     case,
     column,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
     values,
 )
 from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from models.base import UTCDateTime
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
 from models.tables import (
@@ -66,6 +70,77 @@ LEADS = cast(Table, Lead.__table__)
 RULES = cast(Table, RoutingRule.__table__)
 ENTITIES = cast(Table, Entity.__table__)
 ACTIVITY = cast(Table, SiteActivity.__table__)
+EVENTS = cast(Table, TimelineEvent.__table__)
+CAMPAIGNS = cast(Table, LeadCampaign.__table__)
+OUTBOX = cast(Table, Outbox.__table__)
+INTAKES = cast(Table, Intake.__table__)
+_AT = UTCDateTime()
+
+
+def _insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """PostgreSQL: INSERT INTO table (columns) SELECT ... FROM (VALUES ...), each value cast to its column's
+    type (a column of NULLs only would be text), the columns' scalar defaults filled in. Its binds are anonymous, so several of these share one
+    statement (multi-row VALUES inserts of tables with a column name in common cannot)."""
+    scalar_defaults = {
+        c.name: c.default.arg  # type: ignore[attr-defined]
+        for c in table.c
+        if c.name not in rows[0] and c.default is not None and c.default.is_scalar
+    }
+    rows = [{**scalar_defaults, **row} for row in rows]
+    names = list(rows[0])
+    source = values(*(column(name, table.c[name].type) for name in names), name=f"{table.name}_rows").data(
+        [tuple(row[name] for name in names) for row in rows]
+    )
+    return postgresql.insert(table).from_select(
+        names, select(*(sa_cast(source.c[name], table.c[name].type) for name in names))
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A plan's rows, table by table, as the statements take them."""
+
+    account_id: int
+    leads: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    campaigns: list[dict[str, Any]]
+    mails: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, account_id: int, plan: SignupPlan, now: dt.datetime) -> _Rows:
+        return cls(
+            account_id,
+            leads=[{"id": lead.id, **lead.values} for lead in plan.leads],
+            events=[
+                {
+                    "lead_id": e.lead_id,
+                    "kind": e.kind,
+                    "intake_id": e.intake_id,
+                    "at": e.at,
+                    "summary": e.summary,
+                    "data": e.data,
+                    "actor": e.actor,
+                }
+                for e in plan.events
+            ],
+            campaigns=[{"lead_id": lead_id, "name": name, "started_at": now} for lead_id, name in plan.campaigns],
+            mails=[
+                {
+                    "id": uuid.uuid4(),
+                    "account_id": account_id,
+                    "kind": "email",
+                    "dedupe_key": m.dedupe_key[:200],
+                    "to_address": m.to_address,
+                    "subject": m.subject[:300],
+                    "body": m.body,
+                    "correlation_id": m.correlation_id[:64],
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": now,
+                }
+                for m in plan.mails
+            ],
+        )
 
 
 def person_lock_key(account_id: int, email_normalized: str) -> int:
@@ -285,64 +360,123 @@ class SignupStore:
     # --- write -----------------------------------------------------------------------------------
 
     def write(
-        self, account_id: int, plan: SignupPlan, intakes: Mapping[uuid.UUID, Intake]
+        self, account_id: int, plan: SignupPlan, intakes: Mapping[uuid.UUID, Intake], *, finish: bool = True
     ) -> list[tuple[uuid.UUID, ClaimedActivity]]:
-        """Write the plan: each step one statement for the whole batch. Returns the kept activity the new
-        leads claimed (D7), for the caller to put on their timelines (:meth:`add_events`)."""
-        session = self.session
+        """Write the plan. On PostgreSQL it is one statement (each step a data-modifying CTE); on SQLite one
+        statement per step. With ``finish`` each intake ends as the plan says, counted as one more try
+        (a text's own path finishes its intake itself). Returns the kept activity the new leads claimed
+        (D7), for the caller to put on their timelines (:meth:`add_events`)."""
         now = dt.datetime.now(dt.UTC)
         freed = [lead.replaces for lead in plan.leads if lead.replaces is not None]
         if freed:
-            session.execute(update(Lead).where(Lead.id.in_(freed)).values(unique_key=None))
-        if plan.leads:
-            session.execute(insert(LEADS), [{"id": lead.id, **lead.values} for lead in plan.leads])
-        self.add_events(
-            account_id,
-            [
-                {
-                    "lead_id": e.lead_id,
-                    "kind": e.kind,
-                    "intake_id": e.intake_id,
-                    "at": e.at,
-                    "summary": e.summary,
-                    "data": e.data,
-                    "actor": e.actor,
-                }
-                for e in plan.events
-            ],
-        )
+            # Before the new lead takes the key: one statement's steps cannot be ordered against the index.
+            self.session.execute(update(LEADS).where(LEADS.c.id.in_(freed)).values(unique_key=None))
+        rows = _Rows.of(account_id, plan, now)
+        if self.postgres:
+            return self._write_at_once(rows, plan, finish, now)
+        session = self.session
+        if rows.leads:
+            session.execute(insert(LEADS), rows.leads)
+        self.add_events(account_id, rows.events)
         self.touch(plan.touched)
         self._move_cursors(plan)
-        if plan.campaigns:
+        if rows.campaigns:
+            session.execute(dialect_insert(session, LeadCampaign).on_conflict_do_nothing(), rows.campaigns)
+        if rows.mails:
             session.execute(
-                dialect_insert(session, LeadCampaign).on_conflict_do_nothing(),
-                [{"lead_id": lead_id, "name": name, "started_at": now} for lead_id, name in plan.campaigns],
-            )
-        if plan.mails:
-            session.execute(
-                dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]),
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "account_id": account_id,
-                        "kind": "email",
-                        "dedupe_key": m.dedupe_key[:200],
-                        "to_address": m.to_address,
-                        "subject": m.subject[:300],
-                        "body": m.body,
-                        "correlation_id": m.correlation_id[:64],
-                    }
-                    for m in plan.mails
-                ],
+                dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows.mails
             )
         claimed = self._claim_activity(account_id, plan)
-        for done in plan.finished:
-            intake = intakes[done.intake_id]
-            intake.status = IntakeStatus(done.status)
-            intake.lead_id = done.lead_id
-            intake.reason = done.reason
-            intake.processed_at = now
+        if finish:
+            for done in plan.finished:
+                intake = intakes[done.intake_id]
+                intake.status = IntakeStatus(done.status)
+                intake.lead_id = done.lead_id
+                intake.reason = done.reason
+                intake.processed_at = now
+                intake.attempts += 1
         return claimed
+
+    def _write_at_once(
+        self, rows: _Rows, plan: SignupPlan, finish: bool, now: dt.datetime
+    ) -> list[tuple[uuid.UUID, ClaimedActivity]]:
+        """PostgreSQL: every step of the plan as a data-modifying CTE of one statement (one round trip
+        whatever the batch's size). Foreign keys between the steps (an event on a lead inserted by another
+        step) are checked at the end of the statement, when every step is done."""
+        ctes: list[Any] = []
+        if rows.leads:
+            ctes.append(_insert_rows(LEADS, rows.leads).cte("new_leads"))
+        if rows.events:
+            events = [{"account_id": rows.account_id, **e} for e in rows.events]
+            ctes.append(
+                _insert_rows(EVENTS, events)
+                .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
+                .cte("new_events")
+            )
+        if plan.touched:
+            touched = values(column("id", Uuid), column("at", _AT), name="touched").data(list(plan.touched.items()))
+            ctes.append(
+                update(LEADS)
+                .where(LEADS.c.id == touched.c.id)
+                .values(
+                    last_activity_at=func.greatest(LEADS.c.last_activity_at, touched.c.at),
+                    # Set here: a column's onupdate default is not evaluated inside a CTE.
+                    updated_at=sa_cast(literal(now, _AT), _AT),
+                )
+                .cte("touched_leads")
+            )
+        rules = [(m.rule_id, m.cursor) for m in plan.cursors if m.rule_id is not None]
+        if rules:
+            moved = values(column("id", Integer), column("cursor", BigInteger), name="moved").data(rules)
+            ctes.append(update(RULES).where(RULES.c.id == moved.c.id).values(cursor=moved.c.cursor).cte("moved_rules"))
+        defaults = [(m.entity_id, m.cursor) for m in plan.cursors if m.rule_id is None]
+        if defaults:
+            moved_default = values(column("id", Integer), column("cursor", BigInteger), name="moved_default").data(
+                defaults
+            )
+            ctes.append(
+                update(ENTITIES)
+                .where(ENTITIES.c.id == moved_default.c.id)
+                .values(default_cursor=moved_default.c.cursor)
+                .cte("moved_defaults")
+            )
+        if rows.campaigns:
+            ctes.append(_insert_rows(CAMPAIGNS, rows.campaigns).on_conflict_do_nothing().cte("campaigns"))
+        if rows.mails:
+            ctes.append(
+                _insert_rows(OUTBOX, rows.mails).on_conflict_do_nothing(index_elements=["dedupe_key"]).cte("mails")
+            )
+        if finish and plan.finished:
+            done = values(
+                column("id", Uuid),
+                column("status", String),
+                column("lead_id", Uuid),
+                column("reason", Text),
+                name="done",
+            ).data([(f.intake_id, f.status, f.lead_id, f.reason) for f in plan.finished])
+            ctes.append(
+                update(INTAKES)
+                .where(INTAKES.c.id == done.c.id)
+                .values(
+                    status=sa_cast(done.c.status, INTAKES.c.status.type),
+                    # A column of NULLs only is text to PostgreSQL unless cast.
+                    lead_id=sa_cast(done.c.lead_id, Uuid),
+                    reason=done.c.reason,
+                    processed_at=sa_cast(literal(now, _AT), _AT),
+                    updated_at=sa_cast(literal(now, _AT), _AT),
+                    attempts=INTAKES.c.attempts + 1,
+                )
+                .cte("finished")
+            )
+        if not plan.claims:
+            if ctes:
+                self.session.execute(select(literal(1)).add_cte(*ctes))
+            return []
+        claims = self._claim_statement(rows.account_id, plan).cte("claimed")
+        result = self.session.execute(select(claims).add_cte(*ctes)).all()
+        return sorted(
+            ((row[0], ClaimedActivity(*row[1:])) for row in result), key=lambda r: (str(r[0]), r[1].at, str(r[1].id))
+        )
 
     def add_events(self, account_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Timeline events in one executemany; an (lead, intake, kind) already there is skipped."""
@@ -380,27 +514,31 @@ class SignupStore:
                 defaults,
             )
 
+    def _claim_statement(self, account_id: int, plan: SignupPlan) -> Any:
+        """PostgreSQL: D7's claims as one UPDATE ... FROM (VALUES) RETURNING (lead id, the claimed row)."""
+        wanted = values(
+            column("email", String), column("owner_id", Integer), column("lead_id", Uuid), name="wanted"
+        ).data([(c.email, c.owner_id, c.lead_id) for c in plan.claims])
+        return (
+            update(ACTIVITY)
+            .where(
+                ACTIVITY.c.account_id == account_id,
+                ACTIVITY.c.lead_id.is_(None),
+                ACTIVITY.c.email_normalized == wanted.c.email,
+                # A column of NULLs only (duplication off) is text to PostgreSQL unless cast.
+                or_(wanted.c.owner_id.is_(None), ACTIVITY.c.owner_entity_id == sa_cast(wanted.c.owner_id, Integer)),
+            )
+            .values(lead_id=wanted.c.lead_id)
+            .returning(ACTIVITY.c.lead_id, *(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+        )
+
     def _claim_activity(self, account_id: int, plan: SignupPlan) -> list[tuple[uuid.UUID, ClaimedActivity]]:
-        """D7: kept anonymous activity of the new leads' people joins them, in one UPDATE ... FROM (VALUES)
-        on PostgreSQL (one per lead on SQLite); the rows claimed, oldest first per lead."""
+        """D7: kept anonymous activity of the new leads' people joins them (one statement on PostgreSQL,
+        one per lead on SQLite); the rows claimed, oldest first per lead."""
         if not plan.claims:
             return []
         if self.postgres:
-            wanted = values(
-                column("email", String), column("owner_id", Integer), column("lead_id", Uuid), name="wanted"
-            ).data([(c.email, c.owner_id, c.lead_id) for c in plan.claims])
-            stmt = (
-                update(ACTIVITY)
-                .where(
-                    ACTIVITY.c.account_id == account_id,
-                    ACTIVITY.c.lead_id.is_(None),
-                    ACTIVITY.c.email_normalized == wanted.c.email,
-                    # A column of NULLs only (duplication off) is text to PostgreSQL unless cast.
-                    or_(wanted.c.owner_id.is_(None), ACTIVITY.c.owner_entity_id == sa_cast(wanted.c.owner_id, Integer)),
-                )
-                .values(lead_id=wanted.c.lead_id)
-                .returning(ACTIVITY.c.lead_id, *(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
-            )
+            stmt = self._claim_statement(account_id, plan)
             rows = [(row[0], ClaimedActivity(*row[1:])) for row in self.session.execute(stmt).all()]
         else:
             rows = []

@@ -63,16 +63,23 @@ def signup_in(intake: Intake, signup: LeadSignup, ownership: Ownership | None = 
 
 
 def plan_and_write(
-    uow: UnitOfWork, store: SignupStore, snapshot: OrgSnapshot, claimed: Claimed, items: Sequence[SignupIn]
+    uow: UnitOfWork,
+    store: SignupStore,
+    snapshot: OrgSnapshot,
+    claimed: Claimed,
+    items: Sequence[SignupIn],
+    *,
+    finish: bool = True,
 ) -> Planned:
-    """Decide the signups together and write the plan (the caller commits)."""
+    """Decide the signups together and write the plan, each intake finished as it says unless ``finish``
+    is false (the caller commits)."""
     org = org_view(snapshot, claimed)
     owners = decide_owners(org, items)
     wanted = needs(org, items, owners)
     facts = store.facts(claimed.account_id, snapshot, wanted, [item.intake_id for item in items])
     plan = plan_signups(org, items, owners, facts)
     by_id = {intake.id: intake for intake in claimed.intakes}
-    claimed_activity = store.write(claimed.account_id, plan, by_id)
+    claimed_activity = store.write(claimed.account_id, plan, by_id, finish=finish)
     if claimed_activity:
         # D7: the kept activity a new lead claimed joins its timeline, each at its own time.
         store.add_events(claimed.account_id, claimed_activity_events(claimed.account_id, claimed_activity))
@@ -96,8 +103,6 @@ def run_batch(
     snapshot = snapshot_of(uow, store, claimed)
     items = [signup_in(intake, signup_of(intake)) for intake in intakes]
     planned = plan_and_write(uow, store, snapshot, claimed, items)
-    for intake in intakes:
-        intake.attempts += 1  # written with the outcome, in the same UPDATE
     uow.commit()
     for intake in intakes:
         outcome = planned.outcomes[intake.id]
@@ -118,7 +123,8 @@ def record_one(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownership: O
     account = uow.orgs.account(intake.account_id)
     claimed = Claimed([intake], account.org_version, account.duplication, account.id)
     snapshot = snapshot_of(uow, store, claimed)
-    planned = plan_and_write(uow, store, snapshot, claimed, [signup_in(intake, signup, ownership)])
+    items = [signup_in(intake, signup, ownership)]
+    planned = plan_and_write(uow, store, snapshot, claimed, items, finish=False)
     return planned.outcomes[intake.id]
 
 
