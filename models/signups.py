@@ -33,6 +33,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    union_all,
     update,
     values,
 )
@@ -174,23 +175,34 @@ class SignupStore:
         ``limit - 1`` other signups of its account waiting their first try, oldest first, in one statement. Rows another
         batch holds are skipped, never waited for: the intake itself too (the caller then waits for it
         alone). None when no row was taken. SQLite (one writer, no row locks) takes the intake alone."""
-        this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
-        # Companions only for a signup on its first try: an intake that failed before is tried alone.
-        first_try_signup = (
-            select(Intake.id)
-            .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
-            .exists()
-        )
         stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
         if self.postgres and limit > 1:
-            companions = (
-                (Intake.status == IntakeStatus.ACCEPTED)
-                & (Intake.attempts == 0)
-                & Intake.source.in_(BATCHED_SOURCES)
-                & first_try_signup
+            this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
+            # Companions only for a signup on its first try: an intake that failed before is tried alone.
+            first_try_signup = (
+                select(Intake.id)
+                .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
+                .exists()
             )
+            # The oldest waiting signups of the account, found by the (status, updated_at) index among the few
+            # waiting intakes, however many are finished; twice the batch, as another batch may hold some.
+            waiting = (
+                select(Intake.id)
+                .where(
+                    Intake.account_id == this,
+                    Intake.status == IntakeStatus.ACCEPTED,
+                    Intake.attempts == 0,
+                    Intake.source.in_(BATCHED_SOURCES),
+                    first_try_signup,
+                )
+                .order_by(Intake.created_at)
+                .limit(2 * limit)
+            )
+            wanted = union_all(select(literal(intake_id, Uuid)), waiting).subquery()
             stmt = (
-                stmt.where(Intake.account_id == this, or_(Intake.id == intake_id, companions))
+                stmt.where(Intake.id.in_(select(wanted.c[0])))
+                # The companions still waiting once their lock is had (a batch may have just finished them).
+                .where(or_(Intake.id == intake_id, Intake.status == IntakeStatus.ACCEPTED))
                 .order_by((Intake.id == intake_id).desc(), Intake.created_at)
                 .limit(limit)
             )
