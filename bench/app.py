@@ -51,7 +51,7 @@ def post_sms_store(raw: RawBody, uow: UoW, request: Request, signature: sms.Sign
     if to is None or number is None:
         raise sms._forbidden("To is not a smart number of any account", to or form.first("To"))
     sms._check_signature(request, form, uow.orgs.account(number.account_id), signature, to)
-    sms._storable(raw, form)
+    sms._storable(form)
     sid = (form.first("MessageSid") or "").strip()
     sender = (form.first("From") or "").strip()
     if not sid or len(sid) > 64:
