@@ -15,6 +15,7 @@ from models.repositories import (
     OrgRepository,
     OutboxRepository,
     RelayRepository,
+    TextRepository,
 )
 
 
@@ -23,6 +24,7 @@ class UnitOfWork:
     intakes: IntakeRepository
     orgs: OrgRepository
     leads: LeadRepository
+    texts: TextRepository
     relay: RelayRepository
     outbox: OutboxRepository
     metrics: MetricsRepository
@@ -36,6 +38,7 @@ class UnitOfWork:
         self.intakes = IntakeRepository(self.session)
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
+        self.texts = TextRepository(self.session)
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)

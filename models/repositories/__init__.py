@@ -5,6 +5,7 @@ the unit of work (``models.uow``) holds one of each on its session and commits o
 - ``org``: the account and its organisation: entities, domains, connections, routing rules and cursors,
   users as callers and targets, smart numbers, the snapshot a worker keeps.
 - ``leads``: the leads, their timeline, site activity, shares, campaigns, facts for the rules, V1 and export.
+- ``texts``: outbound and inbound texts (reply routing S1-S3), the gateway's delivery reports.
 - ``relay``, ``outbox``, ``metrics``: the relay's claims, the mail outbox, what ``GET /metrics`` reads.
 - ``common``: what they share (the dialect's INSERT, entities as values, the caller).
 
@@ -20,6 +21,7 @@ from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsReposit
 from models.repositories.org import OrgRepository
 from models.repositories.outbox import OutboxRepository
 from models.repositories.relay import RELAY_BACKOFF_CAP, RelayRepository
+from models.repositories.texts import TextRepository
 
 __all__ = [
     "CLAIMED_COLUMNS",
@@ -35,6 +37,7 @@ __all__ = [
     "OrgRepository",
     "OutboxRepository",
     "RelayRepository",
+    "TextRepository",
     "dialect_insert",
     "to_ref",
 ]
