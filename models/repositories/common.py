@@ -7,9 +7,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models.tables import (
-    Entity,
-)
+from models.tables import Entity
 from rules.entities import EntityRef, Kind
 from rules.permissions import Actor
 

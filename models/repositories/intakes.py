@@ -11,12 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.repositories.common import dialect_insert
-from models.tables import (
-    Account,
-    Intake,
-    IntakeSource,
-    IntakeStatus,
-)
+from models.tables import Account, Intake, IntakeSource, IntakeStatus
 
 
 class IntakeRepository:

@@ -9,9 +9,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from models.tables import (
-    Outbox,
-)
+from models.tables import Outbox
 
 
 class OutboxRepository:

@@ -9,9 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import (
-    Intake,
-)
+from models.tables import Intake
 
 # The relay's wait for a row doubles with each time it was relayed, this many times at most (32x).
 RELAY_BACKOFF_CAP = 5
