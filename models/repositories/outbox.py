@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from models.repositories.common import dialect_insert
 from models.tables import Outbox
 
 
@@ -17,6 +18,42 @@ class OutboxRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def add_mail_once(
+        self,
+        *,
+        account_id: int,
+        dedupe_key: str,
+        to_address: str,
+        subject: str,
+        body: str,
+        correlation_id: str | None,
+    ) -> bool:
+        """Keep a mail to send, unless one with this ``dedupe_key`` is kept already (one INSERT ... ON CONFLICT
+        DO NOTHING); whether it is new."""
+        inserted = self.session.execute(
+            dialect_insert(self.session, Outbox)
+            .values(
+                id=uuid.uuid4(),
+                account_id=account_id,
+                kind="email",
+                dedupe_key=dedupe_key,
+                to_address=to_address,
+                subject=subject,
+                body=body,
+                correlation_id=correlation_id,
+            )
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Outbox.id)
+        ).scalar_one_or_none()
+        return inserted is not None
+
+    def get(self, outbox_id: uuid.UUID) -> Outbox | None:
+        return self.session.get(Outbox, outbox_id)
+
+    def get_for_update(self, outbox_id: uuid.UUID) -> Outbox | None:
+        """A mail, locked until the transaction ends: a redelivered send waits, then finds it sent."""
+        return self.session.execute(select(Outbox).where(Outbox.id == outbox_id).with_for_update()).scalar_one_or_none()
 
     def claim_pending(
         self,
