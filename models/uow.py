@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import session_factory
 from models.repositories import (
     IntakeRepository,
+    JobRepository,
     LeadRepository,
     MetricsRepository,
     OrgRepository,
@@ -25,6 +26,7 @@ class UnitOfWork:
     orgs: OrgRepository
     leads: LeadRepository
     texts: TextRepository
+    jobs: JobRepository
     relay: RelayRepository
     outbox: OutboxRepository
     metrics: MetricsRepository
@@ -39,6 +41,7 @@ class UnitOfWork:
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
         self.texts = TextRepository(self.session)
+        self.jobs = JobRepository(self.session)
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)

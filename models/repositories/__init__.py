@@ -6,6 +6,7 @@ the unit of work (``models.uow``) holds one of each on its session and commits o
   users as callers and targets, smart numbers, the snapshot a worker keeps.
 - ``leads``: the leads, their timeline, site activity, shares, campaigns, facts for the rules, V1 and export.
 - ``texts``: outbound and inbound texts (reply routing S1-S3), the gateway's delivery reports.
+- ``jobs``: the bulk jobs and the leads they did not change.
 - ``relay``, ``outbox``, ``metrics``: the relay's claims, the mail outbox, what ``GET /metrics`` reads.
 - ``common``: what they share (the dialect's INSERT, entities as values, the caller).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from models.repositories.common import Caller, dialect_insert, to_ref
 from models.repositories.intakes import IntakeRepository
+from models.repositories.jobs import JobRepository
 from models.repositories.leads import CLAIMED_COLUMNS, Candidate, ClaimedActivity, LeadRepository
 from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsRepository
 from models.repositories.org import OrgRepository
@@ -31,6 +33,7 @@ __all__ = [
     "Candidate",
     "ClaimedActivity",
     "IntakeRepository",
+    "JobRepository",
     "Latency",
     "LeadRepository",
     "MetricsRepository",
