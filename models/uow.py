@@ -68,6 +68,11 @@ class UnitOfWork:
         self._after_commit.clear()
         self.session.rollback()
 
+    def flush(self) -> None:
+        """Send what was changed on loaded rows so far to the database, in this transaction (nothing is
+        committed): the statements that follow see it, and the unique indexes check it now."""
+        self.session.flush()
+
     def after_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once this unit of work commits; dropped if it rolls back."""
         self._after_commit.append(callback)

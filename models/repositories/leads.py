@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from models.repositories.common import Caller, dialect_insert, to_ref
@@ -494,4 +494,151 @@ class LeadRepository:
     def start_campaign(self, lead_id: uuid.UUID, name: str) -> None:
         self.session.execute(
             dialect_insert(self.session, LeadCampaign).values(lead_id=lead_id, name=name).on_conflict_do_nothing()
+        )
+
+    def stop_campaign(self, lead_id: uuid.UUID, name: str) -> None:
+        self.session.execute(delete(LeadCampaign).where(LeadCampaign.lead_id == lead_id, LeadCampaign.name == name))
+
+    # --- Working the leads: what workers.leadwork writes for the rules' plans, set-wise, for one lead or a
+    # bulk job's chunk (share, assign, transfer, archive, delete, unsubscribe, merge, leaving a team) ---
+
+    def by_ids(self, lead_ids: Sequence[uuid.UUID]) -> list[Lead]:
+        """These leads, in one query (in no particular order; ids of no lead are left out)."""
+        return list(self.session.execute(select(Lead).where(Lead.id.in_(list(lead_ids)))).scalars())
+
+    def names_of(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str | None, str | None]]:
+        """(first name, last name) of these leads, in one query: how a mail names them."""
+        rows = self.session.execute(
+            select(Lead.id, Lead.first_name, Lead.last_name).where(Lead.id.in_(list(lead_ids)))
+        ).all()
+        return {lead_id: (first, last) for lead_id, first, last in rows}
+
+    def put_shares(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Share leads with users (rows of lead_id, user_id, permission, shared_by_user_id, created_at) in one
+        INSERT: a share already there takes the new permission and sharer (SH1-SH3)."""
+        insert = dialect_insert(self.session, LeadShare)
+        self.session.execute(
+            insert.values(list(rows)).on_conflict_do_update(
+                index_elements=["lead_id", "user_id"],
+                set_={"permission": insert.excluded.permission, "shared_by_user_id": insert.excluded.shared_by_user_id},
+            )
+        )
+
+    def remove_share(self, lead_id: uuid.UUID, user_id: int) -> None:
+        """SH6: the user no longer sees the lead through a share."""
+        self.session.execute(delete(LeadShare).where(LeadShare.lead_id == lead_id, LeadShare.user_id == user_id))
+
+    def assign(self, lead_ids: Sequence[uuid.UUID], agent_id: int | None, *, at: dt.datetime) -> None:
+        """A3: these leads' assignee, in one UPDATE; None puts them in the pond (a team's leads nobody works)."""
+        self.session.execute(
+            update(Lead)
+            .where(Lead.id.in_(lead_ids))
+            .values(assigned_agent_id=agent_id, in_pond=agent_id is None, updated_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def key_holders(self, account_id: int, keys: Sequence[str]) -> list[tuple[uuid.UUID, str | None, LeadStatus]]:
+        """(id, unique key, status) of the account's leads that hold any of these unique keys (D1)."""
+        rows = self.session.execute(
+            select(Lead.id, Lead.unique_key, Lead.status).where(
+                Lead.account_id == account_id, Lead.unique_key.in_(list(keys))
+            )
+        ).all()
+        return [(lead_id, key, status) for lead_id, key, status in rows]
+
+    def release_unique_keys(self, lead_ids: Sequence[uuid.UUID]) -> None:
+        """X4: deleted leads (tombstones) let their unique keys go, for another lead to take."""
+        self.session.execute(
+            update(Lead)
+            .where(Lead.id.in_(lead_ids))
+            .values(unique_key=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    def mark_archived(self, lead_ids: Sequence[uuid.UUID], *, at: dt.datetime) -> None:
+        """X2: these leads archived, in one UPDATE."""
+        values: dict[str, Any] = {"status": LeadStatus.ARCHIVED, "updated_at": at}
+        self.session.execute(
+            update(Lead).where(Lead.id.in_(lead_ids)).values(**values).execution_options(synchronize_session=False)
+        )
+
+    def mark_deleted(self, lead_ids: Sequence[uuid.UUID], *, at: dt.datetime, by_user_id: int) -> None:
+        """X1/X4: these leads become tombstones with who deleted them and when, and so do the leads merged
+        into them (two UPDATEs: the merged ones first)."""
+        values: dict[str, Any] = {
+            "status": LeadStatus.DELETED,
+            "updated_at": at,
+            "deleted_at": at,
+            "deleted_by_user_id": by_user_id,
+        }
+        self.session.execute(
+            update(Lead)
+            .where(Lead.merged_into_id.in_(lead_ids), Lead.status == LeadStatus.MERGED)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.execute(
+            update(Lead).where(Lead.id.in_(lead_ids)).values(**values).execution_options(synchronize_session=False)
+        )
+
+    def unsubscribe(self, lead_id: uuid.UUID, channel: str, *, at: dt.datetime) -> None:
+        """D8: this lead (only) unsubscribed from ``channel``: email, else texts."""
+        column = Lead.email_unsubscribed if channel == "email" else Lead.sms_unsubscribed
+        self.session.execute(
+            update(Lead)
+            .where(Lead.id == lead_id)
+            .values({column: True, Lead.updated_at: at})
+            .execution_options(synchronize_session=False)
+        )
+
+    def stop_campaigns(self, lead_id: uuid.UUID) -> None:
+        """Every campaign of the lead stops (M5: a lead merged into another)."""
+        self.session.execute(delete(LeadCampaign).where(LeadCampaign.lead_id == lead_id))
+
+    def repoint_merged(self, from_id: uuid.UUID, to_id: uuid.UUID) -> None:
+        """The leads merged into ``from_id`` now point straight at ``to_id`` (a merged lead points at a live one)."""
+        self.session.execute(
+            update(Lead)
+            .where(Lead.merged_into_id == from_id)
+            .values(merged_into_id=to_id)
+            .execution_options(synchronize_session=False)
+        )
+
+    def lock_live_assigned(self, owner_id: int, agent_id: int) -> list[Lead]:
+        """The live (active or archived) leads of an owner assigned to an agent, oldest first, locked until
+        the transaction ends (A5: re-routed when the agent leaves the owning team)."""
+        return list(
+            self.session.execute(
+                select(Lead)
+                .where(
+                    Lead.owner_entity_id == owner_id,
+                    Lead.assigned_agent_id == agent_id,
+                    Lead.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
+                )
+                .order_by(Lead.created_at, Lead.id)
+                .with_for_update()
+            ).scalars()
+        )
+
+    def unshare_owned_by(self, owner_id: int, user_id: int) -> list[uuid.UUID]:
+        """A5: remove the user's shares of the leads this owner owns, in one DELETE; the leads unshared."""
+        return list(
+            self.session.execute(
+                delete(LeadShare)
+                .where(
+                    LeadShare.user_id == user_id,
+                    LeadShare.lead_id.in_(select(Lead.id).where(Lead.owner_entity_id == owner_id)),
+                )
+                .returning(LeadShare.lead_id)
+            ).scalars()
+        )
+
+    def count_owned(self, owner_id: int) -> int:
+        """How many leads the entity owns, deleted ones left out."""
+        return int(
+            self.session.execute(
+                select(func.count())
+                .select_from(Lead)
+                .where(Lead.owner_entity_id == owner_id, Lead.status != LeadStatus.DELETED)
+            ).scalar_one()
         )

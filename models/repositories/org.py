@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from models.orgsnapshot import OrgSnapshot, RoutingSnapshot
@@ -77,6 +77,11 @@ class OrgRepository:
             .values(org_version=Account.org_version + 1)
             .execution_options(synchronize_session=False)
         )
+
+    def disconnect(self, agent_id: int, group_id: int) -> None:
+        """The agent is no longer connected to the group (A5). The caller bumps the org version in the same
+        transaction (:meth:`bump_org_version`)."""
+        self.session.execute(delete(Membership).where(Membership.agent_id == agent_id, Membership.group_id == group_id))
 
     def load_snapshot(self, account_id: int, version: int) -> OrgSnapshot:
         """The account's organisation as :meth:`domain_claims`, :meth:`connection_owner` and
