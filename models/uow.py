@@ -18,6 +18,7 @@ from models.repositories import (
     RelayRepository,
     TextRepository,
 )
+from models.signups import SignupStore
 
 
 class UnitOfWork:
@@ -27,6 +28,7 @@ class UnitOfWork:
     leads: LeadRepository
     texts: TextRepository
     jobs: JobRepository
+    signups: SignupStore
     relay: RelayRepository
     outbox: OutboxRepository
     metrics: MetricsRepository
@@ -42,6 +44,7 @@ class UnitOfWork:
         self.leads = LeadRepository(self.session)
         self.texts = TextRepository(self.session)
         self.jobs = JobRepository(self.session)
+        self.signups = SignupStore(self.session, self.orgs)
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)
