@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,3 +25,10 @@ def to_ref(entity: Entity, parent: Entity | None = None) -> EntityRef:
 
 # A user as the rules and the visibility filter (V1) see it.
 Caller = Actor
+
+
+def person_lock_key(account_id: int, email_normalized: str) -> int:
+    """The advisory lock of one person of an account: taken by whatever decides whether the person has a lead
+    (a signup making it, an activity finding none), so the two cannot miss each other."""
+    digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)

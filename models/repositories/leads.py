@@ -4,7 +4,6 @@ need to decide on them (their facts), what a caller may see of them (V1) and exp
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from models.repositories.common import Caller, dialect_insert, to_ref
+from models.repositories.common import Caller, dialect_insert, person_lock_key, to_ref
 from models.tables import (
     Account,
     Entity,
@@ -111,8 +110,7 @@ class LeadRepository:
         read went stale meets a busy error there and is retried."""
         if self.session.get_bind().dialect.name != "postgresql":
             return
-        digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
-        self.session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+        self.session.execute(select(func.pg_advisory_xact_lock(person_lock_key(account_id, email_normalized))))
 
     def add_site_activity(self, values: dict[str, Any]) -> None:
         """Keep anonymous activity (D7); one row per intake, so a redelivered task adds nothing."""

@@ -16,13 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKERS = ROOT / "workers"
 
 # Modules that may still reach the session themselves, until they are rewritten onto repositories. Take a
-# module off the list once it is. services and tasks hold no such use today; they are listed because
-# they are being rewritten.
+# module off the list once it is.
 ALLOWED = {
     "workers/imports.py": "CSV imports: chunks, the import row and its autocommit progress",
-    "workers/intakes.py": "builds its SignupStore on the session (uow.signups is the same store)",
-    "workers/services.py": "being rewritten",
-    "workers/tasks.py": "being rewritten",
 }
 
 # What a worker module may import of these packages: the driver's errors (to classify a failure) and the
