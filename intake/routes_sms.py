@@ -290,4 +290,4 @@ def _status_account(uow: UnitOfWork, sid: str, sender: str | None) -> int | None
     if number is not None:
         return number.account_id
     # A sid that cannot be stored (a NUL) is no text's, and the database would refuse to compare it.
-    return uow.leads.account_of_text_sid(sid) if sid and unstorable(sid) is None else None
+    return uow.texts.account_of_text_sid(sid) if sid and unstorable(sid) is None else None

@@ -12,7 +12,6 @@ by the person lock, so the unique index never makes one wait for the other."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from sqlalchemy.orm import Session
 from models.base import UTCDateTime
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
+from models.repositories.common import person_lock_key
 from models.tables import (
     Account,
     Entity,
@@ -142,12 +142,6 @@ class _Rows:
                 for m in plan.mails
             ],
         )
-
-
-def person_lock_key(account_id: int, email_normalized: str) -> int:
-    """The advisory lock of one person of an account (``LeadRepository.lock_person`` takes the same)."""
-    digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import session_factory
 from models.repositories import (
     IntakeRepository,
+    JobRepository,
     LeadRepository,
     MetricsRepository,
     OrgRepository,
     OutboxRepository,
     RelayRepository,
+    TextRepository,
 )
+from models.signups import SignupStore
 
 
 class UnitOfWork:
@@ -23,6 +26,9 @@ class UnitOfWork:
     intakes: IntakeRepository
     orgs: OrgRepository
     leads: LeadRepository
+    texts: TextRepository
+    jobs: JobRepository
+    signups: SignupStore
     relay: RelayRepository
     outbox: OutboxRepository
     metrics: MetricsRepository
@@ -36,6 +42,9 @@ class UnitOfWork:
         self.intakes = IntakeRepository(self.session)
         self.orgs = OrgRepository(self.session)
         self.leads = LeadRepository(self.session)
+        self.texts = TextRepository(self.session)
+        self.jobs = JobRepository(self.session)
+        self.signups = SignupStore(self.session, self.orgs)
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)
@@ -61,6 +70,11 @@ class UnitOfWork:
         """Roll back what this unit of work did so far (and drop what was to run after its commit)."""
         self._after_commit.clear()
         self.session.rollback()
+
+    def flush(self) -> None:
+        """Send what was changed on loaded rows so far to the database, in this transaction (nothing is
+        committed): the statements that follow see it, and the unique indexes check it now."""
+        self.session.flush()
 
     def after_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once this unit of work commits; dropped if it rolls back."""

@@ -11,7 +11,7 @@ import uuid
 import structlog
 
 from leadrelay.settings import get_settings
-from models.signups import FINAL, Claimed, SignupStore
+from models.signups import FINAL, Claimed
 from models.tables import Intake, IntakeSource
 from models.uow import UnitOfWork
 from workers import services, signups, texts
@@ -31,7 +31,7 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID, *, batch_size: int | N
     If a batch fails, each of its intakes is tried alone at once, in its own transaction: one that fails
     alone is counted as tried (so no batch takes it again) and is left to its own task's retries, and
     only this task's own intake raises. One poison intake fails no batch twice, and ends dead alone."""
-    store = SignupStore(uow.session, uow.orgs)
+    store = uow.signups
     size = batch_size or get_settings().batch_size
     claimed = store.claim(intake_id, size)
     if claimed is not None and claimed.intakes[0].id != intake_id:
@@ -70,7 +70,7 @@ def _run_or_split(
     uow: UnitOfWork, claimed: Claimed, intakes: list[Intake], intake_id: uuid.UUID
 ) -> dict[uuid.UUID, services.Outcome]:
     """Run the batch; if it fails, run each intake alone (see :func:`process_intake`)."""
-    store = SignupStore(uow.session, uow.orgs)
+    store = uow.signups
     try:
         return signups.run_batch(uow, store, claimed, intakes)
     except Exception as exc:

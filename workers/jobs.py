@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
-from models.repositories import dialect_insert
-from models.tables import Job, JobFailure, JobStatus
+from models.tables import Job, JobStatus
 from models.uow import UnitOfWork
 from rules.permissions import Actor, Refusal, Refused
 from workers import leadwork
@@ -63,7 +61,7 @@ def create_job(
         lead_ids=[str(i) for i in ids],
         total=len(ids),
     )
-    uow.session.add(job)
+    uow.jobs.add(job)
     job_id = job.id
     uow.after_commit(lambda: publish("jobs.run", job_id))
     uow.commit()
@@ -74,7 +72,7 @@ def run_job(job_id: uuid.UUID) -> str:
     """Apply the job chunk by chunk until it is done; each chunk commits with the job's progress."""
     while True:
         with UnitOfWork() as uow:
-            job = uow.session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+            job = uow.jobs.get_for_update(job_id)
             if job is None:
                 return "missing"
             if job.status in (JobStatus.DONE, JobStatus.FAILED):
@@ -92,12 +90,7 @@ def run_job(job_id: uuid.UUID) -> str:
             refusals = leadwork.apply_action(
                 uow, actor, job.action, chunk, leadwork.resolve_targets(uow, actor, job.params), mail
             )
-            if refusals:
-                uow.session.execute(
-                    dialect_insert(uow.session, JobFailure)
-                    .values([{"job_id": job.id, "lead_id": k, "reason": r.detail} for k, r in refusals.items()])
-                    .on_conflict_do_nothing(index_elements=["job_id", "lead_id"])
-                )
+            uow.jobs.add_failures(job.id, {lead_id: r.detail for lead_id, r in refusals.items()})
             job.done += len(chunk)
             _queue_digest(uow, job, mail)
             finished = job.done >= job.total
@@ -148,7 +141,7 @@ def _send_digest(uow: UnitOfWork, job: Job) -> None:
 
 def mark_failed(job_id: uuid.UUID, error: str) -> None:
     with UnitOfWork() as uow:
-        job = uow.session.get(Job, job_id)
+        job = uow.jobs.get(job_id)
         if job is not None and job.status not in (JobStatus.DONE, JobStatus.FAILED):
             _finish(job, JobStatus.FAILED, error[:2000])
             uow.commit()
@@ -162,23 +155,18 @@ def job_view(uow: UnitOfWork, actor: Actor, job_id: uuid.UUID) -> JobView | None
     leads and say why. The one admin on the owner side of the account as a whole, the company admin
     (the admin of the company every agent is connected to), may follow anyone's job; an office or team
     admin is the owner side of only some leads, so another user's job is not theirs to read."""
-    job = uow.session.get(Job, job_id)
+    job = uow.jobs.get(job_id)
     if job is None or job.account_id != actor.account_id:
         return None
     if job.user_id != actor.user_id and not uow.orgs.is_company_admin(actor):
         return None
-    failed = uow.session.execute(
-        select(JobFailure.lead_id, JobFailure.reason)
-        .where(JobFailure.job_id == job_id)
-        .order_by(JobFailure.lead_id)
-        .limit(LISTED_FAILURES)
-    ).all()
+    failed = uow.jobs.failures(job_id, limit=LISTED_FAILURES)
     return JobView(
         job.id,
         job.action,
         job.status.value,
         job.total,
         job.done,
-        [(lead_id, reason) for lead_id, reason in failed],
+        failed,
         job.error,
     )

@@ -12,17 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, select, update
 
 from leadrelay.settings import get_settings
-from models.repositories import dialect_insert
-from models.tables import (
-    Lead,
-    LeadCampaign,
-    LeadShare,
-    LeadStatus,
-    Membership,
-)
+from models.tables import Lead, LeadStatus
 from models.uow import UnitOfWork
 from rules.entities import EntityRef, Kind
 from rules.events import LeadSignup
@@ -165,7 +157,6 @@ class _Writer:
         events: list[dict[str, Any]],
     ) -> None:
         self.uow, self.actor, self.facts, self.mail, self.now, self.events = uow, actor, facts, mail, now, events
-        self.session = uow.session
         # Who hears about an entity's or a user's leads, asked once per writer, not once per lead.
         self._addresses: dict[int, list[tuple[str, str]]] = {}
         self._user_addresses: dict[int, tuple[str, str] | None] = {}
@@ -182,10 +173,8 @@ class _Writer:
 
     def lead_lines(self, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         """The leads as a mail names them, in one query."""
-        rows = self.session.execute(
-            select(Lead.id, Lead.first_name, Lead.last_name).where(Lead.id.in_(list(lead_ids)))
-        ).all()
-        return {lead_id: _lead_line(lead_id, first, last) for lead_id, first, last in rows}
+        names = self.uow.leads.names_of(lead_ids)
+        return {lead_id: _lead_line(lead_id, first, last) for lead_id, (first, last) in names.items()}
 
     def event(self, lead_id: uuid.UUID, kind: str, summary: str, data: dict[str, Any]) -> None:
         self.events.append(
@@ -218,7 +207,6 @@ class _Writer:
         new: list[SharePlan] = [p for p in plans if p.previous != p.permission]
         if not new:
             return
-        insert = dialect_insert(self.session, LeadShare)
         rows = [
             {
                 "lead_id": p.lead_id,
@@ -229,12 +217,7 @@ class _Writer:
             }
             for p in new
         ]
-        self.session.execute(
-            insert.values(rows).on_conflict_do_update(
-                index_elements=["lead_id", "user_id"],
-                set_={"permission": insert.excluded.permission, "shared_by_user_id": insert.excluded.shared_by_user_id},
-            )
-        )
+        self.uow.leads.put_shares(rows)
         lines = self.lead_lines([p.lead_id for p in new])
         for p in new:
             data = {"rule": "SH3", "user": p.user.slug, "permission": p.permission, "previous": p.previous}
@@ -249,9 +232,7 @@ class _Writer:
     def unshare(self, plans: list[Any]) -> None:
         """SH6: the share goes at once (the next read no longer finds the lead), with a note."""
         for p in plans:
-            self.session.execute(
-                delete(LeadShare).where(LeadShare.lead_id == p.lead_id, LeadShare.user_id == p.user_id)
-            )
+            self.uow.leads.remove_share(p.lead_id, p.user_id)
             self.event(p.lead_id, "unshared", p.note, {"rule": "SH6", "user_id": p.user_id})
 
     def assign(self, plans: list[Any]) -> None:
@@ -266,12 +247,7 @@ class _Writer:
         lines = self.lead_lines([p.lead_id for group in groups.values() for p in group]) if groups else {}
         for target, group in groups.items():
             ids = [p.lead_id for p in group]
-            self.session.execute(
-                update(Lead)
-                .where(Lead.id.in_(ids))
-                .values(assigned_agent_id=target, in_pond=target is None, updated_at=self.now)
-                .execution_options(synchronize_session=False)
-            )
+            self.uow.leads.assign(ids, target, at=self.now)
             for p in group:
                 data = {"rule": "A3", "agent": p.agent.slug if p.agent else None, "owner_unchanged": "A4"}
                 self.event(p.lead_id, "assigned" if p.agent else "pond", p.note, data)
@@ -282,10 +258,7 @@ class _Writer:
     def transfer(self, plans: list[Any]) -> dict[uuid.UUID, Refusal]:
         """T1-T3, T6: the new owner (and unique key), the assignee kept, given or routed; a note, a mail."""
         refusals: dict[uuid.UUID, Refusal] = {}
-        leads = {
-            lead.id: lead
-            for lead in self.session.execute(select(Lead).where(Lead.id.in_([p.lead_id for p in plans]))).scalars()
-        }
+        leads = {lead.id: lead for lead in self.uow.leads.by_ids([p.lead_id for p in plans])}
         wanted: dict[str, uuid.UUID] = {}
         keys: dict[uuid.UUID, str | None] = {}
         for p in plans:
@@ -303,20 +276,11 @@ class _Writer:
             if key is not None:
                 wanted[key] = lead.id
         if wanted:
-            taken = self.session.execute(
-                select(Lead.id, Lead.unique_key, Lead.status).where(
-                    Lead.account_id == self.actor.account_id, Lead.unique_key.in_(list(wanted))
-                )
-            ).all()
+            taken = self.uow.leads.key_holders(self.actor.account_id, list(wanted))
             # X4: a deleted lead's tombstone lets its key go, as it does for a new signup: no lead to clash with.
             tombstones = [lead_id for lead_id, _, status in taken if status is LeadStatus.DELETED]
             if tombstones:
-                self.session.execute(
-                    update(Lead)
-                    .where(Lead.id.in_(tombstones))
-                    .values(unique_key=None)
-                    .execution_options(synchronize_session=False)
-                )
+                self.uow.leads.release_unique_keys(tombstones)
             for holder, key, status in taken:
                 if status is LeadStatus.DELETED:
                     continue
@@ -349,7 +313,7 @@ class _Writer:
             for to in self.mail_addresses(p.to.id):
                 self.mail.add(to, f"transferred:{p.to.id}", f"{line} (from {previous.name})")
         # The unique keys move first: two leads trading owners must not meet half-way.
-        self.session.flush()
+        self.uow.flush()
         for group in to_route.values():
             target = group[0][0].to
             decisions = reroute(self.uow, target, [lead for _, lead in group])
@@ -369,18 +333,10 @@ class _Writer:
             if not group:
                 continue
             ids = [p.lead_id for p in group]
-            values: dict[str, Any] = {"status": LeadStatus(status), "updated_at": self.now}
             if status == "deleted":
-                values |= {"deleted_at": self.now, "deleted_by_user_id": self.actor.user_id}
-                self.session.execute(
-                    update(Lead)
-                    .where(Lead.merged_into_id.in_(ids), Lead.status == LeadStatus.MERGED)
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
-            self.session.execute(
-                update(Lead).where(Lead.id.in_(ids)).values(**values).execution_options(synchronize_session=False)
-            )
+                self.uow.leads.mark_deleted(ids, at=self.now, by_user_id=self.actor.user_id)
+            else:
+                self.uow.leads.mark_archived(ids, at=self.now)
             for p in group:
                 self.event(p.lead_id, status, p.note, {"rule": p.rule})
 
@@ -421,13 +377,7 @@ class _Writer:
     def unsubscribe(self, plans: list[Any]) -> None:
         """D8: this lead only."""
         for p in plans:
-            column = Lead.email_unsubscribed if p.channel == "email" else Lead.sms_unsubscribed
-            self.session.execute(
-                update(Lead)
-                .where(Lead.id == p.lead_id)
-                .values({column: True, Lead.updated_at: self.now})
-                .execution_options(synchronize_session=False)
-            )
+            self.uow.leads.unsubscribe(p.lead_id, p.channel, at=self.now)
             self.event(p.lead_id, "unsubscribed", p.note, {"rule": "D8", "channel": p.channel})
 
     def campaign(self, plans: list[Any]) -> None:
@@ -438,9 +388,7 @@ class _Writer:
                     continue
                 self.uow.leads.start_campaign(p.lead_id, p.name)
             else:
-                self.session.execute(
-                    delete(LeadCampaign).where(LeadCampaign.lead_id == p.lead_id, LeadCampaign.name == p.name)
-                )
+                self.uow.leads.stop_campaign(p.lead_id, p.name)
             kind = "campaign_started" if p.start else "campaign_stopped"
             self.event(p.lead_id, kind, p.note, {"rule": "D6", "campaign": p.name})
 
@@ -627,20 +575,14 @@ def _carry_out_merge(uow: UnitOfWork, actor: Actor, plan: MergePlan, outcome: Me
     """M4/M5: the primary keeps its data (blanks filled from the other) and gains the other's timeline,
     texts and activity; the other's campaigns stop with a note each; the other becomes ``merged``.
     Its unique key stays on it, so the next signup with that key follows ``merged_into`` to the primary."""
-    session = uow.session
     now = dt.datetime.now(dt.UTC)
     primary, other = uow.leads.get(plan.primary_id), uow.leads.get(plan.other_id)
     assert primary is not None
     assert other is not None
     uow.leads.move_history(other.id, primary.id)
-    session.execute(delete(LeadCampaign).where(LeadCampaign.lead_id == other.id))
+    uow.leads.stop_campaigns(other.id)
     # Leads merged into the other now point straight at the primary: a merged lead points at a live one.
-    session.execute(
-        update(Lead)
-        .where(Lead.merged_into_id == other.id)
-        .values(merged_into_id=primary.id)
-        .execution_options(synchronize_session=False)
-    )
+    uow.leads.repoint_merged(other.id, primary.id)
     for column in ("first_name", "last_name", "phone_e164"):
         if getattr(primary, column) is None and getattr(other, column) is not None:
             setattr(primary, column, getattr(other, column))
@@ -709,22 +651,10 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
         return decided
     assert team is not None
     assert agent is not None
-    session = uow.session
-    session.execute(delete(Membership).where(Membership.agent_id == agent.id, Membership.group_id == team.ref.id))
+    uow.orgs.disconnect(agent.id, team.ref.id)
     uow.orgs.bump_org_version(actor.account_id)
-    session.flush()
-    leads = list(
-        session.execute(
-            select(Lead)
-            .where(
-                Lead.owner_entity_id == team.ref.id,
-                Lead.assigned_agent_id == agent.id,
-                Lead.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
-            )
-            .order_by(Lead.created_at, Lead.id)
-            .with_for_update()
-        ).scalars()
-    )
+    uow.flush()
+    leads = uow.leads.lock_live_assigned(team.ref.id, agent.id)
     now = dt.datetime.now(dt.UTC)
     events: list[dict[str, Any]] = []
     if leads:
@@ -744,16 +674,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
             )
     unshared: list[uuid.UUID] = []
     if agent_user := uow.orgs.user_id_of_agent(agent.id):
-        unshared = list(
-            session.execute(
-                delete(LeadShare)
-                .where(
-                    LeadShare.user_id == agent_user,
-                    LeadShare.lead_id.in_(select(Lead.id).where(Lead.owner_entity_id == team.ref.id)),
-                )
-                .returning(LeadShare.lead_id)
-            ).scalars()
-        )
+        unshared = uow.leads.unshare_owned_by(team.ref.id, agent_user)
         events += [
             {
                 "account_id": actor.account_id,
@@ -767,13 +688,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
             for lead_id in unshared
         ]
     uow.leads.add_events(events)
-    kept = int(
-        session.execute(
-            select(func.count())
-            .select_from(Lead)
-            .where(Lead.owner_entity_id == agent.id, Lead.status != LeadStatus.DELETED)
-        ).scalar_one()
-    )
+    kept = uow.leads.count_owned(agent.id)
     uow.commit()
     log.info("team.left", team=team.ref.slug, agent=agent.slug, rerouted=len(leads), unshared=len(unshared))
     return LeaveOutcome(len(leads), len(unshared), kept)

@@ -19,10 +19,8 @@ from types import TracebackType
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
-from sqlalchemy import select
 
 from leadrelay.settings import get_settings
-from models.repositories import dialect_insert
 from models.tables import Outbox
 from models.uow import UnitOfWork
 from rules.contact import mask_email
@@ -47,23 +45,15 @@ _flush_covers_until = 0.0
 def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address: str, subject: str, body: str) -> None:
     """Write one notification (once per ``dedupe_key``: a redelivered task writes nothing more) and
     ask for a flush once the unit of work commits."""
-    outbox_id = uuid.uuid4()
-    inserted = uow.session.execute(
-        dialect_insert(uow.session, Outbox)
-        .values(
-            id=outbox_id,
-            account_id=account_id,
-            kind="email",
-            dedupe_key=dedupe_key[:200],
-            to_address=to_address,
-            subject=subject[:300],
-            body=body,
-            correlation_id=_correlation_id(),
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Outbox.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
+    new = uow.outbox.add_mail_once(
+        account_id=account_id,
+        dedupe_key=dedupe_key[:200],
+        to_address=to_address,
+        subject=subject[:300],
+        body=body,
+        correlation_id=_correlation_id(),
+    )
+    if new:
         uow.after_commit(request_flush)
 
 
@@ -278,7 +268,7 @@ def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
     ``notifications.send`` task of messages published before :func:`flush` replaced it.
 
     The default backend writes the mail to the log (masked), so the demo needs no mail server."""
-    row = uow.session.execute(select(Outbox).where(Outbox.id == outbox_id).with_for_update()).scalar_one_or_none()
+    row = uow.outbox.get_for_update(outbox_id)
     if row is None or row.status == "sent":
         return "skipped"
     row.attempts += 1
@@ -302,7 +292,7 @@ def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
 def record_failure(uow: UnitOfWork, outbox_id: uuid.UUID, error: str, *, final: bool = False) -> None:
     """Keep the last error on the row. It stays pending (and is retried) until it is sent, or, after the
     last retry, ends ``failed``: a dead letter the relay leaves alone and ``GET /metrics`` counts."""
-    row = uow.session.get(Outbox, outbox_id)
+    row = uow.outbox.get(outbox_id)
     if row is not None and row.status != "sent":
         row.error = error[:2000]
         if final:

@@ -119,7 +119,7 @@ def record_one(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownership: O
     """Make or join the lead of one signup whose owner its source decided (O6: a text from an unknown
     phone), routed with its timeline, through the same planner and writer as every batch. Does not
     commit. ``rejected`` (with the reason) when a replayed intake meets its deleted lead (X4)."""
-    store = SignupStore(uow.session, uow.orgs)
+    store = uow.signups
     account = uow.orgs.account(intake.account_id)
     claimed = Claimed([intake], account.org_version, account.duplication, account.id)
     snapshot = snapshot_of(uow, store, claimed)

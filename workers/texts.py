@@ -51,9 +51,9 @@ def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
         )
     account_id = intake.account_id
     at = intake.created_at
-    uow.leads.lock_phone(account_id, phone)
-    leads = uow.leads.live_leads_with_phone(account_id, phone)
-    texts = uow.leads.last_outbound_texts(account_id, phone) if leads else []
+    uow.texts.lock_phone(account_id, phone)
+    leads = uow.texts.live_leads_with_phone(account_id, phone)
+    texts = uow.texts.last_outbound_texts(account_id, phone) if leads else []
     choice = choose_reply_lead(
         [CandidateLead(x.id, x.owner_entity_id, x.assigned_agent_id, x.last_activity_at, x.created_at) for x in leads],
         [OutboundText(m.id, m.lead_id, m.agent_id, name, m.created_at) for m, name in texts if m.lead_id is not None],
@@ -83,7 +83,7 @@ def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
     agent = uow.orgs.entity(lead.assigned_agent_id) if lead.assigned_agent_id is not None else None
     if deciding is not None and deciding["agent_id"] is not None:
         deciding["agent"] = uow.orgs.entity(deciding["agent_id"]).slug
-    uow.leads.add_inbound_text(
+    uow.texts.add_inbound_text(
         {
             "account_id": account_id,
             "lead_id": lead.id,
@@ -204,9 +204,9 @@ def record_status_callback(
     Locks: the text's row first (as the send holds it while recording the sid), then the sid, so a
     report and a send recording that sid never both miss each other: if the text was not visible
     before the sid lock, it is looked up again after it (the send that held it has committed)."""
-    message = uow.leads.outbound_text_by_sid(provider_sid)
-    uow.leads.lock_text_sid(provider_sid)
-    new = uow.leads.add_status_callback(
+    message = uow.texts.outbound_text_by_sid(provider_sid)
+    uow.texts.lock_text_sid(provider_sid)
+    new = uow.texts.add_status_callback(
         {
             "account_id": account_id,
             "provider_sid": provider_sid,
@@ -216,7 +216,7 @@ def record_status_callback(
         }
     )
     if message is None:
-        message = uow.leads.outbound_text_by_sid(provider_sid)
+        message = uow.texts.outbound_text_by_sid(provider_sid)
     if message is not None and message.account_id == account_id:
         _apply_reports(uow, message)
     uow.commit()
@@ -230,13 +230,13 @@ def apply_pending_statuses(uow: UnitOfWork, message: Message) -> None:
     sid, after setting it and before the commit; it does not commit."""
     if not message.provider_sid:
         return
-    uow.leads.lock_text_sid(message.provider_sid)
+    uow.texts.lock_text_sid(message.provider_sid)
     _apply_reports(uow, message)
 
 
 def _apply_reports(uow: UnitOfWork, message: Message) -> None:
     assert message.provider_sid is not None
-    reports = [StatusReport(r.status, r.error_code) for r in uow.leads.status_callbacks_of(message.provider_sid)]
+    reports = [StatusReport(r.status, r.error_code) for r in uow.texts.status_callbacks_of(message.provider_sid)]
     change = apply_status_reports(message.status, reports)
     if change is None:
         return

@@ -96,7 +96,7 @@ def record_outbound_text(uow: UnitOfWork, caller: Caller, lead: Lead, body: str)
     number, number_of = found
     sender = uow.orgs.user(caller.user_id)
     assignee = uow.orgs.entity(lead.assigned_agent_id) if lead.assigned_agent_id else None
-    message_id = uow.leads.add_outbound_text(
+    message_id = uow.texts.add_outbound_text(
         {
             "account_id": lead.account_id,
             "lead_id": lead.id,
@@ -165,7 +165,7 @@ def send_text(message_id: uuid.UUID, *, last_try: bool) -> str:
 
 def _claim(uow: UnitOfWork, message_id: uuid.UUID) -> TextToSend | str:
     """Lock the text; if it is to be sent, mark it ``sending`` and commit, and say what to send."""
-    message = uow.leads.message_for_update(message_id)
+    message = uow.texts.message_for_update(message_id)
     if message is None:
         return "missing"
     if message.direction != "outbound" or message.provider_sid is not None:
@@ -224,7 +224,7 @@ def _cancel(uow: UnitOfWork, message: Message, reason: str) -> str:
 
 def record_sent(uow: UnitOfWork, message_id: uuid.UUID, sid: str) -> None:
     """The gateway took the text: keep its sid, mark it sent, apply the delivery reports already kept; commit."""
-    message = uow.leads.message_for_update(message_id)
+    message = uow.texts.message_for_update(message_id)
     assert message is not None
     message.provider_sid = sid
     message.status = "sent"
@@ -235,7 +235,7 @@ def record_sent(uow: UnitOfWork, message_id: uuid.UUID, sid: str) -> None:
 
 
 def _record_failure(uow: UnitOfWork, message_id: uuid.UUID, error: str, *, final: bool) -> None:
-    message = uow.leads.message_for_update(message_id)
+    message = uow.texts.message_for_update(message_id)
     if message is None or message.status != IN_FLIGHT:
         return
     if final:

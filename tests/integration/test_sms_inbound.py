@@ -747,7 +747,7 @@ def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: 
 
         event.listen(engine, "before_cursor_execute", capture)
         try:
-            found = uow.leads.last_outbound_texts(acme.account_id, phone)
+            found = uow.texts.last_outbound_texts(acme.account_id, phone)
         finally:
             event.remove(engine, "before_cursor_execute", capture)
         assert [str(m.lead_id) for m, _ in found] == [lead_id]

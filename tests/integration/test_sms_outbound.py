@@ -509,7 +509,7 @@ def queued_text(b: Brokerage, lead_id: str) -> str:
     with UnitOfWork() as uow:
         row = uow.session.get(Lead, uuid.UUID(lead_id))
         assert row is not None
-        message_id = uow.leads.add_outbound_text(
+        message_id = uow.texts.add_outbound_text(
             {
                 "account_id": row.account_id,
                 "lead_id": row.id,

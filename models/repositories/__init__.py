@@ -1,0 +1,46 @@
+"""Every query of the application, named for what it answers, one module per area. Repositories never commit:
+the unit of work (``models.uow``) holds one of each on its session and commits once.
+
+- ``intakes``: the intakes (kept, locked while processed, reopened for a replay).
+- ``org``: the account and its organisation: entities, domains, connections, routing rules and cursors,
+  users as callers and targets, smart numbers, the snapshot a worker keeps.
+- ``leads``: the leads, their timeline, site activity, shares, campaigns, facts for the rules, V1 and export.
+- ``texts``: outbound and inbound texts (reply routing S1-S3), the gateway's delivery reports.
+- ``jobs``: the bulk jobs and the leads they did not change.
+- ``relay``, ``outbox``, ``metrics``: the relay's claims, the mail outbox, what ``GET /metrics`` reads.
+- ``common``: what they share (the dialect's INSERT, entities as values, the caller).
+
+Import from this package (``from models.repositories import LeadRepository``): it names every public
+class, helper and constant of the modules."""
+
+from __future__ import annotations
+
+from models.repositories.common import Caller, dialect_insert, to_ref
+from models.repositories.intakes import IntakeRepository
+from models.repositories.jobs import JobRepository
+from models.repositories.leads import CLAIMED_COLUMNS, Candidate, ClaimedActivity, LeadRepository
+from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsRepository
+from models.repositories.org import OrgRepository
+from models.repositories.outbox import OutboxRepository
+from models.repositories.relay import RELAY_BACKOFF_CAP, RelayRepository
+from models.repositories.texts import TextRepository
+
+__all__ = [
+    "CLAIMED_COLUMNS",
+    "LATENCY_BUCKETS",
+    "RELAY_BACKOFF_CAP",
+    "Caller",
+    "Candidate",
+    "ClaimedActivity",
+    "IntakeRepository",
+    "JobRepository",
+    "Latency",
+    "LeadRepository",
+    "MetricsRepository",
+    "OrgRepository",
+    "OutboxRepository",
+    "RelayRepository",
+    "TextRepository",
+    "dialect_insert",
+    "to_ref",
+]
