@@ -37,14 +37,13 @@ from sqlalchemy import (
     values,
 )
 from sqlalchemy import cast as sa_cast
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models.base import UTCDateTime
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
-from models.repositories.common import person_lock_key
+from models.repositories.common import insert_rows, person_lock_key
 from models.tables import (
     Account,
     Entity,
@@ -76,25 +75,6 @@ CAMPAIGNS = cast(Table, LeadCampaign.__table__)
 OUTBOX = cast(Table, Outbox.__table__)
 INTAKES = cast(Table, Intake.__table__)
 _AT = UTCDateTime()
-
-
-def _insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> Any:
-    """PostgreSQL: INSERT INTO table (columns) SELECT ... FROM (VALUES ...), each value cast to its column's
-    type (a column of NULLs only would be text), the columns' scalar defaults filled in. Its binds are anonymous, so several of these share one
-    statement (multi-row VALUES inserts of tables with a column name in common cannot)."""
-    scalar_defaults = {
-        c.name: c.default.arg  # type: ignore[attr-defined]
-        for c in table.c
-        if c.name not in rows[0] and c.default is not None and c.default.is_scalar
-    }
-    rows = [{**scalar_defaults, **row} for row in rows]
-    names = list(rows[0])
-    source = values(*(column(name, table.c[name].type) for name in names), name=f"{table.name}_rows").data(
-        [tuple(row[name] for name in names) for row in rows]
-    )
-    return postgresql.insert(table).from_select(
-        names, select(*(sa_cast(source.c[name], table.c[name].type) for name in names))
-    )
 
 
 @dataclass(frozen=True)
@@ -411,11 +391,11 @@ class SignupStore:
         step) are checked at the end of the statement, when every step is done."""
         ctes: list[Any] = []
         if rows.leads:
-            ctes.append(_insert_rows(LEADS, rows.leads).cte("new_leads"))
+            ctes.append(insert_rows(LEADS, rows.leads).cte("new_leads"))
         if rows.events:
             events = [{"account_id": rows.account_id, **e} for e in rows.events]
             ctes.append(
-                _insert_rows(EVENTS, events)
+                insert_rows(EVENTS, events)
                 .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
                 .cte("new_events")
             )
@@ -447,10 +427,10 @@ class SignupStore:
                 .cte("moved_defaults")
             )
         if rows.campaigns:
-            ctes.append(_insert_rows(CAMPAIGNS, rows.campaigns).on_conflict_do_nothing().cte("campaigns"))
+            ctes.append(insert_rows(CAMPAIGNS, rows.campaigns).on_conflict_do_nothing().cte("campaigns"))
         if rows.mails:
             ctes.append(
-                _insert_rows(OUTBOX, rows.mails).on_conflict_do_nothing(index_elements=["dedupe_key"]).cte("mails")
+                insert_rows(OUTBOX, rows.mails).on_conflict_do_nothing(index_elements=["dedupe_key"]).cte("mails")
             )
         if finish and plan.finished:
             done = values(

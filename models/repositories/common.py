@@ -1,10 +1,14 @@
-"""What the repositories share: the dialect's INSERT, entities as values, the caller as the rules see it."""
+"""What the repositories share: the dialect's INSERT, PostgreSQL's INSERT of many rows from typed VALUES,
+entities as values, the caller as the rules see it."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Table, column, select, values
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,6 +21,26 @@ def dialect_insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite both do)."""
     name = session.get_bind().dialect.name
     return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
+
+
+def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """PostgreSQL: INSERT INTO table (columns) SELECT ... FROM (VALUES ...), each value cast to its column's
+    type (a column of NULLs only would be text), the columns' scalar defaults filled in. Its binds are
+    anonymous, so several of these share one statement, each a data-modifying CTE (multi-row VALUES inserts
+    of tables with a column name in common cannot)."""
+    scalar_defaults = {
+        c.name: c.default.arg  # type: ignore[attr-defined]
+        for c in table.c
+        if c.name not in rows[0] and c.default is not None and c.default.is_scalar
+    }
+    rows = [{**scalar_defaults, **row} for row in rows]
+    names = list(rows[0])
+    source = values(*(column(name, table.c[name].type) for name in names), name=f"{table.name}_rows").data(
+        [tuple(row[name] for name in names) for row in rows]
+    )
+    return postgresql.insert(table).from_select(
+        names, select(*(sa_cast(source.c[name], table.c[name].type) for name in names))
+    )
 
 
 def to_ref(entity: Entity, parent: Entity | None = None) -> EntityRef:
