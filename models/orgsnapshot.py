@@ -1,6 +1,7 @@
 """What a worker keeps of an account's organisation between intakes: domain claims, API connection
-owners and each routing entity's rules (members, agent states, the team admins of its default), as
-immutable values, read again only when the account's ``org_version`` moved.
+owners, each routing entity's rules (members, agent states, the team admins of its default), entities'
+slugs, names and mail addresses, and smart numbers, as immutable values, read again only when the
+account's ``org_version`` moved.
 
 Routing cursors are no part of it: they move with every lead, and are read under their lock each time
 (:meth:`models.repositories.OrgRepository.routing_rules`).
@@ -43,6 +44,10 @@ class OrgSnapshot:
     routing: Mapping[int, RoutingSnapshot]
     # entity id -> the name and mail address a new lead's mail uses (models.signups fills it)
     contacts: Mapping[int, Contact] = field(default_factory=dict)
+    # entity id -> its slug (a text's timeline names its agent by it)
+    slugs: Mapping[int, str] = field(default_factory=dict)
+    # smart number (E.164) -> the entity it belongs to (an inbound text's number: O6's owner, O9 when absent)
+    smart_numbers: Mapping[str, int] = field(default_factory=dict)
 
 
 class SnapshotCache:

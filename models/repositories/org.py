@@ -85,9 +85,10 @@ class OrgRepository:
 
     def load_snapshot(self, account_id: int, version: int) -> OrgSnapshot:
         """The account's organisation as :meth:`domain_claims`, :meth:`connection_owner` and
-        :meth:`routing_rules` read it, for every routing entity at once (seven queries whatever its
-        size), tagged with the ``version`` the caller read before (a change committed in between makes
-        the tag older than the content, so the next intake loads it again: never the other way round)."""
+        :meth:`routing_rules` read it, for every routing entity at once, with the entities' slugs and the
+        smart numbers (eight queries whatever its size), tagged with the ``version`` the caller read before
+        (a change committed in between makes the tag older than the content, so the next intake loads it
+        again: never the other way round)."""
         entities = {
             e.id: e
             for e in self.session.execute(
@@ -170,7 +171,20 @@ class OrgRepository:
                 default_cursor=0,
             )
             routing[entity.id] = RoutingSnapshot(tuple(replace(r, cursor=0) for r in rules), default)
-        return OrgSnapshot(account_id, version, domains, connections, routing)
+        smart_numbers: dict[str, int] = dict(
+            self.session.execute(  # type: ignore[arg-type]
+                select(SmartNumber.e164, SmartNumber.entity_id).where(SmartNumber.account_id == account_id)
+            ).all()
+        )
+        return OrgSnapshot(
+            account_id,
+            version,
+            domains,
+            connections,
+            routing,
+            slugs={entity_id: e.slug for entity_id, e in entities.items()},
+            smart_numbers=smart_numbers,
+        )
 
     def account(self, account_id: int) -> Account:
         account = self.session.get(Account, account_id)
