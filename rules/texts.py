@@ -1,13 +1,16 @@
 """Smart-number texts, the pure part: which lead a reply goes to (S1, S2, O6), what a keyword does
-(S4, D8), and how a gateway's delivery reports move an outbound text's status (forward only)."""
+(S4, D8), what an inbound text writes once its lead is known (:func:`plan_text`), and how a gateway's
+delivery reports move an outbound text's status (forward only)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from rules.signups import Event
 
 # --- The canonical inbound text -------------------------------------------------------------------
 
@@ -165,6 +168,197 @@ def keyword_action(body: str) -> Literal["unsubscribe", "resubscribe"] | None:
     if word in START_WORDS:
         return "resubscribe"
     return None
+
+
+# --- What an inbound text writes -------------------------------------------------------------------
+
+# The text's excerpt in the timeline's summary, in characters.
+EXCERPT = 160
+
+
+@dataclass(frozen=True)
+class TextLead:
+    """The lead a text lands on, as its plan needs it: read with the candidates, or just made (O6)."""
+
+    lead_id: uuid.UUID
+    assigned_agent_id: int | None
+    last_activity_at: dt.datetime
+    sms_unsubscribed: bool
+    first_name: str | None = None
+    last_name: str | None = None
+    phone_e164: str | None = None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An agent as a text's timeline and mail name it (the organisation a worker keeps)."""
+
+    id: int
+    slug: str
+    name: str
+    email: str | None = None
+
+
+@dataclass(frozen=True)
+class LeadChange:
+    """What a text changes on its lead: its last activity moved to at least ``activity_at``, its texts'
+    subscription set to ``sms_unsubscribed``; None for what stays."""
+
+    activity_at: dt.datetime | None = None
+    sms_unsubscribed: bool | None = None
+
+
+@dataclass(frozen=True)
+class TextMail:
+    """S3: the agent told of the text (once per gateway sid: ``dedupe_key``)."""
+
+    dedupe_key: str
+    to_address: str
+    subject: str
+    body: str
+    correlation_id: str | None
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """Everything one inbound text writes, as values: its message row, its timeline, what it changes on
+    its lead, the agent's mail; its intake then ends ``done`` on ``lead_id``."""
+
+    lead_id: uuid.UUID
+    message: dict[str, Any]  # the inbound row of ``messages`` (its columns), kept once per gateway sid
+    events: tuple[Event, ...]  # kept once per (lead, intake, kind)
+    lead_change: LeadChange | None
+    mail: TextMail | None
+    rule: str
+    keyword: Literal["unsubscribe", "resubscribe"] | None
+
+
+def plan_text(
+    text: InboundText,
+    *,
+    account_id: int,
+    intake_id: uuid.UUID,
+    at: dt.datetime,
+    lead: TextLead,
+    rule: str,
+    reason: str,
+    deciding: OutboundText | None,
+    candidates: Sequence[uuid.UUID],
+    agents: Mapping[int, Agent],
+    public_base_url: str,
+    correlation_id: str | None,
+) -> TextPlan:
+    """S1-S4: what a text routed to ``lead`` (by ``rule``, for ``reason``) writes. The text is kept on the
+    lead for its assigned agent and put on its timeline with the reason and the deciding text; the lead's
+    last activity moves to the text's time; a keyword (S4) changes this lead's subscription only (D8), with
+    a note saying whether it changed; and the assigned agent, if it has a mail address, is told (S3).
+    ``agents`` holds the lead's assigned agent and the deciding text's."""
+    phone = text.from_e164
+    assert phone is not None, "D9: a text from no possible phone is rejected before it is planned"
+    agent = agents[lead.assigned_agent_id] if lead.assigned_agent_id is not None else None
+    deciding_data: dict[str, Any] | None = None
+    if deciding is not None:
+        deciding_data = {
+            "message_id": str(deciding.message_id),
+            "agent_id": deciding.agent_id,
+            "at": deciding.created_at.isoformat(),
+        }
+        if deciding.agent_id is not None:
+            deciding_data["agent"] = agents[deciding.agent_id].slug
+    message = {
+        "account_id": account_id,
+        "lead_id": lead.lead_id,
+        "direction": "inbound",
+        "lead_phone": phone,
+        "smart_number": text.to,
+        "body": text.body,
+        "agent_id": agent.id if agent else None,
+        "provider_sid": text.message_sid,
+        "status": "received",
+        "intake_id": intake_id,
+        "created_at": at,
+        "updated_at": at,
+    }
+    to_whom = f"for {agent.name}" if agent else "nobody is assigned to this lead"
+    events = [
+        Event(
+            lead.lead_id,
+            "text_received",
+            intake_id,
+            at,
+            f"Text received on {text.to}: “{excerpt(text.body)}”; {to_whom} ({reason})",
+            {
+                "rule": rule,
+                "reason": reason,
+                "agent": agent.slug if agent else None,
+                "deciding_text": deciding_data,
+                "candidates": [str(c) for c in candidates],
+                "provider_sid": text.message_sid,
+                "smart_number": text.to,
+                "body": text.body,
+                "num_media": text.num_media,
+                "media_urls": list(text.media_urls),
+            },
+        )
+    ]
+    action = keyword_action(text.body)
+    unsubscribed: bool | None = None
+    if action is not None:
+        stop = action == "unsubscribe"
+        events.append(_subscription_note(lead, intake_id, text, stop, at))
+        unsubscribed = stop if stop != lead.sms_unsubscribed else None
+    moved = at if at > lead.last_activity_at else None
+    change = LeadChange(moved, unsubscribed) if moved is not None or unsubscribed is not None else None
+    mail = None
+    if agent is not None and agent.email:
+        mail = _mail(account_id, lead, agent.email, text, reason, action, public_base_url, correlation_id)
+    return TextPlan(lead.lead_id, message, tuple(events), change, mail, rule, action)
+
+
+def _subscription_note(lead: TextLead, intake_id: uuid.UUID, text: InboundText, stop: bool, at: dt.datetime) -> Event:
+    """S4, D8: this lead only; its duplicates keep their own subscription."""
+    word = text.body.strip().upper()
+    changed = lead.sms_unsubscribed != stop
+    if stop:
+        kind = "sms_unsubscribed"
+        summary = (
+            f"Unsubscribed from texts by replying “{word}” (S4; this lead only, its duplicates stay subscribed: D8)"
+        )
+    else:
+        kind = "sms_resubscribed"
+        summary = f"Subscribed to texts again by replying “{word}” (S4; this lead only: D8)"
+    if not changed:
+        summary += "; it already was"
+    data = {"rule": "S4", "keyword": word, "changed": changed, "provider_sid": text.message_sid}
+    return Event(lead.lead_id, kind, intake_id, at, summary, data)
+
+
+def _mail(
+    account_id: int,
+    lead: TextLead,
+    to_address: str,
+    text: InboundText,
+    reason: str,
+    action: str | None,
+    public_base_url: str,
+    correlation_id: str | None,
+) -> TextMail:
+    """S3: the agent the reply went to is told by mail. The subject is logged when the mail goes out, so it
+    names no phone and no email."""
+    name = " ".join(p for p in (lead.first_name, lead.last_name) if p) or "A lead"
+    subject = "A lead unsubscribed from texts" if action == "unsubscribe" else "New text from a lead"
+    link = f"{public_base_url.rstrip('/')}/v1/leads/{lead.lead_id}"
+    body = (
+        f"{name} ({lead.phone_e164}) texted {text.to}:\n\n{text.body}\n\n"
+        f"It is on the lead's timeline: {link}\nWhy you: {reason}\n"
+    )
+    return TextMail(f"text:{account_id}:{text.message_sid}", to_address, subject, body, correlation_id)
+
+
+def excerpt(body: str) -> str:
+    """The body on one line, cut to :data:`EXCERPT` characters."""
+    flat = " ".join(body.split())
+    return flat if len(flat) <= EXCERPT else flat[: EXCERPT - 1] + "…"
 
 
 # --- Delivery statuses ----------------------------------------------------------------------------

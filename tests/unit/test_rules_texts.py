@@ -1,4 +1,5 @@
-"""S1-S4, O6: which lead a reply goes to, what a keyword does, and how delivery reports move a text."""
+"""S1-S4, O6: which lead a reply goes to, what a keyword does, what a text writes, and how delivery reports move
+a text."""
 
 from __future__ import annotations
 
@@ -13,16 +14,23 @@ from hypothesis import strategies as st
 from rules.entities import EntityRef, Kind
 from rules.ownership import decide_number_owner
 from rules.texts import (
+    EXCERPT,
+    Agent,
     CandidateLead,
     InboundText,
+    LeadChange,
     NewTextLead,
     OutboundText,
     ReplyRoute,
     StatusChange,
     StatusReport,
+    TextLead,
+    TextPlan,
     apply_status_reports,
     choose_reply_lead,
+    excerpt,
     keyword_action,
+    plan_text,
 )
 
 # Properties, not timings: no deadline, so a busy machine cannot fail them.
@@ -232,3 +240,136 @@ def test_applying_reports_one_at_a_time_or_together_ends_the_same(statuses: list
 def test_an_inbound_text_round_trips_through_its_stored_form() -> None:
     text_in = InboundText("SM1", "+15550100000", "(555) 201-0001", "+15552010001", "Hi", "AC1", 2, ("u0", "u1"))
     assert InboundText.from_dict(text_in.to_dict()) == text_in
+
+
+# --- What a text writes ----------------------------------------------------------------------------------
+
+AGENTS = {
+    JILL: Agent(JILL, "jill", "Jill Jones", "jill@co.test"),
+    JOHN: Agent(JOHN, "john", "John Smith", "john@co.test"),
+    BOB: Agent(BOB, "bob", "Bob Brown"),  # no mail address
+}
+PHONE, NUMBER = "+15552000001", "+15550100001"
+
+
+def inbound(body: str, sid: str = "SM1") -> InboundText:
+    return InboundText(sid, NUMBER, PHONE, PHONE, body)
+
+
+def landing(agent: int | None = JILL, *, active: dt.datetime = YESTERDAY, unsubscribed: bool = False) -> TextLead:
+    return TextLead(uuid.uuid4(), agent, active, unsubscribed, "Ann", "Lee", PHONE)
+
+
+def planned(body: str, to: TextLead, deciding: OutboundText | None = None, **kwargs: object) -> TextPlan:
+    args: dict[str, object] = {
+        "account_id": 7,
+        "intake_id": uuid.UUID(int=1),
+        "at": NOW,
+        "lead": to,
+        "rule": "S1" if deciding else "S2",
+        "reason": "S1: because" if deciding else "S2: because",
+        "deciding": deciding,
+        "candidates": [to.lead_id],
+        "agents": AGENTS,
+        "public_base_url": "https://leads.test/",
+        "correlation_id": "intake-1",
+        **kwargs,
+    }
+    return plan_text(inbound(body), **args)  # type: ignore[arg-type]
+
+
+def test_a_reply_is_kept_on_its_lead_for_its_agent_with_the_deciding_text_and_mailed_to_that_agent() -> None:
+    to = landing(JILL)
+    deciding = OutboundText(uuid.uuid4(), to.lead_id, JOHN, "John Smith", YESTERDAY)
+    plan = planned("Is 12 Oak   still\navailable?", to, deciding)
+    assert plan.lead_id == to.lead_id
+    assert plan.message == {
+        "account_id": 7,
+        "lead_id": to.lead_id,
+        "direction": "inbound",
+        "lead_phone": PHONE,
+        "smart_number": NUMBER,
+        "body": "Is 12 Oak   still\navailable?",
+        "agent_id": JILL,
+        "provider_sid": "SM1",
+        "status": "received",
+        "intake_id": uuid.UUID(int=1),
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    [event] = plan.events
+    assert (event.lead_id, event.kind, event.intake_id, event.at) == (
+        to.lead_id,
+        "text_received",
+        uuid.UUID(int=1),
+        NOW,
+    )
+    assert event.summary == f"Text received on {NUMBER}: “Is 12 Oak still available?”; for Jill Jones (S1: because)"
+    assert event.data["agent"] == "jill"
+    assert event.data["deciding_text"] == {
+        "message_id": str(deciding.message_id),
+        "agent_id": JOHN,
+        "at": YESTERDAY.isoformat(),
+        "agent": "john",
+    }
+    assert event.data["candidates"] == [str(to.lead_id)]
+    assert plan.lead_change == LeadChange(activity_at=NOW)
+    assert plan.mail is not None
+    assert (plan.mail.dedupe_key, plan.mail.to_address) == ("text:7:SM1", "jill@co.test")
+    assert (plan.mail.subject, plan.mail.correlation_id) == ("New text from a lead", "intake-1")
+    assert f"Ann Lee ({PHONE}) texted {NUMBER}" in plan.mail.body
+    assert f"https://leads.test/v1/leads/{to.lead_id}" in plan.mail.body
+    assert PHONE not in plan.mail.subject
+    assert (plan.rule, plan.keyword) == ("S1", None)
+
+
+def test_a_lead_nobody_is_assigned_to_or_whose_agent_has_no_address_is_mailed_to_nobody() -> None:
+    nobody = planned("Hi", landing(None))
+    assert nobody.mail is None
+    assert nobody.message["agent_id"] is None
+    assert "nobody is assigned to this lead" in nobody.events[0].summary
+    assert nobody.events[0].data["agent"] is None
+    assert planned("Hi", landing(BOB)).mail is None
+
+
+def test_a_text_older_than_the_leads_last_activity_leaves_it() -> None:
+    assert planned("Hi", landing(active=NOW + dt.timedelta(minutes=1))).lead_change is None
+    assert planned("Hi", landing(active=NOW)).lead_change is None
+
+
+@pytest.mark.parametrize(
+    ("body", "unsubscribed", "kind", "changed"),
+    [
+        (" stop ", False, "sms_unsubscribed", True),
+        ("STOP", True, "sms_unsubscribed", False),
+        ("start", True, "sms_resubscribed", True),
+        ("UNSTOP", False, "sms_resubscribed", False),
+    ],
+)
+def test_S4_D8_a_keyword_changes_this_leads_subscription_with_a_note(
+    body: str, unsubscribed: bool, kind: str, changed: bool
+) -> None:
+    plan = planned(body, landing(active=NOW, unsubscribed=unsubscribed))
+    received, note = plan.events
+    assert (received.kind, note.kind, note.lead_id) == ("text_received", kind, received.lead_id)
+    assert note.data == {"rule": "S4", "keyword": body.strip().upper(), "changed": changed, "provider_sid": "SM1"}
+    assert note.summary.endswith("; it already was") is not changed
+    stop = kind == "sms_unsubscribed"
+    assert plan.lead_change == (LeadChange(sms_unsubscribed=stop) if changed else None)
+    assert plan.keyword == ("unsubscribe" if stop else "resubscribe")
+    assert plan.mail is not None
+    assert plan.mail.subject == ("A lead unsubscribed from texts" if stop else "New text from a lead")
+
+
+@PROPERTY
+@given(st.text(max_size=400))
+def test_a_texts_excerpt_is_its_body_on_one_line_cut_to_the_limit(body: str) -> None:
+    cut = excerpt(body)
+    assert len(cut) <= EXCERPT
+    assert "\n" not in cut
+    flat = " ".join(body.split())
+    assert cut == flat or (cut.endswith("…") and flat.startswith(cut[:-1]))
+    plan = planned(body, landing())
+    assert f"“{cut}”" in plan.events[0].summary
+    assert plan.keyword == keyword_action(body)
+    assert len(plan.events) == 1 + (plan.keyword is not None)
