@@ -250,7 +250,7 @@ def preload_messages(
 
 
 def explain_s1(account: int, lead_phone: str) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of the reply-routing query (``texts.last_outbound_texts``) exactly as the worker
+    """EXPLAIN ANALYZE of the reply-routing query (``texts.reply_facts``) exactly as the worker
     sends it, for one preloaded phone: the plan's nodes, the index it walks, its time."""
     from sqlalchemy import event
 
@@ -266,7 +266,7 @@ def explain_s1(account: int, lead_phone: str) -> dict[str, Any]:
         engine = uow.session.get_bind()
         event.listen(engine, "before_cursor_execute", capture)
         try:
-            found = uow.texts.last_outbound_texts(account, lead_phone)
+            found = uow.texts.reply_facts(account, lead_phone).last_texts
         finally:
             event.remove(engine, "before_cursor_execute", capture)
         [(statement, parameters)] = captured

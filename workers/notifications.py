@@ -51,13 +51,14 @@ def queue_mail(uow: UnitOfWork, *, account_id: int, dedupe_key: str, to_address:
         to_address=to_address,
         subject=subject[:300],
         body=body,
-        correlation_id=_correlation_id(),
+        correlation_id=correlation_id(),
     )
     if new:
         uow.after_commit(request_flush)
 
 
-def _correlation_id() -> str | None:
+def correlation_id() -> str | None:
+    """The correlation id (an intake's id) of the work running now, which its mail keeps."""
     value = structlog.contextvars.get_contextvars().get("correlation_id")
     return str(value)[:64] if value else None
 

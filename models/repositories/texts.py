@@ -3,15 +3,63 @@ that texted that phone last (reply routing S1-S3, O6), and the gateway's deliver
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Table, and_, case, func, literal, select, update
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from models.repositories.common import dialect_insert
-from models.tables import Entity, Lead, LeadStatus, Message, MessageStatusCallback
+from models.base import UTCDateTime
+from models.repositories.common import dialect_insert, insert_rows
+from models.tables import (
+    Entity,
+    Intake,
+    IntakeStatus,
+    Lead,
+    LeadStatus,
+    Message,
+    MessageStatusCallback,
+    Outbox,
+    TimelineEvent,
+)
+from rules.texts import CandidateLead, TextLead, TextPlan
+
+LEADS = cast(Table, Lead.__table__)
+MESSAGES = cast(Table, Message.__table__)
+EVENTS = cast(Table, TimelineEvent.__table__)
+OUTBOX = cast(Table, Outbox.__table__)
+INTAKES = cast(Table, Intake.__table__)
+_AT = UTCDateTime()
+
+
+def _at(at: dt.datetime) -> Any:
+    """A time as a typed SQL value (so PostgreSQL compares it as a timestamp, not as text)."""
+    return sa_cast(literal(at, _AT), _AT)
+
+
+@dataclass(frozen=True)
+class LastText:
+    """A lead's last outbound text to the phone: what S1 compares (the agent it counts for, SH4)."""
+
+    message_id: uuid.UUID
+    lead_id: uuid.UUID
+    agent_id: int | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ReplyFacts:
+    """What an inbound text from a phone is routed over (S1, S2): the live leads with that phone, as
+    the rule compares them and as a text's plan writes on them, and each one's last outbound text there."""
+
+    candidates: list[CandidateLead]
+    leads: dict[uuid.UUID, TextLead]
+    last_texts: list[LastText]
 
 
 class TextRepository:
@@ -52,39 +100,33 @@ class TextRepository:
         so a callback that arrives before the sid is recorded is seen by one of the two."""
         self._xact_lock(f"sms-sid:{provider_sid}")
 
-    def live_leads_with_phone(self, account_id: int, phone_e164: str) -> list[Lead]:
-        """S1/S2 candidates: the account's leads with this phone that are neither merged nor deleted."""
-        return list(
-            self.session.execute(
-                select(Lead)
-                .where(
-                    Lead.account_id == account_id,
-                    Lead.phone_e164 == phone_e164,
-                    Lead.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
-                )
-                .order_by(Lead.created_at, Lead.id)
-            ).scalars()
+    def _last_outbound(self, account_id: int, phone_e164: str) -> Any:
+        """S1: the outbound texts to this phone, each numbered by recency within its lead (``n`` = 1 its
+        lead's last): one range of the (account, phone, direction, created_at) index, whatever the size
+        of the table."""
+        return (
+            select(
+                MESSAGES.c.id,
+                MESSAGES.c.lead_id,
+                MESSAGES.c.agent_id,
+                MESSAGES.c.created_at,
+                func.row_number()
+                .over(partition_by=MESSAGES.c.lead_id, order_by=(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc()))
+                .label("n"),
+            )
+            .where(
+                MESSAGES.c.account_id == account_id,
+                MESSAGES.c.lead_phone == phone_e164,
+                MESSAGES.c.direction == "outbound",
+                MESSAGES.c.lead_id.is_not(None),
+            )
+            .subquery("last_texts")
         )
 
     def last_outbound_texts(self, account_id: int, phone_e164: str) -> list[tuple[Message, str | None]]:
         """S1: for each lead that was texted at this phone, its most recent outbound text there, with the
-        name of the agent it counts for. One range of the (account, phone, direction, created_at) index,
-        whatever the size of the table; the rule skips the leads that are no candidates any more."""
-        ranked = (
-            select(
-                Message.id,
-                func.row_number()
-                .over(partition_by=Message.lead_id, order_by=(Message.created_at.desc(), Message.id.desc()))
-                .label("n"),
-            )
-            .where(
-                Message.account_id == account_id,
-                Message.lead_phone == phone_e164,
-                Message.direction == "outbound",
-                Message.lead_id.is_not(None),
-            )
-            .subquery()
-        )
+        name of the agent it counts for (:meth:`reply_facts` reads the same for the live leads)."""
+        ranked = self._last_outbound(account_id, phone_e164)
         rows = self.session.execute(
             select(Message, Entity.name)
             .join(ranked, and_(ranked.c.id == Message.id, ranked.c.n == 1))
@@ -92,14 +134,187 @@ class TextRepository:
         ).all()
         return [(message, name) for message, name in rows]
 
-    def add_inbound_text(self, values: dict[str, Any]) -> uuid.UUID | None:
-        """Record an inbound text once per gateway sid; the new row's id, or None when it is there already."""
-        return self.session.execute(
-            dialect_insert(self.session, Message)
-            .values(id=uuid.uuid4(), direction="inbound", **values)
-            .on_conflict_do_nothing(index_elements=["provider_sid"])
-            .returning(Message.id)
-        ).scalar_one_or_none()
+    def reply_facts(self, account_id: int, phone_e164: str) -> ReplyFacts:
+        """What reply routing decides over (S1, S2), in one statement: the account's leads with this phone
+        that are neither merged nor deleted, oldest first, each with its last outbound text there (one
+        range of the messages' (account, phone, direction, created_at) index). Take the phone's lock
+        (:meth:`lock_phone`) first. Sends nothing pending of the session first (no autoflush): the caller
+        writes it with the text (:meth:`write_inbound`)."""
+        last = self._last_outbound(account_id, phone_e164)
+        stmt = (
+            select(
+                LEADS.c.id,
+                LEADS.c.owner_entity_id,
+                LEADS.c.assigned_agent_id,
+                LEADS.c.last_activity_at,
+                LEADS.c.created_at,
+                LEADS.c.sms_unsubscribed,
+                LEADS.c.first_name,
+                LEADS.c.last_name,
+                LEADS.c.phone_e164,
+                last.c.id,
+                last.c.agent_id,
+                last.c.created_at,
+            )
+            .select_from(LEADS.outerjoin(last, and_(last.c.lead_id == LEADS.c.id, last.c.n == 1)))
+            .where(
+                LEADS.c.account_id == account_id,
+                LEADS.c.phone_e164 == phone_e164,
+                LEADS.c.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
+            )
+            .order_by(LEADS.c.created_at, LEADS.c.id)
+        )
+        with self.session.no_autoflush:
+            rows = self.session.execute(stmt).all()
+        candidates, leads, texts = [], {}, []
+        for lead_id, owner, agent, active, created, unsubscribed, first, last_name, phone, text, by, at in rows:
+            candidates.append(CandidateLead(lead_id, owner, agent, active, created))
+            leads[lead_id] = TextLead(lead_id, agent, active, unsubscribed, first, last_name, phone)
+            if text is not None:
+                texts.append(LastText(text, lead_id, by, at))
+        return ReplyFacts(candidates, leads, texts)
+
+    def text_lead(self, lead_id: uuid.UUID) -> TextLead:
+        """The lead a text lands on, as :meth:`reply_facts` reads it (a lead the text just made, O6)."""
+        with self.session.no_autoflush:
+            row = self.session.execute(
+                select(
+                    LEADS.c.id,
+                    LEADS.c.assigned_agent_id,
+                    LEADS.c.last_activity_at,
+                    LEADS.c.sms_unsubscribed,
+                    LEADS.c.first_name,
+                    LEADS.c.last_name,
+                    LEADS.c.phone_e164,
+                ).where(LEADS.c.id == lead_id)
+            ).one()
+        return TextLead(*row)
+
+    def write_inbound(self, account_id: int, plan: TextPlan, intake: Intake) -> bool:
+        """Write what a text decided and end its intake ``done`` on the plan's lead: the inbound message (once
+        per gateway sid), its timeline events (once per lead, intake and kind), the lead's change, the agent's
+        mail (once per dedupe key), the intake's status, lead, time and tries. One statement on PostgreSQL
+        (each step a data-modifying CTE), one per step on SQLite. Whether the mail is new (a flush is then
+        due once this commits)."""
+        now = dt.datetime.now(dt.UTC)
+        message = {"id": uuid.uuid4(), **plan.message}
+        events = [
+            {
+                "account_id": account_id,
+                "lead_id": e.lead_id,
+                "kind": e.kind,
+                "intake_id": e.intake_id,
+                "at": e.at,
+                "summary": e.summary,
+                "data": e.data,
+                "actor": e.actor,
+            }
+            for e in plan.events
+        ]
+        mail = (
+            {
+                "id": uuid.uuid4(),
+                "account_id": account_id,
+                "kind": "email",
+                "dedupe_key": plan.mail.dedupe_key[:200],
+                "to_address": plan.mail.to_address,
+                "subject": plan.mail.subject[:300],
+                "body": plan.mail.body,
+                "correlation_id": plan.mail.correlation_id,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+            }
+            if plan.mail is not None
+            else None
+        )
+        finished = {
+            "status": IntakeStatus.DONE,
+            "lead_id": plan.lead_id,
+            "reason": None,
+            "processed_at": now,
+            "attempts": intake.attempts,
+        }
+        if self.session.get_bind().dialect.name != "postgresql":
+            return self._write_inbound_by_steps(plan, message, events, mail, intake, finished, now)
+        ctes: list[Any] = [
+            insert_rows(MESSAGES, [message]).on_conflict_do_nothing(index_elements=["provider_sid"]).cte("inbound"),
+            insert_rows(EVENTS, events)
+            .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
+            .cte("text_events"),
+        ]
+        change = plan.lead_change
+        if change is not None:
+            # updated_at is set here: a column's onupdate default is not evaluated inside a CTE.
+            lead: dict[str, Any] = {"updated_at": now}
+            if change.activity_at is not None:
+                # At least: other work on the lead (its site activity) moves it too, without this phone's lock.
+                lead["last_activity_at"] = func.greatest(LEADS.c.last_activity_at, _at(change.activity_at))
+            if change.sms_unsubscribed is not None:
+                lead["sms_unsubscribed"] = change.sms_unsubscribed
+            ctes.append(update(LEADS).where(LEADS.c.id == plan.lead_id).values(**lead).cte("text_lead"))
+        ctes.append(
+            update(INTAKES).where(INTAKES.c.id == intake.id).values(updated_at=now, **finished).cte("text_intake")
+        )
+        if mail is not None:
+            mails = (
+                insert_rows(OUTBOX, [mail])
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(OUTBOX.c.id)
+                .cte("text_mail")
+            )
+            stmt = select(select(func.count()).select_from(mails).scalar_subquery()).add_cte(*ctes, mails)
+        else:
+            stmt = select(literal(0)).add_cte(*ctes)
+        with self.session.no_autoflush:
+            mailed = bool(self.session.execute(stmt).scalar_one())
+        # The intake row now holds these: the session has nothing more to send for it.
+        for name, value in {**finished, "updated_at": now}.items():
+            set_committed_value(intake, name, value)
+        return mailed
+
+    def _write_inbound_by_steps(
+        self,
+        plan: TextPlan,
+        message: dict[str, Any],
+        events: list[dict[str, Any]],
+        mail: dict[str, Any] | None,
+        intake: Intake,
+        finished: dict[str, Any],
+        now: dt.datetime,
+    ) -> bool:
+        """SQLite (the embedded mode): :meth:`write_inbound` one statement per step."""
+        session = self.session
+        session.execute(
+            dialect_insert(session, MESSAGES).values(message).on_conflict_do_nothing(index_elements=["provider_sid"])
+        )
+        session.execute(
+            dialect_insert(session, EVENTS).on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"]),
+            events,
+        )
+        change = plan.lead_change
+        if change is not None:
+            lead: dict[str, Any] = {"updated_at": now}
+            if change.activity_at is not None:
+                at = _at(change.activity_at)
+                lead["last_activity_at"] = case((LEADS.c.last_activity_at < at, at), else_=LEADS.c.last_activity_at)
+            if change.sms_unsubscribed is not None:
+                lead["sms_unsubscribed"] = change.sms_unsubscribed
+            session.execute(update(LEADS).where(LEADS.c.id == plan.lead_id).values(**lead))
+        mailed = False
+        if mail is not None:
+            mailed = (
+                session.execute(
+                    dialect_insert(session, OUTBOX)
+                    .values(mail)
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(OUTBOX.c.id)
+                ).scalar_one_or_none()
+                is not None
+            )
+        for name, value in finished.items():
+            setattr(intake, name, value)
+        return mailed
 
     def outbound_text_by_sid(self, provider_sid: str) -> Message | None:
         """The outbound text the gateway knows by ``provider_sid``, locked until the transaction ends."""

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,24 +29,28 @@ from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from leadrelay.settings import get_settings
+from models.db import get_engine
 from models.migrate import upgrade
 from models.secrets import Keyring, UndecryptableSecret, generate_key
 from models.tables import (
     Intake,
     IntakeSource,
+    IntakeStatus,
     Lead,
     Message,
     MessageStatusCallback,
     Outbox,
 )
 from models.uow import UnitOfWork
+from rules.texts import InboundText
 from tests.integration.conftest import PG_ADMIN, apply, delete_broker_queues
 from tests.integration.test_pipeline import count_intakes
 from tests.integration.test_sms_outbound import api_logdir, log_lines
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import ROOT, api_server, child_env, wait_for
-from workers import texts
+from workers import intakes, texts
+from workers.services import Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -708,6 +713,31 @@ def test_status_callbacks_are_signed_too(acme: Texting) -> None:
 # --- the reply-routing query stays an index lookup -----------------------------------------------------------
 
 
+def seed_many_messages(t: Texting, session: Any) -> None:
+    """EXPLAIN_ROWS / 10 other leads of the account, each with its own phone and ten texts, both ways,
+    analysed: in the caller's transaction, which rolls them back."""
+    seed = {"account": t.account_id, "owner": t.entity_id("co"), "leads": EXPLAIN_ROWS // 10}
+    session.connection().exec_driver_sql(
+        "INSERT INTO leads (id, account_id, owner_entity_id, unique_key, status, in_pond, phone_e164, tags, "
+        "source_kind, email_unsubscribed, sms_unsubscribed, created_at, updated_at, last_activity_at) "
+        "SELECT gen_random_uuid(), %(account)s, %(owner)s, 'p:explain:' || g, 'active', false, "
+        "'+1556' || lpad(g::text, 7, '0'), '[]'::jsonb, 'explain', false, false, now(), now(), now() "
+        "FROM generate_series(1, %(leads)s) AS g",
+        seed,
+    )
+    session.connection().exec_driver_sql(
+        "INSERT INTO messages (id, account_id, lead_id, direction, lead_phone, body, status, attempts, "
+        "created_at, updated_at) "
+        "SELECT gen_random_uuid(), l.account_id, l.id, CASE WHEN mod(g, 2) = 0 THEN 'outbound' ELSE 'inbound' END, "
+        "l.phone_e164, 'x', 'sent', 0, now() - g * interval '1 hour', now() "
+        "FROM leads AS l CROSS JOIN generate_series(1, 10) AS g "
+        "WHERE l.account_id = %(account)s AND l.source_kind = 'explain'",
+        seed,
+    )
+    session.connection().exec_driver_sql("ANALYZE leads")
+    session.connection().exec_driver_sql("ANALYZE messages")
+
+
 def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: Texting) -> None:
     """The query reading the last outbound texts to a phone stays an index lookup with a
     million messages in the table (``EXPLAIN_ROWS``). The rows are written and analysed in a transaction that
@@ -717,27 +747,7 @@ def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: 
     acme.texted(lead_id, "jill", NOW)
     with UnitOfWork() as uow:
         session = uow.session
-        # EXPLAIN_ROWS / 10 other leads of this account, each with its own phone and ten texts, both ways.
-        seed = {"account": acme.account_id, "owner": acme.entity_id("co"), "leads": EXPLAIN_ROWS // 10}
-        session.connection().exec_driver_sql(
-            "INSERT INTO leads (id, account_id, owner_entity_id, unique_key, status, in_pond, phone_e164, tags, "
-            "source_kind, email_unsubscribed, sms_unsubscribed, created_at, updated_at, last_activity_at) "
-            "SELECT gen_random_uuid(), %(account)s, %(owner)s, 'p:explain:' || g, 'active', false, "
-            "'+1556' || lpad(g::text, 7, '0'), '[]'::jsonb, 'explain', false, false, now(), now(), now() "
-            "FROM generate_series(1, %(leads)s) AS g",
-            seed,
-        )
-        session.connection().exec_driver_sql(
-            "INSERT INTO messages (id, account_id, lead_id, direction, lead_phone, body, status, attempts, "
-            "created_at, updated_at) "
-            "SELECT gen_random_uuid(), l.account_id, l.id, CASE WHEN mod(g, 2) = 0 THEN 'outbound' ELSE 'inbound' END, "
-            "l.phone_e164, 'x', 'sent', 0, now() - g * interval '1 hour', now() "
-            "FROM leads AS l CROSS JOIN generate_series(1, 10) AS g "
-            "WHERE l.account_id = %(account)s AND l.source_kind = 'explain'",
-            seed,
-        )
-        session.connection().exec_driver_sql("ANALYZE leads")
-        session.connection().exec_driver_sql("ANALYZE messages")
+        seed_many_messages(acme, session)
         captured: list[tuple[str, Any]] = []
         engine = session.get_bind()
 
@@ -757,3 +767,140 @@ def test_S1_the_reply_routing_query_is_an_index_lookup_with_many_messages(acme: 
     print(f"\nEXPLAIN of the reply-routing query with {EXPLAIN_ROWS:,} more messages:\n{plan}")
     assert "Seq Scan" not in plan, plan
     assert re.search(r"Index Scan( Backward)? using ix_messages_account_id_lead_phone_direction_created_at", plan), plan
+
+
+def test_S1_the_workers_one_routing_read_is_index_lookups_with_many_messages(acme: Texting) -> None:
+    """The statement the worker reads a phone's live leads and their last outbound texts with
+    (``texts.reply_facts``) walks the leads' and the messages' indexes, with ``EXPLAIN_ROWS`` more messages."""
+    phone = fresh_number()
+    johns = acme.signup("john", "iy@example.com", phone)
+    jills = acme.signup("co", "iy@example.com", phone)
+    acme.texted(johns, "john", YESTERDAY)
+    deciding = acme.texted(jills, "jill", NOW)
+    account_id = acme.account_id
+    with UnitOfWork() as uow:
+        session = uow.session
+        seed_many_messages(acme, session)
+        captured: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            captured.append((statement, parameters))
+
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            facts = uow.texts.reply_facts(account_id, phone)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        [(statement, parameters)] = captured
+        plan = "\n".join(row[0] for row in session.connection().exec_driver_sql(f"EXPLAIN {statement}", parameters))
+        uow.session.rollback()
+    print(f"\nEXPLAIN of the worker's reply-routing read with {EXPLAIN_ROWS:,} more messages:\n{plan}")
+    assert [str(c.lead_id) for c in facts.candidates] == [johns, jills]
+    assert {str(t.lead_id): str(t.message_id) for t in facts.last_texts}[jills] == deciding
+    assert "Seq Scan" not in plan, plan
+    assert re.search(r"Index Scan( Backward)? using ix_messages_account_id_lead_phone_direction_created_at", plan), plan
+
+
+# --- what a text costs the worker ----------------------------------------------------------------------------
+
+
+def stored_text(t: Texting, phone: str, body: str) -> tuple[uuid.UUID, str]:
+    """An inbound text stored as the webhook stores it, its task not published: (intake id, sid)."""
+    fields = t.inbound(phone, body)
+    sid = fields["MessageSid"]
+    with UnitOfWork() as uow:
+        intake = Intake(
+            account_id=t.account_id,
+            source=IntakeSource.SMS,
+            idempotency_key=sid,
+            raw_body=urllib.parse.urlencode(fields),
+            payload=InboundText(sid, fields["To"], phone, phone, body).to_dict(),
+            content_type="application/x-www-form-urlencoded",
+        )
+        intake_id = uow.intakes.add(intake).id
+        uow.commit()
+    return intake_id, sid
+
+
+def processed_counting(intake_id: uuid.UUID) -> tuple[Outcome, list[str]]:
+    """Process a stored intake in this process as its task does: its outcome, and the first word of each SQL
+    statement it sent."""
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]).split(None, 1)[0].upper())
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with UnitOfWork() as uow:
+            outcome = intakes.process_intake(uow, intake_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return outcome, statements
+
+
+def intake_row(intake_id: uuid.UUID) -> Intake:
+    with UnitOfWork() as uow:
+        row = uow.intakes.get(intake_id)
+        assert row is not None
+        uow.session.expunge(row)
+        return row
+
+
+@pytest.mark.parametrize("body", ["Is it still available?", "STOP"])
+def test_a_reply_routed_to_a_known_lead_costs_four_statements(acme: Texting, body: str) -> None:
+    """Once the worker keeps the account's organisation: the intake's lock, the phone's lock, the phone's live
+    leads with their last outbound texts, then everything the text decides (its message, timeline, the lead's
+    activity and subscription, the agent's mail, the intake's end) in one statement."""
+    phone = fresh_number()
+    johns = acme.signup("john", "ki@example.com", phone)
+    jills = acme.signup("co", "ki@example.com", phone)
+    acme.texted(johns, "john", YESTERDAY)
+    deciding = acme.texted(jills, "jill", NOW - dt.timedelta(hours=1))
+    warm, _ = stored_text(acme, phone, "Hello")  # the first text of this process loads the organisation
+    assert processed_counting(warm)[0].lead_id == uuid.UUID(jills)
+
+    intake_id, sid = stored_text(acme, phone, body)
+    outcome, statements = processed_counting(intake_id)
+
+    assert statements == ["SELECT", "SELECT", "SELECT", "WITH"]
+    assert (outcome.status, outcome.lead_id) == ("done", uuid.UUID(jills))
+    done = intake_row(intake_id)
+    assert (done.status, done.lead_id, done.reason, done.attempts) == (IntakeStatus.DONE, uuid.UUID(jills), None, 1)
+    assert done.processed_at is not None
+    [message] = inbound_messages(sid)
+    assert (str(message.lead_id), message.agent_id, message.status) == (jills, acme.entity_id("jill"), "received")
+    assert (message.intake_id, message.created_at) == (intake_id, done.created_at)
+    [event] = [e for e in acme.events(jills, "text_received") if e["data"]["provider_sid"] == sid]
+    assert event["data"]["rule"] == "S1"
+    assert event["data"]["deciding_text"] == {**event["data"]["deciding_text"], "message_id": deciding, "agent": "jill"}
+    assert "Jill Jones" in event["summary"]
+    lead = lead_row(jills)
+    assert lead.last_activity_at == done.created_at
+    assert lead.sms_unsubscribed is (body == "STOP")
+    assert len(acme.events(jills, "sms_unsubscribed")) == (body == "STOP")
+    [mail] = outbox_for(acme.account_id, sid)
+    assert mail.to_address == "jill@co.test"
+    assert mail.subject == ("A lead unsubscribed from texts" if body == "STOP" else "New text from a lead")
+
+
+def test_a_text_processed_again_writes_nothing_twice(acme: Texting) -> None:
+    """The plan's rows are kept once: a text whose intake is reopened and processed again (a replay) adds no
+    second message, event or mail, and ends done again."""
+    phone = fresh_number()
+    lead_id = acme.signup("co", "lu@example.com", phone)
+    intake_id, sid = stored_text(acme, phone, "STOP")
+    processed_counting(intake_id)
+    with UnitOfWork() as uow:
+        uow.intakes.reopen([intake_id])
+        uow.commit()
+    outcome, _ = processed_counting(intake_id)
+    assert (outcome.status, outcome.lead_id) == ("done", uuid.UUID(lead_id))
+    assert intake_row(intake_id).attempts == 2
+    assert len(inbound_messages(sid)) == 1
+    assert len(outbox_for(acme.account_id, sid)) == 1
+    [note] = acme.events(lead_id, "sms_unsubscribed")
+    assert note["data"]["changed"] is True  # the first run's note stays
+    assert len(acme.events(lead_id, "text_received")) == 1
