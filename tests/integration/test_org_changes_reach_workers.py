@@ -1,7 +1,7 @@
 """A worker keeps each account's organisation between intakes (models.orgsnapshot): an org change made
-while it runs reaches its next intake. One worker process with one pool child of its own, kept for the
-whole module, processes both registrations of every test, so the second one meets what the first one
-left in that process's cache."""
+while it runs reaches its next intake, a registration's or a text's. One worker process with one pool
+child of its own, kept for the whole module, processes both intakes of every test, so the second one
+meets what the first one left in that process's cache."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import apply, delete_broker_queues
+from tests.integration.test_sms_inbound import Texting, fresh_number, outbox_for, texting_org
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import api_server, celery_workers
@@ -126,3 +127,64 @@ def test_an_agent_who_left_the_team_gets_none_of_its_next_leads(applied: Any) ->
     lead = assigned(b, "sunrise", "second@example.com", as_user="tara")  # V1: the team's admin sees its pond
     assert lead["owner"]["id"] == "sunrise"
     assert (lead["assigned_agent"] or {}).get("id") != "john"
+
+
+# --- texts: the smart numbers and the agents' names and addresses are kept too --------------------------------
+
+
+@pytest.fixture
+def texting(lone_worker: str) -> Iterator[Any]:
+    """Apply a texting org file (``test_sms_inbound.texting_org``) and give its account, reached through the
+    lone worker's API, with its file (its smart numbers under ``_numbers``) to change and apply again."""
+    made: list[Texting] = []
+
+    def make() -> tuple[Texting, dict[str, Any]]:
+        org = texting_org()
+        numbers = org.pop("_numbers")
+        t = Texting(lone_worker, apply(org))
+        t.numbers = numbers
+        made.append(t)
+        return t, org
+
+    yield make
+    for t in made:
+        t.site.close()
+
+
+def test_a_smart_number_added_by_org_apply_takes_the_next_text(texting: Any) -> None:
+    """The worker reads an inbound text's number from the organisation it keeps: a number added since it was
+    loaded is known to the next text (not rejected as O9), and makes a lead of its own entity (O6)."""
+    t, org = texting()
+    first = t.text_in(fresh_number(), "Hi", to="co")  # loads the organisation in the worker
+    assert t.lead(first["lead_id"])["owner"]["id"] == "co"
+    added = fresh_number()
+    entity(org, "bob")["smart_numbers"] = [added]
+    apply(org)
+    second = t.text_in(fresh_number(), "Hi Bob", to=added)
+    assert (second["status"], t.lead(second["lead_id"])["owner"]["id"]) == ("done", "bob")
+
+
+def test_a_smart_number_moved_by_org_apply_makes_the_next_lead_its_new_entitys(texting: Any) -> None:
+    t, org = texting()
+    number = t.numbers["downtown"]
+    first = t.text_in(fresh_number(), "Hi", to=number)
+    assert t.lead(first["lead_id"])["owner"]["id"] != "john"
+    entity(org, "downtown")["smart_numbers"] = []
+    entity(org, "john")["smart_numbers"] = [t.numbers["john"], number]
+    apply(org)
+    second = t.text_in(fresh_number(), "Hi again", to=number)
+    assert t.lead(second["lead_id"])["owner"]["id"] == "john"
+
+
+def test_an_agent_renamed_by_org_apply_is_named_and_mailed_as_now_by_the_next_text(texting: Any) -> None:
+    t, org = texting()
+    phone = fresh_number()
+    lead_id = t.signup("co", "ren@example.com", phone)  # the company's rules: Jill takes all
+    first = t.text_in(phone, "Hi")
+    assert outbox_for(t.account_id, first["sid"])[0].to_address == "jill@co.test"
+    entity(org, "jill").update(name="Jill Smith", email="jill.smith@co.test")
+    apply(org)
+    second = t.text_in(phone, "Hi again")
+    assert outbox_for(t.account_id, second["sid"])[0].to_address == "jill.smith@co.test"
+    [event] = [e for e in t.events(lead_id, "text_received") if e["data"]["provider_sid"] == second["sid"]]
+    assert "for Jill Smith" in event["summary"]
