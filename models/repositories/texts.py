@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.base import UTCDateTime
-from models.repositories.common import dialect_insert, insert_rows
+from models.repositories.common import dialect_insert, insert_once
 from models.tables import (
     Entity,
     Intake,
@@ -237,11 +237,14 @@ class TextRepository:
         }
         if self.session.get_bind().dialect.name != "postgresql":
             return self._write_inbound_by_steps(plan, message, events, mail, intake, finished, now)
+        # Each row once, under the intake's lock (a replay skips what its first run wrote), one row per
+        # INSERT (a text has one or two events): SQLAlchemy compiles this statement once per shape and keeps it.
         ctes: list[Any] = [
-            insert_rows(MESSAGES, [message]).on_conflict_do_nothing(index_elements=["provider_sid"]).cte("inbound"),
-            insert_rows(EVENTS, events)
-            .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
-            .cte("text_events"),
+            insert_once(MESSAGES, message, ["provider_sid"]).cte("inbound"),
+            *(
+                insert_once(EVENTS, event, ["lead_id", "intake_id", "kind"]).cte(f"text_event_{n}")
+                for n, event in enumerate(events)
+            ),
         ]
         change = plan.lead_change
         if change is not None:
@@ -257,12 +260,7 @@ class TextRepository:
             update(INTAKES).where(INTAKES.c.id == intake.id).values(updated_at=now, **finished).cte("text_intake")
         )
         if mail is not None:
-            mails = (
-                insert_rows(OUTBOX, [mail])
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(OUTBOX.c.id)
-                .cte("text_mail")
-            )
+            mails = insert_once(OUTBOX, mail, ["dedupe_key"]).returning(OUTBOX.c.id).cte("text_mail")
             stmt = select(select(func.count()).select_from(mails).scalar_subquery()).add_cte(*ctes, mails)
         else:
             stmt = select(literal(0)).add_cte(*ctes)

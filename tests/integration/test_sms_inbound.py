@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import yaml
 from sqlalchemy import event, func, select
+from sqlalchemy.engine.interfaces import CacheStats
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from leadrelay.settings import get_settings
@@ -823,13 +824,15 @@ def stored_text(t: Texting, phone: str, body: str) -> tuple[uuid.UUID, str]:
     return intake_id, sid
 
 
-def processed_counting(intake_id: uuid.UUID) -> tuple[Outcome, list[str]]:
+def processed_counting(intake_id: uuid.UUID, compiled: list[bool] | None = None) -> tuple[Outcome, list[str]]:
     """Process a stored intake in this process as its task does: its outcome, and the first word of each SQL
-    statement it sent."""
+    statement it sent; with ``compiled``, whether SQLAlchemy compiled each one (not taken from its cache)."""
     statements: list[str] = []
 
-    def count(*args: Any) -> None:
-        statements.append(str(args[2]).split(None, 1)[0].upper())
+    def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+        if compiled is not None:
+            compiled.append(context.cache_hit is not CacheStats.CACHE_HIT)
 
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", count)
@@ -863,9 +866,12 @@ def test_a_reply_routed_to_a_known_lead_costs_four_statements(acme: Texting, bod
     assert processed_counting(warm)[0].lead_id == uuid.UUID(jills)
 
     intake_id, sid = stored_text(acme, phone, body)
-    outcome, statements = processed_counting(intake_id)
+    compiled: list[bool] = []
+    outcome, statements = processed_counting(intake_id, compiled)
 
     assert statements == ["SELECT", "SELECT", "SELECT", "WITH"]
+    if body != "STOP":  # a plan of the shape the first text's was: every statement is SQLAlchemy's cached one
+        assert compiled == [False] * 4
     assert (outcome.status, outcome.lead_id) == ("done", uuid.UUID(jills))
     done = intake_row(intake_id)
     assert (done.status, done.lead_id, done.reason, done.attempts) == (IntakeStatus.DONE, uuid.UUID(jills), None, 1)
