@@ -472,8 +472,3 @@ class OrgRepository:
     def smart_number_by_e164(self, e164: str) -> SmartNumber | None:
         """The smart number with this E.164 form, of whichever account registered it (one only)."""
         return self.session.execute(select(SmartNumber).where(SmartNumber.e164 == e164)).scalar_one_or_none()
-
-    def smart_number_of_account(self, account_id: int, e164: str) -> SmartNumber | None:
-        return self.session.execute(
-            select(SmartNumber).where(SmartNumber.account_id == account_id, SmartNumber.e164 == e164)
-        ).scalar_one_or_none()
