@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, column, insert, literal, select, values
+from sqlalchemy import BindParameter, Table, column, insert, literal, select, values
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -51,14 +51,21 @@ def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> Any:
 
 def insert_once(table: Table, row: Mapping[str, Any], key: Sequence[str]) -> Any:
     """INSERT of one row unless the table has a row with its ``key`` columns' values (INSERT ... SELECT ...
-    WHERE NOT EXISTS), each value cast to its column's type and the scalar defaults filled in, for a
-    data-modifying CTE: several share one statement. Unlike ON CONFLICT DO NOTHING (SQLAlchemy compiles
-    PostgreSQL's INSERT again every time) or :func:`insert_rows`'s VALUES (likewise), a statement of these
-    is compiled once and kept. A concurrent insert of the same key is not skipped but fails on the unique
-    index: use it where a lock already serialises the writers of that key."""
+    WHERE NOT EXISTS), each value (or bind parameter) cast to its column's type and the scalar defaults
+    filled in, for a data-modifying CTE: several share one statement. Unlike ON CONFLICT DO NOTHING
+    (SQLAlchemy compiles PostgreSQL's INSERT again every time) or :func:`insert_rows`'s VALUES (likewise),
+    a statement of these is compiled once and kept. A concurrent insert of the same key is not skipped but
+    fails on the unique index: use it where a lock already serialises the writers of that key."""
     row = _with_scalar_defaults(table, row)
     there = select(literal(1)).where(*(table.c[name] == row[name] for name in key))
-    source = select(*(sa_cast(literal(value, table.c[name].type), table.c[name].type) for name, value in row.items()))
+    source = select(
+        *(
+            sa_cast(
+                value if isinstance(value, BindParameter) else literal(value, table.c[name].type), table.c[name].type
+            )
+            for name, value in row.items()
+        )
+    )
     return insert(table).from_select(list(row), source.where(~there.exists()))
 
 

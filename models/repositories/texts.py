@@ -4,12 +4,14 @@ that texted that phone last (reply routing S1-S3, O6), and the gateway's deliver
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, func, literal, select, update
+from sqlalchemy import BigInteger, Integer, Table, Uuid, and_, bindparam, case, func, literal, select, update
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -62,6 +64,149 @@ class ReplyFacts:
     last_texts: list[LastText]
 
 
+def _binds(prefix: str, table: Table, names: Iterable[str]) -> dict[str, Any]:
+    """A bind parameter per column, named ``prefix`` + the column, typed as the column."""
+    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
+
+
+MESSAGE_COLUMNS = (
+    "id",
+    "account_id",
+    "lead_id",
+    "direction",
+    "lead_phone",
+    "smart_number",
+    "body",
+    "agent_id",
+    "provider_sid",
+    "status",
+    "intake_id",
+    "created_at",
+    "updated_at",
+)
+EVENT_COLUMNS = ("account_id", "lead_id", "kind", "intake_id", "at", "summary", "data", "actor")
+MAIL_COLUMNS = (
+    "id",
+    "account_id",
+    "kind",
+    "dedupe_key",
+    "to_address",
+    "subject",
+    "body",
+    "correlation_id",
+    "status",
+    "attempts",
+    "created_at",
+)
+
+
+def _last_outbound() -> Any:
+    """S1: the outbound texts to the phone ``:phone`` of the account ``:account_id``, each numbered by recency
+    within its lead (``n`` = 1 its lead's last): one range of the (account, phone, direction, created_at)
+    index, whatever the size of the table."""
+    return (
+        select(
+            MESSAGES.c.id,
+            MESSAGES.c.lead_id,
+            MESSAGES.c.agent_id,
+            MESSAGES.c.created_at,
+            func.row_number()
+            .over(partition_by=MESSAGES.c.lead_id, order_by=(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc()))
+            .label("n"),
+        )
+        .where(
+            MESSAGES.c.account_id == bindparam("account_id"),
+            MESSAGES.c.lead_phone == bindparam("phone"),
+            MESSAGES.c.direction == "outbound",
+            MESSAGES.c.lead_id.is_not(None),
+        )
+        .subquery("last_texts")
+    )
+
+
+def _reply_facts() -> Any:
+    """:meth:`TextRepository.reply_facts`'s statement (``:account_id``, ``:phone``)."""
+    last = _last_outbound()
+    return (
+        select(
+            LEADS.c.id,
+            LEADS.c.owner_entity_id,
+            LEADS.c.assigned_agent_id,
+            LEADS.c.last_activity_at,
+            LEADS.c.created_at,
+            LEADS.c.sms_unsubscribed,
+            LEADS.c.first_name,
+            LEADS.c.last_name,
+            LEADS.c.phone_e164,
+            last.c.id,
+            last.c.agent_id,
+            last.c.created_at,
+        )
+        .select_from(LEADS.outerjoin(last, and_(last.c.lead_id == LEADS.c.id, last.c.n == 1)))
+        .where(
+            LEADS.c.account_id == bindparam("account_id"),
+            LEADS.c.phone_e164 == bindparam("phone"),
+            LEADS.c.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
+        )
+        .order_by(LEADS.c.created_at, LEADS.c.id)
+    )
+
+
+# Built once: SQLAlchemy then neither builds nor keys these statements again for each text.
+REPLY_FACTS = _reply_facts()
+XACT_LOCK = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=BigInteger())))
+
+
+@functools.cache
+def _write_statement(events: int, moved: bool, subscription: bool, mail: bool) -> Any:
+    """PostgreSQL: :meth:`TextRepository.write_inbound`'s one statement for a plan of this shape (its events,
+    whether it moves the lead's activity or subscription, whether it mails), each step a data-modifying CTE,
+    its values bind parameters (``m_*`` the message, ``e<n>_*`` the events, ``o_*`` the mail, ``l_*`` the
+    lead's change, ``i_*`` the intake's end, ``t_now``). No parameter is named as a column: SQLAlchemy would
+    take it for a column to set in the UPDATEs. Built once per shape and kept, as SQLAlchemy keeps its
+    compiled form. Each row is inserted once, under the intake's
+    lock (a replay skips what its first run wrote); the statement returns whether the mail is new."""
+    now = bindparam("t_now", type_=_AT)
+    ctes: list[Any] = [
+        insert_once(MESSAGES, _binds("m_", MESSAGES, MESSAGE_COLUMNS), ["provider_sid"]).cte("inbound"),
+        *(
+            insert_once(EVENTS, _binds(f"e{n}_", EVENTS, EVENT_COLUMNS), ["lead_id", "intake_id", "kind"]).cte(
+                f"text_event_{n}"
+            )
+            for n in range(events)
+        ),
+    ]
+    if moved or subscription:
+        # updated_at is set here: a column's onupdate default is not evaluated inside a CTE.
+        lead: dict[str, Any] = {"updated_at": now}
+        if moved:
+            # At least: other work on the lead (its site activity) moves it too, without this phone's lock.
+            lead["last_activity_at"] = func.greatest(
+                LEADS.c.last_activity_at, sa_cast(bindparam("l_activity_at", type_=_AT), _AT)
+            )
+        if subscription:
+            lead["sms_unsubscribed"] = bindparam("l_sms_unsubscribed", type_=LEADS.c.sms_unsubscribed.type)
+        ctes.append(update(LEADS).where(LEADS.c.id == bindparam("l_id", type_=Uuid())).values(**lead).cte("text_lead"))
+    ctes.append(
+        update(INTAKES)
+        .where(INTAKES.c.id == bindparam("i_id", type_=Uuid()))
+        .values(
+            status=IntakeStatus.DONE,
+            lead_id=bindparam("i_lead_id", type_=Uuid()),
+            reason=None,
+            processed_at=now,
+            updated_at=now,
+            attempts=bindparam("i_attempts", type_=Integer()),
+        )
+        .cte("text_intake")
+    )
+    if not mail:
+        return select(literal(0)).add_cte(*ctes)
+    mails = insert_once(OUTBOX, _binds("o_", OUTBOX, MAIL_COLUMNS), ["dedupe_key"]).returning(OUTBOX.c.id)
+    new_mail = mails.cte("text_mail")
+    return select(select(func.count()).select_from(new_mail).scalar_subquery()).add_cte(*ctes, new_mail)
+
+
 class TextRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -89,7 +234,7 @@ class TextRepository:
         if self.session.get_bind().dialect.name != "postgresql":
             return
         digest = hashlib.sha256(key.encode()).digest()
-        self.session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+        self.session.execute(XACT_LOCK, {"lock_key": int.from_bytes(digest[:8], "big", signed=True)})
 
     def lock_phone(self, account_id: int, phone_e164: str) -> None:
         """Serialise the texts of one phone to one account: two first texts at once make one lead (O6)."""
@@ -100,37 +245,15 @@ class TextRepository:
         so a callback that arrives before the sid is recorded is seen by one of the two."""
         self._xact_lock(f"sms-sid:{provider_sid}")
 
-    def _last_outbound(self, account_id: int, phone_e164: str) -> Any:
-        """S1: the outbound texts to this phone, each numbered by recency within its lead (``n`` = 1 its
-        lead's last): one range of the (account, phone, direction, created_at) index, whatever the size
-        of the table."""
-        return (
-            select(
-                MESSAGES.c.id,
-                MESSAGES.c.lead_id,
-                MESSAGES.c.agent_id,
-                MESSAGES.c.created_at,
-                func.row_number()
-                .over(partition_by=MESSAGES.c.lead_id, order_by=(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc()))
-                .label("n"),
-            )
-            .where(
-                MESSAGES.c.account_id == account_id,
-                MESSAGES.c.lead_phone == phone_e164,
-                MESSAGES.c.direction == "outbound",
-                MESSAGES.c.lead_id.is_not(None),
-            )
-            .subquery("last_texts")
-        )
-
     def last_outbound_texts(self, account_id: int, phone_e164: str) -> list[tuple[Message, str | None]]:
         """S1: for each lead that was texted at this phone, its most recent outbound text there, with the
         name of the agent it counts for (:meth:`reply_facts` reads the same for the live leads)."""
-        ranked = self._last_outbound(account_id, phone_e164)
+        ranked = _last_outbound()
         rows = self.session.execute(
             select(Message, Entity.name)
             .join(ranked, and_(ranked.c.id == Message.id, ranked.c.n == 1))
-            .outerjoin(Entity, Entity.id == Message.agent_id)
+            .outerjoin(Entity, Entity.id == Message.agent_id),
+            {"account_id": account_id, "phone": phone_e164},
         ).all()
         return [(message, name) for message, name in rows]
 
@@ -140,32 +263,8 @@ class TextRepository:
         range of the messages' (account, phone, direction, created_at) index). Take the phone's lock
         (:meth:`lock_phone`) first. Sends nothing pending of the session first (no autoflush): the caller
         writes it with the text (:meth:`write_inbound`)."""
-        last = self._last_outbound(account_id, phone_e164)
-        stmt = (
-            select(
-                LEADS.c.id,
-                LEADS.c.owner_entity_id,
-                LEADS.c.assigned_agent_id,
-                LEADS.c.last_activity_at,
-                LEADS.c.created_at,
-                LEADS.c.sms_unsubscribed,
-                LEADS.c.first_name,
-                LEADS.c.last_name,
-                LEADS.c.phone_e164,
-                last.c.id,
-                last.c.agent_id,
-                last.c.created_at,
-            )
-            .select_from(LEADS.outerjoin(last, and_(last.c.lead_id == LEADS.c.id, last.c.n == 1)))
-            .where(
-                LEADS.c.account_id == account_id,
-                LEADS.c.phone_e164 == phone_e164,
-                LEADS.c.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
-            )
-            .order_by(LEADS.c.created_at, LEADS.c.id)
-        )
         with self.session.no_autoflush:
-            rows = self.session.execute(stmt).all()
+            rows = self.session.execute(REPLY_FACTS, {"account_id": account_id, "phone": phone_e164}).all()
         candidates, leads, texts = [], {}, []
         for lead_id, owner, agent, active, created, unsubscribed, first, last_name, phone, text, by, at in rows:
             candidates.append(CandidateLead(lead_id, owner, agent, active, created))
@@ -237,35 +336,27 @@ class TextRepository:
         }
         if self.session.get_bind().dialect.name != "postgresql":
             return self._write_inbound_by_steps(plan, message, events, mail, intake, finished, now)
-        # Each row once, under the intake's lock (a replay skips what its first run wrote), one row per
-        # INSERT (a text has one or two events): SQLAlchemy compiles this statement once per shape and keeps it.
-        ctes: list[Any] = [
-            insert_once(MESSAGES, message, ["provider_sid"]).cte("inbound"),
-            *(
-                insert_once(EVENTS, event, ["lead_id", "intake_id", "kind"]).cte(f"text_event_{n}")
-                for n, event in enumerate(events)
-            ),
-        ]
         change = plan.lead_change
+        moved = change is not None and change.activity_at is not None
+        subscription = change is not None and change.sms_unsubscribed is not None
+        params: dict[str, Any] = {
+            **{f"m_{name}": message[name] for name in MESSAGE_COLUMNS},
+            **{f"e{n}_{name}": event[name] for n, event in enumerate(events) for name in EVENT_COLUMNS},
+            **({f"o_{name}": mail[name] for name in MAIL_COLUMNS} if mail is not None else {}),
+            "i_id": intake.id,
+            "i_lead_id": plan.lead_id,
+            "i_attempts": intake.attempts,
+            "t_now": now,
+        }
         if change is not None:
-            # updated_at is set here: a column's onupdate default is not evaluated inside a CTE.
-            lead: dict[str, Any] = {"updated_at": now}
+            params["l_id"] = plan.lead_id
             if change.activity_at is not None:
-                # At least: other work on the lead (its site activity) moves it too, without this phone's lock.
-                lead["last_activity_at"] = func.greatest(LEADS.c.last_activity_at, _at(change.activity_at))
+                params["l_activity_at"] = change.activity_at
             if change.sms_unsubscribed is not None:
-                lead["sms_unsubscribed"] = change.sms_unsubscribed
-            ctes.append(update(LEADS).where(LEADS.c.id == plan.lead_id).values(**lead).cte("text_lead"))
-        ctes.append(
-            update(INTAKES).where(INTAKES.c.id == intake.id).values(updated_at=now, **finished).cte("text_intake")
-        )
-        if mail is not None:
-            mails = insert_once(OUTBOX, mail, ["dedupe_key"]).returning(OUTBOX.c.id).cte("text_mail")
-            stmt = select(select(func.count()).select_from(mails).scalar_subquery()).add_cte(*ctes, mails)
-        else:
-            stmt = select(literal(0)).add_cte(*ctes)
+                params["l_sms_unsubscribed"] = change.sms_unsubscribed
+        stmt = _write_statement(len(events), moved, subscription, mail is not None)
         with self.session.no_autoflush:
-            mailed = bool(self.session.execute(stmt).scalar_one())
+            mailed = bool(self.session.execute(stmt, params).scalar_one())
         # The intake row now holds these: the session has nothing more to send for it.
         for name, value in {**finished, "updated_at": now}.items():
             set_committed_value(intake, name, value)
