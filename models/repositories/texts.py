@@ -39,11 +39,6 @@ INTAKES = cast(Table, Intake.__table__)
 _AT = UTCDateTime()
 
 
-def _at(at: dt.datetime) -> Any:
-    """A time as a typed SQL value (so PostgreSQL compares it as a timestamp, not as text)."""
-    return sa_cast(literal(at, _AT), _AT)
-
-
 @dataclass(frozen=True)
 class LastText:
     """A lead's last outbound text to the phone: what S1 compares (the agent it counts for, SH4)."""
@@ -385,7 +380,8 @@ class TextRepository:
         if change is not None:
             lead: dict[str, Any] = {"updated_at": now}
             if change.activity_at is not None:
-                at = _at(change.activity_at)
+                # A bind of the column's type, not a CAST: SQLite would cast the text to a number.
+                at = literal(change.activity_at, LEADS.c.last_activity_at.type)
                 lead["last_activity_at"] = case((LEADS.c.last_activity_at < at, at), else_=LEADS.c.last_activity_at)
             if change.sms_unsubscribed is not None:
                 lead["sms_unsubscribed"] = change.sms_unsubscribed
