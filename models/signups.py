@@ -40,10 +40,9 @@ from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from models.base import UTCDateTime
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
-from models.repositories.common import insert_rows, person_lock_key
+from models.repositories.common import AT, EVENTS, INTAKES, LEADS, OUTBOX, insert_rows, person_lock_key
 from models.tables import (
     Account,
     Entity,
@@ -65,16 +64,11 @@ from rules.signups import Contact, Facts, KnownLead, Needs, SignupPlan
 # intake may hold activity, and a text has its own path: those are taken one at a time.)
 BATCHED_SOURCES = (IntakeSource.REGISTRATION, IntakeSource.PROVIDER)
 FINAL = (IntakeStatus.DONE, IntakeStatus.REJECTED)
-# The tables written with many rows in one executemany: Core, not the ORM's bulk paths.
-LEADS = cast(Table, Lead.__table__)
+# The other tables the writer writes with Core (the shared ones are in models.repositories.common).
 RULES = cast(Table, RoutingRule.__table__)
 ENTITIES = cast(Table, Entity.__table__)
 ACTIVITY = cast(Table, SiteActivity.__table__)
-EVENTS = cast(Table, TimelineEvent.__table__)
 CAMPAIGNS = cast(Table, LeadCampaign.__table__)
-OUTBOX = cast(Table, Outbox.__table__)
-INTAKES = cast(Table, Intake.__table__)
-_AT = UTCDateTime()
 
 
 @dataclass(frozen=True)
@@ -400,14 +394,14 @@ class SignupStore:
                 .cte("new_events")
             )
         if plan.touched:
-            touched = values(column("id", Uuid), column("at", _AT), name="touched").data(list(plan.touched.items()))
+            touched = values(column("id", Uuid), column("at", AT), name="touched").data(list(plan.touched.items()))
             ctes.append(
                 update(LEADS)
                 .where(LEADS.c.id == touched.c.id)
                 .values(
                     last_activity_at=func.greatest(LEADS.c.last_activity_at, touched.c.at),
                     # Set here: a column's onupdate default is not evaluated inside a CTE.
-                    updated_at=sa_cast(literal(now, _AT), _AT),
+                    updated_at=sa_cast(literal(now, AT), AT),
                 )
                 .cte("touched_leads")
             )
@@ -448,8 +442,8 @@ class SignupStore:
                     # A column of NULLs only is text to PostgreSQL unless cast.
                     lead_id=sa_cast(done.c.lead_id, Uuid),
                     reason=done.c.reason,
-                    processed_at=sa_cast(literal(now, _AT), _AT),
-                    updated_at=sa_cast(literal(now, _AT), _AT),
+                    processed_at=sa_cast(literal(now, AT), AT),
+                    updated_at=sa_cast(literal(now, AT), AT),
                     attempts=INTAKES.c.attempts + 1,
                 )
                 .cte("finished")

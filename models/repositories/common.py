@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import BindParameter, Table, column, insert, literal, select, values
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models.tables import Entity
+from models.base import UTCDateTime
+from models.tables import Entity, Intake, Lead, Outbox, TimelineEvent
 from rules.entities import EntityRef, Kind
 from rules.permissions import Actor
+
+# The tables the one-statement writers (signups, texts) write with Core, not the ORM's bulk paths.
+LEADS = cast(Table, Lead.__table__)
+EVENTS = cast(Table, TimelineEvent.__table__)
+OUTBOX = cast(Table, Outbox.__table__)
+INTAKES = cast(Table, Intake.__table__)
+# A timestamp bound or cast as the columns hold it.
+AT = UTCDateTime()
 
 
 def dialect_insert(session: Session, table: Any) -> Any:

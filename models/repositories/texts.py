@@ -16,27 +16,18 @@ from sqlalchemy import cast as sa_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models.base import UTCDateTime
-from models.repositories.common import dialect_insert, insert_once
+from models.repositories.common import AT, EVENTS, INTAKES, LEADS, OUTBOX, dialect_insert, insert_once
 from models.tables import (
     Entity,
     Intake,
     IntakeStatus,
-    Lead,
     LeadStatus,
     Message,
     MessageStatusCallback,
-    Outbox,
-    TimelineEvent,
 )
 from rules.texts import CandidateLead, TextLead, TextPlan
 
-LEADS = cast(Table, Lead.__table__)
 MESSAGES = cast(Table, Message.__table__)
-EVENTS = cast(Table, TimelineEvent.__table__)
-OUTBOX = cast(Table, Outbox.__table__)
-INTAKES = cast(Table, Intake.__table__)
-_AT = UTCDateTime()
 
 
 @dataclass(frozen=True)
@@ -161,7 +152,7 @@ def _write_statement(events: int, moved: bool, subscription: bool, mail: bool) -
     take it for a column to set in the UPDATEs. Built once per shape and kept, as SQLAlchemy keeps its
     compiled form. Each row is inserted once, under the intake's
     lock (a replay skips what its first run wrote); the statement returns whether the mail is new."""
-    now = bindparam("t_now", type_=_AT)
+    now = bindparam("t_now", type_=AT)
     ctes: list[Any] = [
         insert_once(MESSAGES, _binds("m_", MESSAGES, MESSAGE_COLUMNS), ["provider_sid"]).cte("inbound"),
         *(
@@ -177,7 +168,7 @@ def _write_statement(events: int, moved: bool, subscription: bool, mail: bool) -
         if moved:
             # At least: other work on the lead (its site activity) moves it too, without this phone's lock.
             lead["last_activity_at"] = func.greatest(
-                LEADS.c.last_activity_at, sa_cast(bindparam("l_activity_at", type_=_AT), _AT)
+                LEADS.c.last_activity_at, sa_cast(bindparam("l_activity_at", type_=AT), AT)
             )
         if subscription:
             lead["sms_unsubscribed"] = bindparam("l_sms_unsubscribed", type_=LEADS.c.sms_unsubscribed.type)
