@@ -137,9 +137,8 @@ def test_a_batch_of_twenty_costs_a_handful_of_statements_not_twenty_times_one(ac
     with counted() as statements:
         process(ids[0])
     assert [i.status for i in rows(ids)] == [IntakeStatus.DONE] * 20
-    # claim, people, cursors (entity, rules), leads by key, then one statement per table written.
-    print("STMTS", len(statements), statements)
-    assert len(statements) <= 12, statements
+    # claim, people, cursor rows, rule cursors, leads by key, and the plan written in one statement.
+    assert len(statements) <= 6, statements
 
 
 def test_two_signups_of_one_person_in_a_batch_make_one_lead_and_one_signup_event(acme: Brokerage) -> None:
