@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models.orgsnapshot import OrgSnapshot
-from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, OrgRepository, dialect_insert
+from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, IntakeRepository, OrgRepository, dialect_insert
 from models.repositories.common import AT, EVENTS, INTAKES, LEADS, OUTBOX, insert_rows, person_lock_key
 from models.tables import (
     Account,
@@ -185,16 +185,11 @@ class SignupStore:
 
     def wait_for(self, intake_id: uuid.UUID) -> Claimed | None:
         """Lock the intake alone, waiting for the batch that holds it to end."""
-        locked = self.session.execute(
-            select(Intake, Account.org_version, Account.duplication)
-            .join(Account, Account.id == Intake.account_id)
-            .where(Intake.id == intake_id)
-            .with_for_update(of=Intake)
-        ).first()
+        locked = IntakeRepository(self.session).get_for_update_with_account(intake_id)
         if locked is None:
             return None
-        intake, version, duplication = locked
-        return Claimed([intake], version, duplication, intake.account_id)
+        intake, account = locked
+        return Claimed([intake], account.org_version, account.duplication, intake.account_id)
 
     def count_attempt(self, intake_id: uuid.UUID) -> None:
         """One more try of an intake that failed alone (a batch takes only intakes on their first try)."""
@@ -320,7 +315,8 @@ class SignupStore:
             .where(TimelineEvent.lead_id.in_(leads), TimelineEvent.intake_id.in_(intakes))
             .distinct()
         ).all()
-        return frozenset((lead, intake) for lead, intake in found if (lead, intake) in set(wanted))
+        asked = set(wanted)
+        return frozenset((lead, intake) for lead, intake in found if (lead, intake) in asked)
 
     def facts(self, account_id: int, snapshot: OrgSnapshot, needs: Needs, intake_ids: Sequence[uuid.UUID]) -> Facts:
         """Lock the people and the cursors, then read what the plan decides over."""

@@ -120,27 +120,6 @@ class LeadRepository:
             .on_conflict_do_nothing(index_elements=["intake_id"])
         )
 
-    def claim_site_activity(
-        self, *, account_id: int, email_normalized: str, owner_entity_id: int | None, lead_id: uuid.UUID
-    ) -> list[ClaimedActivity]:
-        """Give unclaimed anonymous activity of this email (under ``owner_entity_id``, or under any owner
-        of the account when None) to ``lead_id``, in one UPDATE ... RETURNING; the rows claimed, oldest first."""
-        stmt = (
-            update(SiteActivity)
-            .where(
-                SiteActivity.account_id == account_id,
-                SiteActivity.email_normalized == email_normalized,
-                SiteActivity.lead_id.is_(None),
-            )
-            .values(lead_id=lead_id)
-            .returning(*CLAIMED_COLUMNS)
-            .execution_options(synchronize_session=False)
-        )
-        if owner_entity_id is not None:
-            stmt = stmt.where(SiteActivity.owner_entity_id == owner_entity_id)
-        rows = [ClaimedActivity(*row) for row in self.session.execute(stmt).all()]
-        return sorted(rows, key=lambda r: (r.at, str(r.id)))
-
     def site_activity_of(self, intake_id: uuid.UUID) -> SiteActivity | None:
         return self.session.execute(
             select(SiteActivity).where(SiteActivity.intake_id == intake_id)
@@ -195,14 +174,6 @@ class LeadRepository:
                 .values(lead_id=to_id)
                 .execution_options(synchronize_session=False)
             )
-
-    def has_event_of(self, lead_ids: Sequence[uuid.UUID], intake_id: uuid.UUID) -> bool:
-        """Whether the intake left an event on any of these leads (the (lead, intake, kind) index)."""
-        return bool(
-            self.session.execute(
-                select(exists().where(TimelineEvent.lead_id.in_(list(lead_ids)), TimelineEvent.intake_id == intake_id))
-            ).scalar_one()
-        )
 
     def duplicate_candidates(
         self, *, account_id: int, email_normalized: str, other_than_owner_id: int, limit: int = 50
