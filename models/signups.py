@@ -12,6 +12,7 @@ by the person lock, so the unique index never makes one wait for the other."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,12 +30,11 @@ from sqlalchemy import (
     column,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     union_all,
     update,
-    values,
 )
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -42,7 +42,19 @@ from sqlalchemy.orm import Session
 
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, IntakeRepository, OrgRepository, dialect_insert
-from models.repositories.common import AT, EVENTS, INTAKES, LEADS, OUTBOX, insert_rows, person_lock_key
+from models.repositories.common import (
+    AT,
+    EVENTS,
+    INTAKES,
+    LEADS,
+    OUTBOX,
+    columns_of,
+    insert_from,
+    person_lock_key,
+    recordset,
+    rows_json,
+    with_scalar_defaults,
+)
 from models.tables import (
     Account,
     Entity,
@@ -69,6 +81,61 @@ RULES = cast(Table, RoutingRule.__table__)
 ENTITIES = cast(Table, Entity.__table__)
 ACTIVITY = cast(Table, SiteActivity.__table__)
 CAMPAIGNS = cast(Table, LeadCampaign.__table__)
+
+
+@functools.cache
+def _claim_statement(batch: bool, skip_locked: bool) -> Any:
+    """:meth:`SignupStore.claim`'s statement, built once: bound ``intake_id``, ``limit`` and ``twice``."""
+    intake_id = bindparam("intake_id", type_=Uuid)
+    stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
+    if batch:
+        this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
+        # Companions only for a signup on its first try: an intake that failed before is tried alone.
+        first_try_signup = (
+            select(Intake.id)
+            .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
+            .exists()
+        )
+        # The oldest waiting signups of the account, found by the (status, updated_at) index among the few
+        # waiting intakes, however many are finished; twice the batch, as another batch may hold some.
+        waiting = (
+            select(Intake.id)
+            .where(
+                Intake.account_id == this,
+                Intake.status == IntakeStatus.ACCEPTED,
+                Intake.attempts == 0,
+                Intake.source.in_(BATCHED_SOURCES),
+                first_try_signup,
+            )
+            .order_by(Intake.created_at)
+            .limit(bindparam("twice", type_=Integer))
+        )
+        wanted = union_all(select(intake_id), waiting).subquery()
+        stmt = (
+            stmt.where(Intake.id.in_(select(wanted.c[0])))
+            # The companions still waiting once their lock is had (a batch may have just finished them).
+            .where(or_(Intake.id == intake_id, Intake.status == IntakeStatus.ACCEPTED))
+            .order_by((Intake.id == intake_id).desc(), Intake.created_at)
+            .limit(bindparam("limit", type_=Integer))
+        )
+    else:
+        stmt = stmt.where(Intake.id == intake_id)
+    return stmt.with_for_update(of=Intake, skip_locked=skip_locked)
+
+
+_ENTITY_IDS: Any = bindparam("entity_ids", expanding=True)
+# SignupStore.routing's two statements: the entities' rows locked in id order, then their rules' cursors.
+_LOCK_ENTITIES = (
+    select(ENTITIES.c.id, ENTITIES.c.default_cursor)
+    .where(ENTITIES.c.id.in_(_ENTITY_IDS))
+    .order_by(ENTITIES.c.id)
+    .with_for_update(key_share=True)
+)
+_CURSORS = (
+    select(RULES.c.entity_id, RULES.c.id, RULES.c.cursor)
+    .where(RULES.c.entity_id.in_(_ENTITY_IDS))
+    .order_by(RULES.c.entity_id, RULES.c.position)
+)
 
 
 @dataclass(frozen=True)
@@ -143,41 +210,10 @@ class SignupStore:
         ``limit - 1`` other signups of its account waiting their first try, oldest first, in one statement. Rows another
         batch holds are skipped, never waited for: the intake itself too (the caller then waits for it
         alone). None when no row was taken. SQLite (one writer, no row locks) takes the intake alone."""
-        stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
-        if self.postgres and limit > 1:
-            this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
-            # Companions only for a signup on its first try: an intake that failed before is tried alone.
-            first_try_signup = (
-                select(Intake.id)
-                .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
-                .exists()
-            )
-            # The oldest waiting signups of the account, found by the (status, updated_at) index among the few
-            # waiting intakes, however many are finished; twice the batch, as another batch may hold some.
-            waiting = (
-                select(Intake.id)
-                .where(
-                    Intake.account_id == this,
-                    Intake.status == IntakeStatus.ACCEPTED,
-                    Intake.attempts == 0,
-                    Intake.source.in_(BATCHED_SOURCES),
-                    first_try_signup,
-                )
-                .order_by(Intake.created_at)
-                .limit(2 * limit)
-            )
-            wanted = union_all(select(literal(intake_id, Uuid)), waiting).subquery()
-            stmt = (
-                stmt.where(Intake.id.in_(select(wanted.c[0])))
-                # The companions still waiting once their lock is had (a batch may have just finished them).
-                .where(or_(Intake.id == intake_id, Intake.status == IntakeStatus.ACCEPTED))
-                .order_by((Intake.id == intake_id).desc(), Intake.created_at)
-                .limit(limit)
-            )
-        else:
-            stmt = stmt.where(Intake.id == intake_id)
-        stmt = stmt.with_for_update(of=Intake, skip_locked=self.postgres)
-        rows = self.session.execute(stmt).all()
+        batch = self.postgres and limit > 1
+        rows = self.session.execute(
+            _claim_statement(batch, self.postgres), {"intake_id": intake_id, "limit": limit, "twice": 2 * limit}
+        ).all()
         if not rows:
             return None
         _, version, duplication = rows[0]
@@ -232,19 +268,11 @@ class SignupStore:
         if not entity_ids:
             return {}
         defaults: dict[int, int] = dict(
-            self.session.execute(  # type: ignore[arg-type]
-                select(Entity.id, Entity.default_cursor)
-                .where(Entity.id.in_(entity_ids))
-                .order_by(Entity.id)
-                .with_for_update(key_share=True)
-            ).all()
+            self.session.execute(_LOCK_ENTITIES, {"entity_ids": list(entity_ids)}).all()  # type: ignore[arg-type]
         )
         cursors: dict[int, list[tuple[int, int]]] = {entity_id: [] for entity_id in entity_ids}
-        for entity_id, rule_id, cursor in self.session.execute(
-            select(RoutingRule.entity_id, RoutingRule.id, RoutingRule.cursor)
-            .where(RoutingRule.entity_id.in_(entity_ids))
-            .order_by(RoutingRule.entity_id, RoutingRule.position)
-        ).all():
+        # A statement of its own, after the locks: one statement reads every table as it was when it began.
+        for entity_id, rule_id, cursor in self.session.execute(_CURSORS, {"entity_ids": list(entity_ids)}).all():
             cursors[entity_id].append((rule_id, cursor))
         routing: dict[int, tuple[Sequence[Rule], Rule]] = {}
         for entity_id in entity_ids:
@@ -377,82 +405,49 @@ class SignupStore:
         self, rows: _Rows, plan: SignupPlan, finish: bool, now: dt.datetime
     ) -> list[tuple[uuid.UUID, ClaimedActivity]]:
         """PostgreSQL: every step of the plan as a data-modifying CTE of one statement (one round trip
-        whatever the batch's size). Foreign keys between the steps (an event on a lead inserted by another
-        step) are checked at the end of the statement, when every step is done."""
-        ctes: list[Any] = []
-        if rows.leads:
-            ctes.append(insert_rows(LEADS, rows.leads).cte("new_leads"))
-        if rows.events:
-            events = [{"account_id": rows.account_id, **e} for e in rows.events]
-            ctes.append(
-                insert_rows(EVENTS, events)
-                .on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"])
-                .cte("new_events")
-            )
-        if plan.touched:
-            touched = values(column("id", Uuid), column("at", AT), name="touched").data(list(plan.touched.items()))
-            ctes.append(
-                update(LEADS)
-                .where(LEADS.c.id == touched.c.id)
-                .values(
-                    last_activity_at=func.greatest(LEADS.c.last_activity_at, touched.c.at),
-                    # Set here: a column's onupdate default is not evaluated inside a CTE.
-                    updated_at=sa_cast(literal(now, AT), AT),
-                )
-                .cte("touched_leads")
-            )
-        rules = [(m.rule_id, m.cursor) for m in plan.cursors if m.rule_id is not None]
-        if rules:
-            moved = values(column("id", Integer), column("cursor", BigInteger), name="moved").data(rules)
-            ctes.append(update(RULES).where(RULES.c.id == moved.c.id).values(cursor=moved.c.cursor).cte("moved_rules"))
-        defaults = [(m.entity_id, m.cursor) for m in plan.cursors if m.rule_id is None]
-        if defaults:
-            moved_default = values(column("id", Integer), column("cursor", BigInteger), name="moved_default").data(
-                defaults
-            )
-            ctes.append(
-                update(ENTITIES)
-                .where(ENTITIES.c.id == moved_default.c.id)
-                .values(default_cursor=moved_default.c.cursor)
-                .cte("moved_defaults")
-            )
-        if rows.campaigns:
-            ctes.append(insert_rows(CAMPAIGNS, rows.campaigns).on_conflict_do_nothing().cte("campaigns"))
-        if rows.mails:
-            ctes.append(
-                insert_rows(OUTBOX, rows.mails).on_conflict_do_nothing(index_elements=["dedupe_key"]).cte("mails")
-            )
-        if finish and plan.finished:
-            done = values(
-                column("id", Uuid),
-                column("status", String),
-                column("lead_id", Uuid),
-                column("reason", Text),
-                name="done",
-            ).data([(f.intake_id, f.status, f.lead_id, f.reason) for f in plan.finished])
-            ctes.append(
-                update(INTAKES)
-                .where(INTAKES.c.id == done.c.id)
-                .values(
-                    status=sa_cast(done.c.status, INTAKES.c.status.type),
-                    # A column of NULLs only is text to PostgreSQL unless cast.
-                    lead_id=sa_cast(done.c.lead_id, Uuid),
-                    reason=done.c.reason,
-                    processed_at=sa_cast(literal(now, AT), AT),
-                    updated_at=sa_cast(literal(now, AT), AT),
-                    attempts=INTAKES.c.attempts + 1,
-                )
-                .cte("finished")
-            )
-        if not plan.claims:
-            if ctes:
-                self.session.execute(select(literal(1)).add_cte(*ctes))
+        whatever the batch's size). Each step's rows are one JSON parameter, so the statement is built and
+        compiled once per shape (which steps, which columns) and kept. Foreign keys between the steps (an
+        event on a lead inserted by another step) are checked at the end of the statement, when every step
+        is done."""
+        rules = [{"id": m.rule_id, "cursor": m.cursor} for m in plan.cursors if m.rule_id is not None]
+        defaults = [{"id": m.entity_id, "cursor": m.cursor} for m in plan.cursors if m.rule_id is None]
+        steps: dict[str, list[dict[str, Any]]] = {
+            "leads": [with_scalar_defaults(LEADS, lead) for lead in rows.leads],
+            "events": _first_of_each(
+                [with_scalar_defaults(EVENTS, {"account_id": rows.account_id, **e}) for e in rows.events],
+                ("lead_id", "intake_id", "kind"),
+            ),
+            "touched": [{"id": lead_id, "at": at} for lead_id, at in plan.touched.items()],
+            "rules": rules,
+            "defaults": defaults,
+            "campaigns": _first_of_each(
+                [with_scalar_defaults(CAMPAIGNS, c) for c in rows.campaigns], ("lead_id", "name")
+            ),
+            "mails": _first_of_each([with_scalar_defaults(OUTBOX, m) for m in rows.mails], ("dedupe_key",)),
+            "finished": (
+                [
+                    {"id": f.intake_id, "status": f.status, "lead_id": f.lead_id, "reason": f.reason}
+                    for f in plan.finished
+                ]
+                if finish
+                else []
+            ),
+            "claims": [{"email": c.email, "owner_id": c.owner_id, "lead_id": c.lead_id} for c in plan.claims],
+        }
+        shape = tuple((step, tuple(got[0])) for step, got in steps.items() if got)
+        if not shape:
             return []
-        claims = self._claim_statement(rows.account_id, plan).cte("claimed")
-        result = self.session.execute(select(claims).add_cte(*ctes)).all()
-        return sorted(
-            ((row[0], ClaimedActivity(*row[1:])) for row in result), key=lambda r: (str(r[0]), r[1].at, str(r[1].id))
-        )
+        params: dict[str, Any] = {f"{step}_rows": rows_json(steps[step], names) for step, names in shape}
+        params["now"] = now
+        if "claims" in dict(shape):
+            params["claims_account"] = rows.account_id
+            result = self.session.execute(_plan_statement(shape), params).all()
+            return sorted(
+                ((row[0], ClaimedActivity(*row[1:])) for row in result),
+                key=lambda r: (str(r[0]), r[1].at, str(r[1].id)),
+            )
+        self.session.execute(_plan_statement(shape), params)
+        return []
 
     def add_events(self, account_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Timeline events in one executemany; an (lead, intake, kind) already there is skipped."""
@@ -490,34 +485,13 @@ class SignupStore:
                 defaults,
             )
 
-    def _claim_statement(self, account_id: int, plan: SignupPlan) -> Any:
-        """PostgreSQL: D7's claims as one UPDATE ... FROM (VALUES) RETURNING (lead id, the claimed row)."""
-        wanted = values(
-            column("email", String), column("owner_id", Integer), column("lead_id", Uuid), name="wanted"
-        ).data([(c.email, c.owner_id, c.lead_id) for c in plan.claims])
-        return (
-            update(ACTIVITY)
-            .where(
-                ACTIVITY.c.account_id == account_id,
-                ACTIVITY.c.lead_id.is_(None),
-                ACTIVITY.c.email_normalized == wanted.c.email,
-                # A column of NULLs only (duplication off) is text to PostgreSQL unless cast.
-                or_(wanted.c.owner_id.is_(None), ACTIVITY.c.owner_entity_id == sa_cast(wanted.c.owner_id, Integer)),
-            )
-            .values(lead_id=wanted.c.lead_id)
-            .returning(ACTIVITY.c.lead_id, *(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
-        )
-
     def _claim_activity(self, account_id: int, plan: SignupPlan) -> list[tuple[uuid.UUID, ClaimedActivity]]:
         """D7: kept anonymous activity of the new leads' people joins them (one statement on PostgreSQL,
         one per lead on SQLite); the rows claimed, oldest first per lead."""
         if not plan.claims:
             return []
-        if self.postgres:
-            stmt = self._claim_statement(account_id, plan)
-            rows = [(row[0], ClaimedActivity(*row[1:])) for row in self.session.execute(stmt).all()]
-        else:
-            rows = []
+        rows = []
+        if not self.postgres:
             for claim in plan.claims:
                 stmt = (
                     update(ACTIVITY)
@@ -533,3 +507,99 @@ class SignupStore:
                     stmt = stmt.where(ACTIVITY.c.owner_entity_id == claim.owner_id)
                 rows += [(claim.lead_id, ClaimedActivity(*row)) for row in self.session.execute(stmt).all()]
         return sorted(rows, key=lambda r: (str(r[0]), r[1].at, str(r[1].id)))
+
+
+def _first_of_each(rows: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows, the first of each ``key`` only (one statement's INSERT cannot skip its own duplicates)."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        if k not in seen:
+            seen.add(k)
+            out.append(row)
+    return out
+
+
+@functools.cache
+def _plan_statement(shape: tuple[tuple[str, tuple[str, ...]], ...]) -> Any:
+    """PostgreSQL: the one statement that writes a plan of this shape (the steps it has, each with its
+    columns), its rows bound as ``<step>_rows`` JSON parameters, ``now`` and, with D7 claims,
+    ``claims_account``; built once per shape, so SQLAlchemy's compiled cache keeps it. No parameter may
+    share a column's name: SQLAlchemy would take it as a value to SET in every UPDATE step."""
+    now = sa_cast(bindparam("now", type_=AT), AT)
+    ctes: list[Any] = []
+    returning: Any = None
+    for step, names in shape:
+        name = f"{step}_rows"
+        if step in ("leads", "events", "campaigns", "mails"):
+            table, key = {
+                "leads": (LEADS, ()),
+                "events": (EVENTS, ("lead_id", "intake_id", "kind")),
+                "campaigns": (CAMPAIGNS, ("lead_id", "name")),
+                "mails": (OUTBOX, ("dedupe_key",)),
+            }[step]
+            source = recordset(name, columns_of(table, names))
+            ctes.append(insert_from(table, source, names, key).cte(f"new_{step}"))
+        elif step == "touched":
+            touched = recordset(name, [column("id", Uuid), column("at", AT)])
+            ctes.append(
+                update(LEADS)
+                .where(LEADS.c.id == touched.c.id)
+                .values(
+                    last_activity_at=func.greatest(LEADS.c.last_activity_at, touched.c.at),
+                    # Set here: a column's onupdate default is not evaluated inside a CTE.
+                    updated_at=now,
+                )
+                .cte("touched_leads")
+            )
+        elif step in ("rules", "defaults"):
+            moved = recordset(name, [column("id", Integer), column("cursor", BigInteger)])
+            if step == "rules":
+                stmt = update(RULES).where(RULES.c.id == moved.c.id).values(cursor=moved.c.cursor)
+            else:
+                stmt = update(ENTITIES).where(ENTITIES.c.id == moved.c.id).values(default_cursor=moved.c.cursor)
+            ctes.append(stmt.cte(f"moved_{step}"))
+        elif step == "finished":
+            done = recordset(
+                name,
+                [
+                    column("id", Uuid),
+                    column("status", INTAKES.c.status.type),
+                    column("lead_id", Uuid),
+                    column("reason", Text),
+                ],
+            )
+            ctes.append(
+                update(INTAKES)
+                .where(INTAKES.c.id == done.c.id)
+                .values(
+                    status=done.c.status,
+                    lead_id=done.c.lead_id,
+                    reason=done.c.reason,
+                    processed_at=now,
+                    updated_at=now,
+                    attempts=INTAKES.c.attempts + 1,
+                )
+                .cte("finished")
+            )
+        elif step == "claims":
+            # D7: kept activity of the new leads' people, of the owner when duplication is on.
+            wanted = recordset(name, [column("email", String), column("owner_id", Integer), column("lead_id", Uuid)])
+            returning = (
+                update(ACTIVITY)
+                .where(
+                    ACTIVITY.c.account_id == bindparam("claims_account", type_=Integer),
+                    ACTIVITY.c.lead_id.is_(None),
+                    ACTIVITY.c.email_normalized == wanted.c.email,
+                    or_(wanted.c.owner_id.is_(None), ACTIVITY.c.owner_entity_id == wanted.c.owner_id),
+                )
+                .values(lead_id=wanted.c.lead_id)
+                .returning(ACTIVITY.c.lead_id, *(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+                .cte("claimed")
+            )
+        else:  # pragma: no cover - the steps are the writer's own
+            raise ValueError(step)
+    if returning is not None:
+        return select(returning).add_cte(*ctes)
+    return select(literal_column("1")).add_cte(*ctes)

@@ -1,15 +1,33 @@
-"""What the repositories share: the dialect's INSERT, PostgreSQL's INSERT of many rows from typed VALUES,
+"""What the repositories share: the dialect's INSERT, PostgreSQL's rows bound as one JSON recordset,
 entities as values, the caller as the rules see it."""
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
 import hashlib
+import json
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Table, column, insert, literal, select, values
+from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
+    Table,
+    Text,
+    bindparam,
+    column,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.base import UTCDateTime
@@ -32,7 +50,7 @@ def dialect_insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if name == "postgresql" else sqlite.insert)(table)
 
 
-def _with_scalar_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+def with_scalar_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row with the table's scalar column defaults filled in (nothing evaluates them inside a CTE)."""
     defaults = {
         c.name: c.default.arg  # type: ignore[attr-defined]
@@ -42,30 +60,59 @@ def _with_scalar_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any
     return {**defaults, **row}
 
 
-def insert_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> Any:
-    """PostgreSQL: INSERT INTO table (columns) SELECT ... FROM (VALUES ...), each value cast to its column's
-    type (a column of NULLs only would be text), the columns' scalar defaults filled in. Its binds are
-    anonymous, so several of these share one statement, each a data-modifying CTE (multi-row VALUES inserts
-    of tables with a column name in common cannot). SQLAlchemy compiles a VALUES list again each time:
-    for a row or two of a fixed shape, :func:`insert_once` is cheaper."""
-    rows = [_with_scalar_defaults(table, row) for row in rows]
-    names = list(rows[0])
-    source = values(*(column(name, table.c[name].type) for name in names), name=f"{table.name}_rows").data(
-        [tuple(row[name] for name in names) for row in rows]
+def recordset(name: str, columns: Sequence[ColumnClause[Any]]) -> Any:
+    """PostgreSQL: ``jsonb_to_recordset(:name) AS name(column type, ...)``, rows bound as one JSON parameter
+    (:func:`rows_json`). However many rows, the statement's text is the same, so SQLAlchemy compiles a
+    statement built on these once per shape and keeps it (a VALUES list it compiles again every time).
+    Each column has its type, so a column of NULLs only is not text."""
+    return (
+        func.jsonb_to_recordset(sa_cast(bindparam(name, type_=Text), JSONB))
+        .table_valued(*columns, name=name)
+        .render_derived(with_types=True)
     )
-    return postgresql.insert(table).from_select(
-        names, select(*(sa_cast(source.c[name], table.c[name].type) for name in names))
-    )
+
+
+def columns_of(table: Table, names: Sequence[str]) -> list[ColumnClause[Any]]:
+    """Free columns named and typed as ``table``'s, for :func:`recordset`."""
+    return [column(n, table.c[n].type) for n in names]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal | dt.date):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not bound through a recordset")
+
+
+def rows_json(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
+    """The rows as :func:`recordset` reads them: a JSON array of objects with the columns ``names``."""
+    return json.dumps([{n: row[n] for n in names} for row in rows], default=_json_value, separators=(",", ":"))
+
+
+def insert_from(table: Table, source: Any, names: Sequence[str], key: Sequence[str] = ()) -> Any:
+    """INSERT INTO table (names) SELECT names FROM source (a :func:`recordset`), skipping a row whose ``key``
+    columns' values the table already holds (WHERE NOT EXISTS; like :func:`insert_once`, for writers a lock
+    already serialises, and with no two rows of one key in ``source``). No column default is evaluated (none
+    is inside a CTE): the rows carry them (:func:`with_scalar_defaults` for the scalar ones)."""
+    rows = select(*(source.c[n] for n in names))
+    if key:
+        rows = rows.where(~exists().where(*(table.c[k] == source.c[k] for k in key)))
+    return insert(table).from_select(list(names), rows, include_defaults=False)
 
 
 def insert_once(table: Table, row: Mapping[str, Any], key: Sequence[str]) -> Any:
     """INSERT of one row unless the table has a row with its ``key`` columns' values (INSERT ... SELECT ...
     WHERE NOT EXISTS), each value (or bind parameter) cast to its column's type and the scalar defaults
     filled in, for a data-modifying CTE: several share one statement. Unlike ON CONFLICT DO NOTHING
-    (SQLAlchemy compiles PostgreSQL's INSERT again every time) or :func:`insert_rows`'s VALUES (likewise),
+    (SQLAlchemy compiles PostgreSQL's INSERT again every time),
     a statement of these is compiled once and kept. A concurrent insert of the same key is not skipped but
     fails on the unique index: use it where a lock already serialises the writers of that key."""
-    row = _with_scalar_defaults(table, row)
+    row = with_scalar_defaults(table, row)
     there = select(literal(1)).where(*(table.c[name] == row[name] for name in key))
     source = select(
         *(
