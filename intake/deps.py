@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from intake.problems import Problem
@@ -17,9 +18,18 @@ from models.uow import UnitOfWork
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _uow() -> Iterator[UnitOfWork]:
-    with UnitOfWork() as uow:
+async def _uow() -> AsyncIterator[UnitOfWork]:
+    """A unit of work per request. Async, so it costs the request no trip through the threadpool: opening
+    one does no I/O, and neither does closing one whose transaction ended (committed, or ended by
+    ``end_read``). One left open (an endpoint that failed halfway) is rolled back in the threadpool."""
+    uow = UnitOfWork().__enter__()
+    try:
         yield uow
+    finally:
+        if uow.session.in_transaction():
+            await run_in_threadpool(uow.__exit__, None, None, None)
+        else:
+            uow.__exit__(None, None, None)
 
 
 UoW = Annotated[UnitOfWork, Depends(_uow)]

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from models.repositories.common import dialect_insert
+from models.repositories.common import INTAKES, with_scalar_defaults
 from models.tables import Account, Intake, IntakeSource, IntakeStatus
+
+
+@functools.cache
+def _insert_unless_kept(names: tuple[str, ...]) -> Any:
+    """INSERT ... ON CONFLICT (account, source, idempotency key) DO NOTHING RETURNING id, for these columns,
+    as text with typed binds: SQLAlchemy compiles its own ON CONFLICT again for every request, a text once."""
+    columns = [INTAKES.c[n] for n in names]  # the table's own column names only (a KeyError otherwise)
+    sql = (
+        f"INSERT INTO {INTAKES.name} ({', '.join(c.name for c in columns)}) "  # noqa: S608 - column names, no values
+        f"VALUES ({', '.join(':' + c.name for c in columns)}) "
+        "ON CONFLICT (account_id, source, idempotency_key) DO NOTHING RETURNING id"
+    )
+    return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in columns)).columns(INTAKES.c.id)
 
 
 class IntakeRepository:
@@ -25,14 +39,12 @@ class IntakeRepository:
 
     def add_idempotent(self, values: dict[str, Any]) -> tuple[uuid.UUID, bool]:
         """Insert unless (account, source, idempotency key) exists; the id and whether it is new."""
-        new_id = uuid.uuid4()
-        stmt = (
-            dialect_insert(self.session, Intake)
-            .values(id=new_id, **values)
-            .on_conflict_do_nothing(index_elements=["account_id", "source", "idempotency_key"])
-            .returning(Intake.id)
+        now = dt.datetime.now(dt.UTC)
+        row = with_scalar_defaults(
+            INTAKES, {"id": uuid.uuid4(), "payload": {}, "created_at": now, "updated_at": now, **values}
         )
-        inserted = self.session.execute(stmt).scalar_one_or_none()
+        names = tuple(sorted(row))
+        inserted = self.session.execute(_insert_unless_kept(names), row).scalar_one_or_none()
         if inserted is not None:
             return inserted, True
         existing = self.session.execute(
