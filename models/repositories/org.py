@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import bindparam, delete, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from models.orgsnapshot import OrgSnapshot, RoutingSnapshot
@@ -55,6 +56,18 @@ def _assemble_rules(
         default_agents, default_name = list(team_admins), "Default: the team's admin (O4)"
     default = Rule(None, default_name, tuple(Member(a) for a in default_agents), {}, "round_robin", default_cursor)
     return rules, default
+
+
+class KeyRef(NamedTuple):
+    """An intake key as a request needs it."""
+
+    id: int
+    account_id: int
+
+
+_INTAKE_KEY = select(IntakeKey.id, IntakeKey.account_id).where(
+    IntakeKey.key_hash == bindparam("key_hash"), IntakeKey.revoked_at.is_(None)
+)
 
 
 class OrgRepository:
@@ -194,10 +207,10 @@ class OrgRepository:
     def account_by_slug(self, slug: str) -> Account | None:
         return self.session.execute(select(Account).where(Account.slug == slug)).scalar_one_or_none()
 
-    def intake_key_by_hash(self, key_hash: str) -> IntakeKey | None:
-        return self.session.execute(
-            select(IntakeKey).where(IntakeKey.key_hash == key_hash, IntakeKey.revoked_at.is_(None))
-        ).scalar_one_or_none()
+    def intake_key_by_hash(self, key_hash: str) -> KeyRef | None:
+        """The intake key with this hash, unless revoked: its id and account (no ORM row: every intake asks)."""
+        row = self.session.execute(_INTAKE_KEY, {"key_hash": key_hash}).one_or_none()
+        return KeyRef(row.id, row.account_id) if row is not None else None
 
     def api_connection_by_hash(self, key_hash: str) -> ApiConnection | None:
         return self.session.execute(
