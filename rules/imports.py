@@ -1,14 +1,28 @@
-"""CSV imports, the pure part: who may import for whom (O1), which column is which field, and what a
-row means. The loader streams rows through :class:`RowParser` and never sees a header spelling."""
+"""CSV imports, the pure part: who may import for whom (O1), which column is which field, what a row
+means, and how a row is a signup for the one signup planner (:mod:`rules.signups`). The loader streams
+rows through :class:`RowParser` and never sees a header spelling.
+
+An import decides nothing of its own about leads: each row's first occurrence in the file is a signup
+(:func:`row_signup`) owned as the import's owner decides (:func:`rules.ownership.decide_import_owner`),
+and the planner makes, joins or refuses its lead, routes it and claims its kept activity exactly as for
+a live signup. What is the import's own is the wording of its timeline (:class:`ImportedBy`): the file,
+the line and who imported it, a repeat named ``import`` rather than ``signup``, and a row's notes as a
+``note`` on the lead it makes."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rules.contact import InvalidPhone, normalize_email, normalize_phone
 from rules.entities import EntityRef, Kind
+from rules.events import LeadSignup
+from rules.signups import Event
 
 FIELDS = ("first_name", "last_name", "full_name", "email", "phone", "tags", "source", "notes", "price", "zip")
 
@@ -209,3 +223,55 @@ def may_import(*, user: str, agent_id: int | None, admin_of: frozenset[int], own
         f"O1: {user} may import only for itself (an agent) or for an entity it administers, "
         f"not for {owner.kind.value} {owner.slug}"
     )
+
+
+def row_signup(row: ImportRow, filename: str) -> LeadSignup:
+    """A row as the signup the planner takes: an ``import`` whose source detail is the row's source, else
+    the file's name. A row's notes are not the signup's message: they become a ``note`` on the lead the row
+    makes (:meth:`ImportedBy.note`), as they always have."""
+    return LeadSignup(
+        source_kind="import",
+        email=row.email,
+        email_normalized=row.email_normalized,
+        phone=row.phone,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        price_max=row.price,
+        zip=row.zip,
+        tags=row.tags,
+        source_detail=row.source or filename[:MAX_SOURCE],
+    )
+
+
+@dataclass(frozen=True)
+class ImportedBy:
+    """Who imported which file: how the import's timeline words the events the planner decided. The data
+    stay the planner's (the rules that decided, X4's deleted lead) and name the import besides."""
+
+    import_id: uuid.UUID
+    filename: str
+    actor: str  # the importing user's slug
+
+    def event(self, event: Event, line: int) -> Event:
+        """A planned event as the import writes it: ``created`` names the file, the line and the importer,
+        who is its actor; a repeat (``signup``: D3/D4, or M4 through a merge) is an ``import`` event, listed
+        again; any other (``routed``) is the planner's as it is."""
+        if event.kind == "created":
+            summary = f"Imported from {self.filename} by {self.actor} (line {line})"
+            kind = "created"
+        elif event.kind == "signup":
+            summary = f"Listed again in import {self.filename} by {self.actor} (line {line})"
+            kind = "import"
+        else:
+            return event
+        data: dict[str, Any] = {**event.data, "import_id": self.import_ref}
+        return Event(event.lead_id, kind, event.intake_id, event.at, summary, data, self.actor[:64])
+
+    @functools.cached_property
+    def import_ref(self) -> str:
+        """The import's id as its events' data name it."""
+        return str(self.import_id)
+
+    def note(self, lead_id: uuid.UUID, notes: str, intake_id: uuid.UUID | None, at: dt.datetime) -> Event:
+        """A row's notes, on the lead the row made."""
+        return Event(lead_id, "note", intake_id, at, notes, {"from": "import"}, self.actor[:64])
