@@ -490,6 +490,29 @@ def test_M4_an_import_row_of_a_merged_lead_goes_on_the_lead_it_was_merged_into(
     assert lead_row(primary).last_activity_at >= listed.at  # joined, as a repeat signup moves it
 
 
+def test_M4_a_lead_merged_while_the_file_is_read_gets_the_row_on_the_lead_it_was_merged_into(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The row's chunk found John's own lead of Ole live; John merged it into the company's lead before
+    the import wrote anything: the row is planned again and listed on the lead Ole now is."""
+    email = "ole-late@example.com"
+    primary = make_lead(f"acct-{acme.s}", owner="co", assignee="john", routed_via="downtown", email=email)
+    other = make_lead(f"acct-{acme.s}", owner="john", assignee="john", email=email, first_name="Ole")
+    path = tmp_path / "ole-late.csv"
+    path.write_text(csv_text([["Ole", "Late", email, "", "", "", "", ""], *people(2, "late-merge")]))
+
+    def merge() -> None:
+        with acme.user("john") as john:
+            r = john.post("/v1/leads/merge", json={"primary_id": primary, "other_id": other})
+            assert r.status_code == 200, r.text
+
+    summary = import_in_process(acme, path, "john", "john", merge)
+
+    assert (summary.rows, summary.created, summary.existing) == (3, 2, 1)
+    assert [e.kind for e in timeline_of(primary)].count("import") == 1
+    assert "import" not in [e.kind for e in timeline_of(other)]
+
+
 def test_X4_an_import_row_of_a_deleted_lead_makes_a_new_lead_naming_what_was_deleted(
     acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
 ) -> None:
