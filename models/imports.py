@@ -206,6 +206,9 @@ class ImportStore:
         self._data_seen: dict[Hashable, tuple[dict[str, Any], int]] = {}  # see _data_id
         self._data_next = 1
         self._pending: list[tuple[int, str]] = []  # data ids given out, not yet written
+        # What any staged row has (a tombstone to free, a campaign, a note, a joined lead, one to touch):
+        # the end's statements for what none has are not run (each reads the whole staging table).
+        self._staged: set[str] = set()
 
     # --- staging -------------------------------------------------------------------------------
 
@@ -293,6 +296,13 @@ class ImportStore:
                 assert (created.kind, routed.kind) == ("created", "routed"), "a new lead's events"
                 claim = claims.get(lead_id)
                 noted = by.note(lead_id, note, created.intake_id, created.at) if note else None
+                campaign = campaigns.get(lead_id)
+                if lead.replaces is not None or campaign is not None or noted is not None:
+                    self._staged.update(
+                        name
+                        for name, there in (("replaces", lead.replaces), ("campaign", campaign), ("note", noted))
+                        if there is not None
+                    )
                 rows.append(
                     (
                         line,
@@ -303,7 +313,7 @@ class ImportStore:
                         *_CONTACT(v),
                         _tags_json(tuple(v["tags"])),
                         *_DETAILS(v),
-                        campaigns.get(lead_id),
+                        campaign,
                         claim.email if claim else None,
                         claim.owner_id if claim else None,
                         created.kind,
@@ -322,6 +332,7 @@ class ImportStore:
                 staged.made += 1
             else:
                 joined = by.event(_of(next(events), lead_id), line)
+                self._staged.add("joined")
                 rows.append(
                     (
                         line,
@@ -468,6 +479,8 @@ class ImportStore:
         campaigns = dict(plan.campaigns)
         routed = {e.lead_id: e for e in plan.events if e.kind == "routed"}
         rows = []
+        if campaigns:
+            self._staged.add("campaign")
         for line, lead in zip(lines, plan.leads, strict=True):
             event = routed[lead.id]
             rows.append(
@@ -507,6 +520,8 @@ class ImportStore:
 
     def free_tombstones(self) -> None:
         """X4: the deleted leads whose keys made rows take let them go, before the leads are inserted."""
+        if "replaces" not in self._staged:
+            return
         tombstones = select(STAGE.c.replaces).where(STAGE.c.made, STAGE.c.replaces.is_not(None))
         self.session.execute(
             update(Lead)
@@ -597,17 +612,27 @@ class ImportStore:
                 .where(STAGE.c.made),
             )
         )
-        notes = STAGE.join(DATA, DATA.c.id == STAGE.c.note_data)
-        self.session.execute(
-            self._insert(TimelineEvent).from_select(
-                _EVENT_COLUMNS,
-                select(
-                    account, STAGE.c.lead_id, at, literal("note"), STAGE.c.note_actor, STAGE.c.note, DATA.c.data, source
+        if "note" in self._staged:
+            notes = STAGE.join(DATA, DATA.c.id == STAGE.c.note_data)
+            self.session.execute(
+                self._insert(TimelineEvent).from_select(
+                    _EVENT_COLUMNS,
+                    select(
+                        account,
+                        STAGE.c.lead_id,
+                        at,
+                        literal("note"),
+                        STAGE.c.note_actor,
+                        STAGE.c.note,
+                        DATA.c.data,
+                        source,
+                    )
+                    .select_from(notes)
+                    .where(STAGE.c.made),
                 )
-                .select_from(notes)
-                .where(STAGE.c.made),
             )
-        )
+        if "joined" not in self._staged:
+            return
         first = select(func.min(STAGE.c.line)).where(~STAGE.c.made).group_by(STAGE.c.lead_id)
         already = exists().where(TimelineEvent.lead_id == STAGE.c.lead_id, TimelineEvent.intake_id == source)
         marked = self.session.execute(
@@ -615,6 +640,7 @@ class ImportStore:
         )
         if not marked.rowcount:  # type: ignore[attr-defined]
             return
+        self._staged.add("touch")
         self.session.execute(
             self._insert(TimelineEvent)
             .from_select(
@@ -628,6 +654,8 @@ class ImportStore:
 
     def start_campaigns(self, at: dt.datetime) -> None:
         """The campaigns the made leads' routing rules start."""
+        if "campaign" not in self._staged:
+            return
         rows = select(STAGE.c.lead_id, STAGE.c.campaign, literal(at, UTCDateTime())).where(
             STAGE.c.made, STAGE.c.campaign.is_not(None)
         )
@@ -665,6 +693,8 @@ class ImportStore:
 
     def touch_joined(self) -> None:
         """The joined leads an ``import`` event was written on: their last activity is at least the row's."""
+        if "touch" not in self._staged:
+            return
         at = STAGE.c.touched_at
         self.session.execute(
             update(Lead)

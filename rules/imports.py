@@ -127,26 +127,38 @@ class RowParser:
         self._first, self._last, self._full = get("first_name"), get("last_name"), get("full_name")
         self._email, self._phone, self._tags = get("email"), get("phone"), get("tags")
         self._source, self._notes, self._price, self._zip = get("source"), get("notes"), get("price"), get("zip")
-
-    def _cell(self, cells: Sequence[str], index: int | None) -> str | None:
-        if index is None or index >= len(cells):
-            return None
-        value = cells[index].strip()
-        return value or None
+        # The columns a row's fields are read from, in the order parse() takes them (-1: no such column).
+        self._picks = tuple(
+            -1 if index is None else index
+            for index in (
+                self._email,
+                self._phone,
+                self._first,
+                self._last,
+                self._full,
+                self._price,
+                self._zip,
+                self._notes,
+                self._source,
+                self._tags,
+            )
+        )
 
     def parse(self, cells: Sequence[str]) -> ImportRow | str:
         if len(cells) > self.width and any(c.strip() for c in cells[self.width :]):
             return f"{len(cells)} fields but the header has {self.width}"
-        if any("\x00" in c for c in cells):
+        if "\x00" in "".join(cells):
             return "contains a NUL character"  # no database text column can hold one
-        cell = self._cell
-        email = cell(cells, self._email)
+        # Each field trimmed, None when empty or missing (one pass: a large import parses millions of rows).
+        count = len(cells)
+        email, phone, first, last, full, raw_price, zip_code, notes, source, tags = [
+            (cells[i].strip() or None) if 0 <= i < count else None for i in self._picks
+        ]
         email_normalized = None
         if email is not None:
             if len(email) > MAX_EMAIL or not _EMAIL.match(email):
                 return f"email: not an email address ({len(email)} characters)"
             email_normalized = normalize_email(email)
-        phone = cell(cells, self._phone)
         if phone is not None:
             try:
                 phone = normalize_phone(phone)
@@ -154,8 +166,6 @@ class RowParser:
                 return f"phone: {exc}"
         if email is None and phone is None:
             return "no email or phone"
-        first, last = cell(cells, self._first), cell(cells, self._last)
-        full = cell(cells, self._full)
         if full is not None and first is None and last is None:
             first, _, rest = full.partition(" ")
             last = rest.strip() or None
@@ -163,26 +173,22 @@ class RowParser:
             if value is not None and len(value) > MAX_NAME:
                 return f"{name}: longer than {MAX_NAME} characters"
         price: int | None = None
-        raw_price = cell(cells, self._price)
         if raw_price is not None:
             parsed = parse_price(raw_price)
             if parsed is None:
                 return f"price: not an amount ({raw_price[:40]!r})"
             price = parsed
-        zip_code = cell(cells, self._zip)
         if zip_code is not None:
             zip_code = zip_code.upper()
             if not _ZIP.match(zip_code):
                 return f"zip: not a postal code ({zip_code[:20]!r})"
-        notes = cell(cells, self._notes)
-        source = cell(cells, self._source)
         return ImportRow(
             email=email,
             email_normalized=email_normalized,
             phone=phone,
             first_name=first,
             last_name=last,
-            tags=parse_tags(cell(cells, self._tags)),
+            tags=parse_tags(tags),
             source=source[:MAX_SOURCE] if source else None,
             notes=notes[:MAX_NOTES] if notes else None,
             price=price,
@@ -200,8 +206,10 @@ def parse_price(raw: str) -> int | None:
     return value if value <= MAX_PRICE else None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_tags(raw: str | None) -> tuple[str, ...]:
-    """``#buyer #first-home`` or ``buyer, first home``: the tags in order, once each."""
+    """``#buyer #first-home`` or ``buyer, first home``: the tags in order, once each. Kept for the last
+    few thousand spellings: most rows of a file share their tags."""
     if not raw:
         return ()
     seen: dict[str, None] = {}
