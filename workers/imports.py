@@ -17,8 +17,9 @@ import itertools
 import secrets
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -32,9 +33,19 @@ from models.uow import UnitOfWork
 from rules.entities import EntityRef
 from rules.events import LeadSignup
 from rules.imports import FIELDS, ImportedBy, ImportRow, MappingError, RowParser, map_header, may_import, row_signup
-from rules.ownership import Ownership, decide_import_owner
+from rules.ownership import Ownership, Unclaimed, decide_import_owner
 from rules.routing import Rule
-from rules.signups import Facts, OrgView, SignupIn, SignupPlan, advance_routing, decide_owners, needs, plan_signups
+from rules.signups import (
+    Facts,
+    Needs,
+    OrgView,
+    SignupIn,
+    SignupPlan,
+    advance_routing,
+    decide_owners,
+    needs,
+    plan_signups,
+)
 from rules.uniqueness import unique_key
 from workers.services import claimed_activity_events
 
@@ -413,64 +424,125 @@ class _Run:
             csv_rows = csv.reader(text_stream, delimiter=delimiter)
             line = 2  # the header was line 1
             rows = 0
-            for cells in csv_rows:
-                start, line = line, csv_rows.line_num + 2
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue
-                rows += 1
-                parsed = parser.parse(cells)
-                if isinstance(parsed, str):
-                    read.rejected += 1
-                    if len(rejections) < LISTED_REJECTIONS:
-                        rejections.append((start, parsed))
-                else:
-                    key = unique_key(
-                        duplication=duplication,
-                        owner_id=owner_id,
-                        email_normalized=parsed.email_normalized,
-                        phone_e164=parsed.phone,
-                    )
-                    assert key is not None, "a parsed row has an email or a phone"
-                    if key in chunk:
-                        read.duplicates += 1
+            with self._chunks(read) as plan_chunk:
+                for cells in csv_rows:
+                    start, line = line, csv_rows.line_num + 2
+                    if not cells or (len(cells) == 1 and not cells[0].strip()):
+                        continue
+                    rows += 1
+                    parsed = parser.parse(cells)
+                    if isinstance(parsed, str):
+                        read.rejected += 1
+                        if len(rejections) < LISTED_REJECTIONS:
+                            rejections.append((start, parsed))
                     else:
-                        chunk[key] = (start, parsed)
-                        if len(chunk) >= STAGE_CHUNK:
-                            self._plan_chunk(chunk, read)
-                            chunk = {}
-                if rows % PROGRESS_EVERY == 0:
-                    self.report("reading", counted.bytes_read, None)
-                    self.progress_row(rows_read=rows)
-            self._plan_chunk(chunk, read)
+                        key = unique_key(
+                            duplication=duplication,
+                            owner_id=owner_id,
+                            email_normalized=parsed.email_normalized,
+                            phone_e164=parsed.phone,
+                        )
+                        assert key is not None, "a parsed row has an email or a phone"
+                        if key in chunk:
+                            read.duplicates += 1
+                        else:
+                            chunk[key] = (start, parsed)
+                            if len(chunk) >= STAGE_CHUNK:
+                                plan_chunk(chunk)
+                                chunk = {}
+                    if rows % PROGRESS_EVERY == 0:
+                        self.report("reading", counted.bytes_read, None)
+                        self.progress_row(rows_read=rows)
+                plan_chunk(chunk)
         read.rows = rows
         self.progress_row(rows_read=rows)
         return read
 
-    def _plan_chunk(self, chunk: dict[str, tuple[int, ImportRow]], read: _Read) -> None:
-        """One chunk of first rows (key -> line, row): a key an earlier chunk had makes a duplicate; the
-        others are planned in file order and the plan staged."""
-        if not chunk:
-            return
-        first = self.store.first_keys(list(chunk))
-        read.duplicates += len(chunk) - len(first)
-        lines, signups, notes = [], [], []
-        for key, (line, row) in chunk.items():
-            if key in first:
-                lines.append(line)
-                signups.append(row_signup(row, self.filename))
-                notes.append(row.notes)
-        plan = self._plan(signups, self.routing)
-        self.routing = advance_routing(self.routing, plan.cursors)
-        read.count(self.store.stage_plan(plan, lines, signups, notes, self.by))
+    @contextlib.contextmanager
+    def _chunks(self, read: _Read) -> Iterator[Callable[[dict[str, tuple[int, ImportRow]]], None]]:
+        """``plan_chunk(chunk)`` for each chunk of first rows (key -> line, row), in file order: a key an
+        earlier chunk had makes a duplicate; the others are planned in file order and the plan staged.
 
-    def _plan(self, signups: Sequence[LeadSignup], routing: Mapping[int, tuple[Sequence[Rule], Rule]]) -> SignupPlan:
-        """The signup planner's plan of these rows, each owned as the import decides (O1), from the facts
-        of their keys read now (without locks) and the routing given."""
+        On PostgreSQL a chunk's reads (which of its keys are new to the file, the facts of its keys) run
+        on a thread of the import's own while this thread plans the chunk before it, so the database and
+        the planner work at once. The import's connection is used by one thread at a time: a chunk's plan
+        is staged once the next chunk's reads are done, and nothing is left running when this ends,
+        however it ends."""
+        if not self.store.postgres:
+
+            def in_turn(chunk: dict[str, tuple[int, ImportRow]]) -> None:
+                if chunk:
+                    asked = self._ask(chunk)
+                    self._decide_and_stage(asked, self._reads(asked), read)
+
+            yield in_turn
+            return
+        reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-reads")
+        ahead: list[tuple[_Asked, Future[_Found]]] = []
+
+        def plan_chunk(chunk: dict[str, tuple[int, ImportRow]]) -> None:
+            if not chunk:
+                return
+            asked = self._ask(chunk)
+            found = reads.submit(self._reads, asked)
+            if ahead:
+                before, before_found = ahead.pop()
+                self._decide_and_stage(before, before_found.result(), read, before_staging=found)
+            ahead.append((asked, found))
+
+        try:
+            yield plan_chunk
+            if ahead:
+                before, before_found = ahead.pop()
+                self._decide_and_stage(before, before_found.result(), read)
+        finally:
+            reads.shutdown(wait=True)
+
+    def _ask(self, chunk: dict[str, tuple[int, ImportRow]]) -> _Asked:
+        """A chunk's rows as the planner takes them: signups owned as the import decides (O1), and what
+        their plan needs read."""
+        keys = list(chunk)
+        rows = list(chunk.values())
+        return self._asked(
+            [line for line, _ in rows],
+            [row_signup(row, self.filename) for _, row in rows],
+            [row.notes for _, row in rows],
+            keys,
+        )
+
+    def _asked(
+        self, lines: list[int], signups: list[LeadSignup], notes: list[str | None], keys: list[str] | None
+    ) -> _Asked:
         items = [SignupIn(self.source_key, signup, self.at, ownership=self.ownership) for signup in signups]
         owners = decide_owners(self.org, items)
-        wanted = needs(self.org, items, owners)
-        facts = self.uow.signups.read_facts(self.account_id, wanted, routing, [self.source_key])
-        return plan_signups(self.org, items, owners, facts, new_id=self.new_id)
+        return _Asked(lines, signups, notes, items, owners, needs(self.org, items, owners), keys)
+
+    def _reads(self, asked: _Asked) -> _Found:
+        """What a chunk's plan reads: which of its keys the file has not had before (now had; ``None``: all
+        of them), and the facts of its keys, read without locks (the routing is given when it is planned)."""
+        first = self.store.first_keys(asked.keys) if asked.keys is not None else None
+        return _Found(first, self.uow.signups.read_facts(self.account_id, asked.needs, {}, [self.source_key]))
+
+    def _decide_and_stage(
+        self, asked: _Asked, found: _Found, read: _Read, before_staging: Future[_Found] | None = None
+    ) -> None:
+        """Plan the chunk's rows new to the file and stage the plan (once ``before_staging``, the next
+        chunk's reads, are done: they use the same connection)."""
+        if found.first is not None and asked.keys is not None and len(found.first) < len(asked.keys):
+            read.duplicates += len(asked.keys) - len(found.first)
+            asked = asked.only([key in found.first for key in asked.keys])
+        plan = self._decide(asked, found.facts)
+        if before_staging is not None:
+            before_staging.result()
+        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
+
+    def _decide(self, asked: _Asked, facts: Facts) -> SignupPlan:
+        """The signup planner's plan of the rows asked about, from their facts and the round robin as the
+        rows before them left it (which it then carries on)."""
+        facts = replace(facts, routing=self.routing)
+        plan = plan_signups(self.org, asked.items, asked.owners, facts, new_id=self.new_id)
+        self.routing = advance_routing(self.routing, plan.cursors)
+        return plan
 
     def _plan_again(self, lines: Sequence[int], read: _Read) -> None:
         """The rows ``lines`` planned again from the facts as they are now: rows whose key a signup took
@@ -478,15 +550,12 @@ class _Run:
         deleted meanwhile. They now join a lead (or are refused): their routing turns are not given back,
         as the cursors were settled already."""
         staged = self.store.staged_signups(lines=lines)
-        plan = self._plan([signup for _, signup in staged], self.routing)
+        asked = self._asked([line for line, _ in staged], [signup for _, signup in staged], [None] * len(staged), None)
+        plan = self._decide(asked, self._reads(asked).facts)
         if plan.leads:
             raise ImportRaced(f"{len(plan.leads)} rows would make leads once their routing was settled")
         self.store.unstage(lines)
-        read.count(
-            self.store.stage_plan(
-                plan, [line for line, _ in staged], [signup for _, signup in staged], [None] * len(staged), self.by
-            )
-        )
+        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -545,6 +614,45 @@ class _Run:
             done += len(batch)
             self.report("routing", done, total)
         self.store.apply_routing()
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """Rows to plan (their lines, signups and notes, their unique keys if they are a chunk's) as the
+    planner takes them, and what their plan needs read."""
+
+    lines: list[int]
+    signups: list[LeadSignup]
+    notes: list[str | None]
+    items: list[SignupIn]
+    owners: list[Ownership | Unclaimed]
+    needs: Needs
+    keys: list[str] | None
+
+    def only(self, kept: list[bool]) -> _Asked:
+        """The rows ``kept`` says (in order)."""
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [value for value, keep in zip(values, kept, strict=True) if keep]
+
+        keys = pick(self.keys) if self.keys is not None else None
+        return _Asked(
+            pick(self.lines),
+            pick(self.signups),
+            pick(self.notes),
+            pick(self.items),
+            pick(self.owners),
+            self.needs,
+            keys,
+        )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a chunk's plan read: the keys new to the file (None: not asked), the facts of its keys."""
+
+    first: set[str] | None
+    facts: Facts
 
 
 def _rules(routing: tuple[Sequence[Rule], Rule]) -> list[Rule]:
