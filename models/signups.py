@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -81,6 +83,9 @@ RULES = cast(Table, RoutingRule.__table__)
 ENTITIES = cast(Table, Entity.__table__)
 ACTIVITY = cast(Table, SiteActivity.__table__)
 CAMPAIGNS = cast(Table, LeadCampaign.__table__)
+# Past this many keys (an import's chunk, never a live batch), the leads are read by a JSON array of keys.
+MANY_KEYS = 1_000
+_KEYS_IN_JSON = text("leads.unique_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:keys AS jsonb))))")
 
 
 @functools.cache
@@ -293,6 +298,24 @@ class SignupStore:
         chains (M4), in one statement."""
         if not needs.keys and not needs.named_leads:
             return {}, {}
+        return self._known(account_id, or_(Lead.unique_key.in_(needs.keys), Lead.id.in_(needs.named_leads)), {})
+
+    def known_leads_of_keys(
+        self, account_id: int, keys: Sequence[str]
+    ) -> tuple[dict[str, KnownLead], dict[uuid.UUID, KnownLead]]:
+        """:meth:`known_leads` of many keys (an import's chunk of 10,000), none named: on PostgreSQL bound as
+        one JSON array and read with one index scan of the unique key, rather than as a parameter each (whose
+        binding and parsing cost more than the read itself)."""
+        if not self.postgres:
+            return self.known_leads(account_id, Needs(tuple(keys), (), (), ()))
+        if not keys:
+            return {}, {}
+        return self._known(account_id, _KEYS_IN_JSON, {"keys": json.dumps(list(keys))})
+
+    def _known(
+        self, account_id: int, which: Any, params: dict[str, Any]
+    ) -> tuple[dict[str, KnownLead], dict[uuid.UUID, KnownLead]]:
+        """The account's leads ``which`` selects, with every lead on their merge chains, by key and by id."""
         columns = (
             Lead.id,
             Lead.owner_entity_id,
@@ -304,13 +327,11 @@ class SignupStore:
             Lead.deleted_at,
             Lead.unique_key,
         )
-        first = select(*columns).where(
-            Lead.account_id == account_id, or_(Lead.unique_key.in_(needs.keys), Lead.id.in_(needs.named_leads))
-        )
+        first = select(*columns).where(Lead.account_id == account_id, which)
         chain = first.cte("chain", recursive=True)
         chain = chain.union(select(*columns).join(chain, Lead.id == chain.c.merged_into_id))
         rows = self.session.execute(
-            select(chain, User.slug).outerjoin(User, User.id == chain.c.deleted_by_user_id)
+            select(chain, User.slug).outerjoin(User, User.id == chain.c.deleted_by_user_id), params
         ).all()
         by_key: dict[str, KnownLead] = {}
         by_id: dict[uuid.UUID, KnownLead] = {}
@@ -350,7 +371,23 @@ class SignupStore:
         """Lock the people and the cursors, then read what the plan decides over."""
         self.lock_people(account_id, needs.people)
         routing = self.routing(snapshot, needs.routing_entities)
-        by_key, by_id = self.known_leads(account_id, needs)
+        return self.read_facts(account_id, needs, routing, intake_ids)
+
+    def read_facts(
+        self,
+        account_id: int,
+        needs: Needs,
+        routing: Mapping[int, tuple[Sequence[Rule], Rule]],
+        intake_ids: Sequence[uuid.UUID],
+    ) -> Facts:
+        """What :meth:`facts` reads once it holds its locks, with the routing given: the leads of the keys and
+        their merge chains, and for the keys deleted leads hold, which of ``intake_ids`` left events there
+        (X4). Taken alone (no lock) by an import, which plans chunk by chunk from cursors it settles at its
+        end and claims its people's kept activity under a lock of its own (``workers.imports``)."""
+        if len(needs.keys) > MANY_KEYS and not needs.named_leads:
+            by_key, by_id = self.known_leads_of_keys(account_id, needs.keys)
+        else:
+            by_key, by_id = self.known_leads(account_id, needs)
         tombstones = [lead for lead in by_key.values() if lead.status in ("deleted", "merged")]
         pairs = [
             (lead_id, intake_id)

@@ -1,14 +1,28 @@
-"""CSV imports, the pure part: who may import for whom (O1), which column is which field, and what a
-row means. The loader streams rows through :class:`RowParser` and never sees a header spelling."""
+"""CSV imports, the pure part: who may import for whom (O1), which column is which field, what a row
+means, and how a row is a signup for the one signup planner (:mod:`rules.signups`). The loader streams
+rows through :class:`RowParser` and never sees a header spelling.
+
+An import decides nothing of its own about leads: each row's first occurrence in the file is a signup
+(:func:`row_signup`) owned as the import's owner decides (:func:`rules.ownership.decide_import_owner`),
+and the planner makes, joins or refuses its lead, routes it and claims its kept activity exactly as for
+a live signup. What is the import's own is the wording of its timeline (:class:`ImportedBy`): the file,
+the line and who imported it, a repeat named ``import`` rather than ``signup``, and a row's notes as a
+``note`` on the lead it makes."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rules.contact import InvalidPhone, normalize_email, normalize_phone
 from rules.entities import EntityRef, Kind
+from rules.events import LeadSignup
+from rules.signups import Event
 
 FIELDS = ("first_name", "last_name", "full_name", "email", "phone", "tags", "source", "notes", "price", "zip")
 
@@ -113,26 +127,38 @@ class RowParser:
         self._first, self._last, self._full = get("first_name"), get("last_name"), get("full_name")
         self._email, self._phone, self._tags = get("email"), get("phone"), get("tags")
         self._source, self._notes, self._price, self._zip = get("source"), get("notes"), get("price"), get("zip")
-
-    def _cell(self, cells: Sequence[str], index: int | None) -> str | None:
-        if index is None or index >= len(cells):
-            return None
-        value = cells[index].strip()
-        return value or None
+        # The columns a row's fields are read from, in the order parse() takes them (-1: no such column).
+        self._picks = tuple(
+            -1 if index is None else index
+            for index in (
+                self._email,
+                self._phone,
+                self._first,
+                self._last,
+                self._full,
+                self._price,
+                self._zip,
+                self._notes,
+                self._source,
+                self._tags,
+            )
+        )
 
     def parse(self, cells: Sequence[str]) -> ImportRow | str:
         if len(cells) > self.width and any(c.strip() for c in cells[self.width :]):
             return f"{len(cells)} fields but the header has {self.width}"
-        if any("\x00" in c for c in cells):
+        if "\x00" in "".join(cells):
             return "contains a NUL character"  # no database text column can hold one
-        cell = self._cell
-        email = cell(cells, self._email)
+        # Each field trimmed, None when empty or missing (one pass: a large import parses millions of rows).
+        count = len(cells)
+        email, phone, first, last, full, raw_price, zip_code, notes, source, tags = [
+            (cells[i].strip() or None) if 0 <= i < count else None for i in self._picks
+        ]
         email_normalized = None
         if email is not None:
             if len(email) > MAX_EMAIL or not _EMAIL.match(email):
                 return f"email: not an email address ({len(email)} characters)"
             email_normalized = normalize_email(email)
-        phone = cell(cells, self._phone)
         if phone is not None:
             try:
                 phone = normalize_phone(phone)
@@ -140,8 +166,6 @@ class RowParser:
                 return f"phone: {exc}"
         if email is None and phone is None:
             return "no email or phone"
-        first, last = cell(cells, self._first), cell(cells, self._last)
-        full = cell(cells, self._full)
         if full is not None and first is None and last is None:
             first, _, rest = full.partition(" ")
             last = rest.strip() or None
@@ -149,26 +173,22 @@ class RowParser:
             if value is not None and len(value) > MAX_NAME:
                 return f"{name}: longer than {MAX_NAME} characters"
         price: int | None = None
-        raw_price = cell(cells, self._price)
         if raw_price is not None:
             parsed = parse_price(raw_price)
             if parsed is None:
                 return f"price: not an amount ({raw_price[:40]!r})"
             price = parsed
-        zip_code = cell(cells, self._zip)
         if zip_code is not None:
             zip_code = zip_code.upper()
             if not _ZIP.match(zip_code):
                 return f"zip: not a postal code ({zip_code[:20]!r})"
-        notes = cell(cells, self._notes)
-        source = cell(cells, self._source)
         return ImportRow(
             email=email,
             email_normalized=email_normalized,
             phone=phone,
             first_name=first,
             last_name=last,
-            tags=parse_tags(cell(cells, self._tags)),
+            tags=parse_tags(tags),
             source=source[:MAX_SOURCE] if source else None,
             notes=notes[:MAX_NOTES] if notes else None,
             price=price,
@@ -186,8 +206,10 @@ def parse_price(raw: str) -> int | None:
     return value if value <= MAX_PRICE else None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_tags(raw: str | None) -> tuple[str, ...]:
-    """``#buyer #first-home`` or ``buyer, first home``: the tags in order, once each."""
+    """``#buyer #first-home`` or ``buyer, first home``: the tags in order, once each. Kept for the last
+    few thousand spellings: most rows of a file share their tags."""
     if not raw:
         return ()
     seen: dict[str, None] = {}
@@ -209,3 +231,55 @@ def may_import(*, user: str, agent_id: int | None, admin_of: frozenset[int], own
         f"O1: {user} may import only for itself (an agent) or for an entity it administers, "
         f"not for {owner.kind.value} {owner.slug}"
     )
+
+
+def row_signup(row: ImportRow, filename: str) -> LeadSignup:
+    """A row as the signup the planner takes: an ``import`` whose source detail is the row's source, else
+    the file's name. A row's notes are not the signup's message: they become a ``note`` on the lead the row
+    makes (:meth:`ImportedBy.note`), as they always have."""
+    return LeadSignup(
+        source_kind="import",
+        email=row.email,
+        email_normalized=row.email_normalized,
+        phone=row.phone,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        price_max=row.price,
+        zip=row.zip,
+        tags=row.tags,
+        source_detail=row.source or filename[:MAX_SOURCE],
+    )
+
+
+@dataclass(frozen=True)
+class ImportedBy:
+    """Who imported which file: how the import's timeline words the events the planner decided. The data
+    stay the planner's (the rules that decided, X4's deleted lead) and name the import besides."""
+
+    import_id: uuid.UUID
+    filename: str
+    actor: str  # the importing user's slug
+
+    def event(self, event: Event, line: int) -> Event:
+        """A planned event as the import writes it: ``created`` names the file, the line and the importer,
+        who is its actor; a repeat (``signup``: D3/D4, or M4 through a merge) is an ``import`` event, listed
+        again; any other (``routed``) is the planner's as it is."""
+        if event.kind == "created":
+            summary = f"Imported from {self.filename} by {self.actor} (line {line})"
+            kind = "created"
+        elif event.kind == "signup":
+            summary = f"Listed again in import {self.filename} by {self.actor} (line {line})"
+            kind = "import"
+        else:
+            return event
+        data: dict[str, Any] = {**event.data, "import_id": self.import_ref}
+        return Event(event.lead_id, kind, event.intake_id, event.at, summary, data, self.actor[:64])
+
+    @functools.cached_property
+    def import_ref(self) -> str:
+        """The import's id as its events' data name it."""
+        return str(self.import_id)
+
+    def note(self, lead_id: uuid.UUID, notes: str, intake_id: uuid.UUID | None, at: dt.datetime) -> Event:
+        """A row's notes, on the lead the row made."""
+        return Event(lead_id, "note", intake_id, at, notes, {"from": "import"}, self.actor[:64])

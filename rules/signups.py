@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rules.entities import EntityRef, Kind
@@ -511,3 +511,20 @@ def plan_signups(
         batch.run(item, ownership)
     batch.plan.cursors = batch.cursor_moves()
     return batch.plan
+
+
+def advance_routing(
+    routing: Mapping[int, tuple[Sequence[Rule], Rule]], moves: Sequence[CursorMove]
+) -> dict[int, tuple[list[Rule], Rule]]:
+    """``routing`` (:attr:`Facts.routing`) with a plan's cursor moves made: the routing facts of the next
+    batch of a caller that plans one long run of signups in several batches (an import, chunk by chunk),
+    so that its round robin carries on as one plan of them all, or the signups routed one by one, would."""
+    cursors = {(move.entity_id, move.rule_id): move.cursor for move in moves}
+    advanced: dict[int, tuple[list[Rule], Rule]] = {}
+    for entity_id, (rules, default) in routing.items():
+        moved = [
+            replace(rule, cursor=cursors[(entity_id, rule.id)]) if (entity_id, rule.id) in cursors else rule
+            for rule in [*rules, default]
+        ]
+        advanced[entity_id] = (moved[:-1], moved[-1])
+    return advanced

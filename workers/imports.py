@@ -1,5 +1,6 @@
-"""CSV imports: a file streamed through the row rules into a staging table, then set-based SQL, in
-one transaction, so an import is whole or not at all and a retry starts clean.
+"""CSV imports: a file streamed through the row rules and planned, chunk by chunk, by the one signup
+planner (:mod:`rules.signups`), each row a signup owned by the import's owner; the plan staged, then
+written set-wise, in one transaction, so an import is whole or not at all and a retry starts clean.
 
 ``leadrelay import`` runs it in-process with a progress bar; ``POST /v1/imports`` keeps the upload
 in the database and the ``imports.run`` task runs the same function on the imports queue."""
@@ -9,29 +10,42 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import functools
+import gc
 import hashlib
 import io
-import json
+import itertools
+import secrets
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 from sqlalchemy import delete, select, text, update
 
 from models.db import get_engine
-from models.imports import DECISIONS, ROUTED, ImportStore, import_rejections, read_chunks
+from models.imports import ImportStore, Shared, Staged, import_rejections, read_chunks
 from models.repositories import Caller, to_ref
 from models.tables import Import, ImportChunk, ImportStatus, User
 from models.uow import UnitOfWork
-from rules.entities import EntityRef, Kind
+from rules.entities import EntityRef
 from rules.events import LeadSignup
-from rules.imports import FIELDS, ImportRow, MappingError, RowParser, map_header, may_import
-from rules.ownership import Ownership, decide_import_owner
-from rules.routing import Decision, Rule, route_many
+from rules.imports import FIELDS, ImportedBy, ImportRow, MappingError, RowParser, map_header, may_import, row_signup
+from rules.ownership import Ownership, Unclaimed, decide_import_owner
+from rules.routing import Rule
+from rules.signups import (
+    Facts,
+    Needs,
+    OrgView,
+    SignupIn,
+    SignupPlan,
+    advance_routing,
+    decide_owners,
+    needs,
+    plan_signups,
+)
 from rules.uniqueness import unique_key
 from workers.services import claimed_activity_events
 
@@ -41,7 +55,8 @@ Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: u
 
 CHUNK_BYTES = 1 << 20
 ROUTING_BATCH = 10_000
-STAGE_CHUNK = 10_000  # first rows per existence check, routing step and COPY
+STAGE_CHUNK = 10_000  # first rows per plan: one read of their keys' leads, one COPY of the plan
+SETTLE_TRIES = 3  # rounds of routing again while signups move the cursors; the last holds their lock
 PROGRESS_EVERY = 20_000
 LISTED_REJECTIONS = 10_000  # past this, rejections are counted but not each listed
 _SOURCE_KEYS = uuid.UUID("6f1d1c1e-1e0b-4e53-9b39-5c7a1a6a0c11")
@@ -164,12 +179,13 @@ def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progr
             raise ImportInvalid("import_id", "no such import")
         if row.status in (ImportStatus.DONE, ImportStatus.FAILED):
             return summary_of(uow, row)
-        run = _Run(uow, row, report)
-        try:
-            summary = run.execute(chunks)
-        except MappingError as exc:
-            uow.session.rollback()
-            return _fail(import_id, str(exc))
+        with _spooled(chunks) as (path, sha256), _no_cycle_collection():
+            run = _Run(uow, row, report)
+            try:
+                summary = run.execute(path, sha256)
+            except MappingError as exc:
+                uow.session.rollback()
+                return _fail(import_id, str(exc))
         uow.commit()
     log.info(
         "import.done",
@@ -181,6 +197,33 @@ def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progr
         rejected=summary.rejected,
     )
     return summary
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off while the import runs: it makes millions of short-lived objects (rows,
+    signups, plans), all freed by their reference counts, and the collector would walk the growing heap
+    again and again for no garbage (a tenth of the import's time). On again afterwards, as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def _spooled(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """The file in a temporary file of its own, and its SHA-256, before it is read: the planner needs the
+    file's key (:attr:`_Run.source_key`) from the first row on. The path and the digest; removed afterwards."""
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(prefix="leadrelay-import-", suffix=".csv") as spool:
+        for data in chunks:
+            digest.update(data)
+            spool.write(data)
+        spool.flush()
+        yield spool.name, digest.hexdigest()
 
 
 def _fail(import_id: uuid.UUID, error: str) -> ImportSummary:
@@ -233,6 +276,25 @@ class _ProgressRow:
             conn.execute(update(Import).where(Import.id == self.import_id).values(**values))
 
 
+class ImportRaced(RuntimeError):
+    """Rows whose facts moved while the import ran (a lead they were to join was deleted since) would,
+    planned again, make leads once the routing was settled: the import fails whole, and its retry plans
+    them from the start."""
+
+
+def lead_ids() -> Callable[[], uuid.UUID]:
+    """New lead ids for one import, increasing in file order (the UUID version 7 layout: the import's start
+    in milliseconds, then random bits, the last 32 a counter). A lead's index entries, and its events', then
+    land next to the previous lead's rather than all over the indexes. Distinct from every random (version
+    4) id by their version, and from another import's by their time and random bits."""
+    millis = int(dt.datetime.now(dt.UTC).timestamp() * 1000) & ((1 << 48) - 1)
+    rand_a = secrets.randbits(12)
+    rand_b = secrets.randbits(30)
+    base = (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | (rand_b << 32)
+    counter = itertools.count()
+    return lambda: uuid.UUID(int=base | next(counter))
+
+
 class _Run:
     def __init__(self, uow: UnitOfWork, row: Import, report: Progress) -> None:
         self.uow = uow
@@ -245,63 +307,58 @@ class _Run:
         self.actor = user.slug if user else "import"
         self.duplication = uow.orgs.account(row.account_id).duplication
         self.ownership: Ownership = decide_import_owner(self.owner, self.filename)
+        self.by = ImportedBy(row.id, self.filename, self.actor)
+        # Imports do not mail per lead (an import can make 100,000): with no contacts the planner plans no mail.
+        self.org = OrgView(row.account_id, self.duplication, domains={}, connections={}, contacts={})
         self.report = report
         self.at = dt.datetime.now(dt.UTC)
+        self.new_id = lead_ids()
         postgres = uow.session.get_bind().dialect.name == "postgresql"
         self.progress_row = _ProgressRow(row.id, postgres)
-        self.store = ImportStore(uow.session, account_id=row.account_id, import_id=row.id, source_key=row.id)
+        self.store = ImportStore(uow.session, account_id=row.account_id, import_id=row.id)
         self.progress_row(status=ImportStatus.RUNNING, phase="reading", started_at=self.at, rows_read=0)
 
-    def execute(self, chunks: Iterable[bytes]) -> ImportSummary:
+    def execute(self, path: str, sha256: str) -> ImportSummary:
         store = self.store
         store.create_staging()
+        # The timeline's intake id of this file's events: the same file for the same owner gives the same
+        # key, so importing it again adds no event, and a lead it made that was deleted since is not made
+        # again (X4: the planner tells that replay from a new signup by this key).
+        self.source_key = uuid.uuid5(_SOURCE_KEYS, f"{self.account_id}:{self.owner.id}:{sha256}")
         entity = self.ownership.routing_entity
-        router = _Router(entity, *self.uow.orgs.routing_rules(entity, lock=False)) if entity is not None else None
-        reader = _HashingReader(iter(chunks))
-        staged = self._stage(reader, router)
-        # The same file imported again for the same owner writes its events under the same key: none twice.
-        store.source_key = uuid.uuid5(_SOURCE_KEYS, f"{self.account_id}:{self.owner.id}:{reader.sha256.hexdigest()}")
+        # Round robin is planned from the cursors as they are now, unlocked, and settled at the end.
+        self.routed_from: dict[int, tuple[list[Rule], Rule]] = (
+            {entity.id: self.uow.orgs.routing_rules(entity, lock=False)} if entity is not None else {}
+        )
+        self.routing = dict(self.routed_from)
+        read = self._read(path)
         self._phase("saving")
-        if router is not None:
-            self._settle_routing(router, staged.to_make)
-        assignee = self.ownership.assignee
-        created = store.insert_leads(
-            owner_id=self.owner.id,
-            assignee_id=assignee.id if assignee else None,
-            routing_entity_id=entity.id if entity else None,
-            filename=self.filename,
-            at=self.at,
-        )
-        existing = store.existing_leads(
-            summary=f"Listed again in import {self.filename} by {self.actor}", actor=self.actor, at=self.at
-        )
+        self._settle_routing(read.made)
+        shared = Shared(self.account_id, self.owner.id, self.import_id, self.source_key, "import", self.at)
+        store.free_tombstones()
+        raced = store.insert_leads(shared, read.made)
+        stale = store.stale_joins() if read.joined else []
+        if raced or stale:
+            log.info("import.planned_again", import_id=str(self.import_id), rows=len(raced) + len(stale))
+            read.made -= len(raced)
+            read.joined -= len(stale)
+            self._plan_again(sorted([*raced, *stale]), read)
+        made, joined = read.made, read.joined
         self._phase("timeline")
-        created_data = {
-            "rule": self.ownership.rule,
-            "owner": self.owner.slug,
-            "reason": self.ownership.reason,
-            "import_id": str(self.import_id),
-        }
-        store.add_lead_events(
-            created=(f"Imported from {self.filename} by {self.actor}", created_data),
-            owner_routed=self.ownership.owner_assigned() if entity is None else None,
-            actor=self.actor,
-            at=self.at,
-        )
-        claimed = store.claim_site_activity(owner_id=self.owner.id if self.duplication else None)
-        self.uow.leads.add_events(claimed_activity_events(self.account_id, claimed))
-        store.save_rejections(staged.rejections)
-        rows, rejected = staged.rows, staged.rejected
+        store.insert_events(shared)
+        store.start_campaigns(self.at)
+        rejections = sorted(read.rejections)
+        store.save_rejections(rejections)
         summary = ImportSummary(
             import_id=self.import_id,
             status=ImportStatus.DONE.value,
-            rows=rows,
-            created=created,
-            existing=existing,
-            duplicates=staged.duplicates,
-            rejected=rejected,
-            rejections=staged.rejections[:100],
-            ignored_columns=staged.ignored,
+            rows=read.rows,
+            created=made,
+            existing=joined,
+            duplicates=read.duplicates,
+            rejected=read.rejected,
+            rejections=rejections[:100],
+            ignored_columns=read.ignored,
         )
         self.uow.session.execute(
             update(Import)
@@ -309,234 +366,320 @@ class _Run:
             .values(
                 status=ImportStatus.DONE,
                 phase=None,
-                file_sha256=reader.sha256.hexdigest(),
-                rows_read=rows,
-                created=created,
-                existing=existing,
-                duplicates=summary.duplicates,
-                rejected=rejected,
+                file_sha256=sha256,
+                rows_read=read.rows,
+                created=made,
+                existing=joined,
+                duplicates=read.duplicates,
+                rejected=read.rejected,
                 started_at=self.at,
                 finished_at=dt.datetime.now(dt.UTC),
                 error=None,
             )
         )
         self.uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == self.import_id))
+        # Last, the statements that hold the account's kept activity until the commit: live activity waits
+        # only for these (the claim, its events, the last activity of the leads claimed and joined).
+        claimed = store.claim_kept_activity()
+        if claimed:
+            # D7: the kept activity each new lead claimed joins its timeline, each at its own time.
+            self.uow.signups.add_events(self.account_id, claimed_activity_events(self.account_id, claimed))
+            latest: dict[uuid.UUID, dt.datetime] = {}
+            for lead_id, activity in claimed:
+                latest[lead_id] = max(activity.at, latest.get(lead_id, activity.at))
+            self.uow.signups.touch(latest)
+        store.touch_joined()
         store.drop_staging()
-        self.report("done", rows, rows)
+        self.report("done", read.rows, read.rows)
         return summary
 
     def _phase(self, phase: str, done: int = 0, total: int | None = None) -> None:
         self.report(phase, done, total)
         self.progress_row(phase=phase)
 
-    def _stage(self, reader: _HashingReader, router: _Router | None) -> _Staged:
-        """Stream the file through the row rules, :data:`STAGE_CHUNK` rows at a time, into the staging
-        tables: the first row of each unique key (later ones are duplicates inside the file), checked
-        against the account's leads, and routed when it makes one."""
-        text_stream = io.TextIOWrapper(
-            io.BufferedReader(reader, CHUNK_BYTES), encoding="utf-8-sig", errors="replace", newline=""
-        )
-        first = text_stream.readline()
-        if not first.strip():
-            raise MappingError("the file is empty: the first line must be the header")
-        delimiter = _delimiter(first)
-        header = next(csv.reader([first], delimiter=delimiter))
-        columns = map_header(header, self.mapping)
-        parser = RowParser(columns, len(header))
-        staged = _Staged(ignored=columns.ignored)
-        rejections = staged.rejections
-        owner_id, duplication = self.owner.id, self.duplication
-        # The first row of each unique key in this chunk, in file order; the staging tables know the
-        # keys of the chunks before (a million rows would hold ~100 MB of keys here).
-        chunk: dict[str, tuple[int, ImportRow]] = {}
-        csv_rows = csv.reader(text_stream, delimiter=delimiter)
-        line = 2  # the header was line 1
-        rows = 0
-        for cells in csv_rows:
-            start, line = line, csv_rows.line_num + 2
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue
-            rows += 1
-            parsed = parser.parse(cells)
-            if isinstance(parsed, str):
-                staged.rejected += 1
-                if len(rejections) < LISTED_REJECTIONS:
-                    rejections.append((start, parsed))
-            else:
-                key = unique_key(
-                    duplication=duplication,
-                    owner_id=owner_id,
-                    email_normalized=parsed.email_normalized,
-                    phone_e164=parsed.phone,
-                )
-                assert key is not None, "a parsed row has an email or a phone"
-                if key in chunk:
-                    staged.duplicates += 1
-                else:
-                    chunk[key] = (start, parsed)
-                    if len(chunk) >= STAGE_CHUNK:
-                        self._stage_chunk(chunk, router, staged)
-                        chunk = {}
-            if rows % PROGRESS_EVERY == 0:
-                self.report("reading", reader.bytes_read, None)
-                self.progress_row(rows_read=rows)
-        self._stage_chunk(chunk, router, staged)
-        staged.rows = rows
+    # --- reading and planning ------------------------------------------------------------------
+
+    def _read(self, path: str) -> _Read:
+        """Stream the file through the row rules and plan it :data:`STAGE_CHUNK` first rows at a time: the
+        first row of each unique key (later ones are duplicates inside the file) is a signup for the planner,
+        which makes, joins or refuses its lead and routes it, from the facts of that chunk's keys."""
+        with open(path, "rb") as raw:
+            counted = _CountingReader(raw)
+            text_stream = io.TextIOWrapper(
+                io.BufferedReader(counted, CHUNK_BYTES), encoding="utf-8-sig", errors="replace", newline=""
+            )
+            first = text_stream.readline()
+            if not first.strip():
+                raise MappingError("the file is empty: the first line must be the header")
+            delimiter = _delimiter(first)
+            header = next(csv.reader([first], delimiter=delimiter))
+            columns = map_header(header, self.mapping)
+            parser = RowParser(columns, len(header))
+            read = _Read(ignored=columns.ignored)
+            rejections = read.rejections
+            owner_id, duplication = self.owner.id, self.duplication
+            # The first row of each unique key in this chunk, in file order; the staging table knows the
+            # keys of the chunks before (a million rows would hold ~100 MB of keys here).
+            chunk: dict[str, tuple[int, ImportRow]] = {}
+            csv_rows = csv.reader(text_stream, delimiter=delimiter)
+            line = 2  # the header was line 1
+            rows = 0
+            with self._chunks(read) as plan_chunk:
+                for cells in csv_rows:
+                    start, line = line, csv_rows.line_num + 2
+                    if not cells or (len(cells) == 1 and not cells[0].strip()):
+                        continue
+                    rows += 1
+                    parsed = parser.parse(cells)
+                    if isinstance(parsed, str):
+                        read.rejected += 1
+                        if len(rejections) < LISTED_REJECTIONS:
+                            rejections.append((start, parsed))
+                    else:
+                        key = unique_key(
+                            duplication=duplication,
+                            owner_id=owner_id,
+                            email_normalized=parsed.email_normalized,
+                            phone_e164=parsed.phone,
+                        )
+                        assert key is not None, "a parsed row has an email or a phone"
+                        if key in chunk:
+                            read.duplicates += 1
+                        else:
+                            chunk[key] = (start, parsed)
+                            if len(chunk) >= STAGE_CHUNK:
+                                plan_chunk(chunk)
+                                chunk = {}
+                    if rows % PROGRESS_EVERY == 0:
+                        self.report("reading", counted.bytes_read, None)
+                        self.progress_row(rows_read=rows)
+                plan_chunk(chunk)
+        read.rows = rows
         self.progress_row(rows_read=rows)
-        return staged
+        return read
 
-    def _stage_chunk(self, chunk: dict[str, tuple[int, ImportRow]], router: _Router | None, staged: _Staged) -> None:
-        """One chunk of first rows (key -> line, row): a key an earlier chunk had makes a duplicate;
-        a key whose lead exists goes to KNOWN; the others, routed in file order, to STAGE."""
-        if not chunk:
+    @contextlib.contextmanager
+    def _chunks(self, read: _Read) -> Iterator[Callable[[dict[str, tuple[int, ImportRow]]], None]]:
+        """``plan_chunk(chunk)`` for each chunk of first rows (key -> line, row), in file order: a key an
+        earlier chunk had makes a duplicate; the others are planned in file order and the plan staged.
+
+        On PostgreSQL a chunk's reads (which of its keys are new to the file, the facts of its keys) run
+        on a thread of the import's own while this thread plans the chunk before it, so the database and
+        the planner work at once. The import's connection is used by one thread at a time: a chunk's plan
+        is staged once the next chunk's reads are done, and nothing is left running when this ends,
+        however it ends."""
+        if not self.store.postgres:
+
+            def in_turn(chunk: dict[str, tuple[int, ImportRow]]) -> None:
+                if chunk:
+                    asked = self._ask(chunk)
+                    self._decide_and_stage(asked, self._reads(asked), read)
+
+            yield in_turn
             return
-        store = self.store
-        first = store.first_keys(list(chunk))
-        staged.duplicates += len(chunk) - len(first)
-        known = store.known_keys(list(first))
-        if known:
-            store.stage_known([(line, key) for key, (line, _) in chunk.items() if key in known])
-        new = [(line, key, row) for key, (line, row) in chunk.items() if key in first and key not in known]
-        decisions: Sequence[int | None] = (
-            router.route([(row.price, row.zip) for _, _, row in new]) if router is not None else [None] * len(new)
+        reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-reads")
+        ahead: list[tuple[_Asked, Future[_Found]]] = []
+
+        def plan_chunk(chunk: dict[str, tuple[int, ImportRow]]) -> None:
+            if not chunk:
+                return
+            asked = self._ask(chunk)
+            found = reads.submit(self._reads, asked)
+            if ahead:
+                before, before_found = ahead.pop()
+                self._decide_and_stage(before, before_found.result(), read, before_staging=found)
+            ahead.append((asked, found))
+
+        try:
+            yield plan_chunk
+            if ahead:
+                before, before_found = ahead.pop()
+                self._decide_and_stage(before, before_found.result(), read)
+        finally:
+            reads.shutdown(wait=True)
+
+    def _ask(self, chunk: dict[str, tuple[int, ImportRow]]) -> _Asked:
+        """A chunk's rows as the planner takes them: signups owned as the import decides (O1), and what
+        their plan needs read."""
+        keys = list(chunk)
+        rows = list(chunk.values())
+        return self._asked(
+            [line for line, _ in rows],
+            [row_signup(row, self.filename) for _, row in rows],
+            [row.notes for _, row in rows],
+            keys,
         )
-        store.stage_new([_stage_row(line, key, row, d) for (line, key, row), d in zip(new, decisions, strict=True)])
-        staged.to_make += len(new)
 
-    def _settle_routing(self, router: _Router, to_make: int) -> None:
-        """A1/A2, made final before any lead is written. The rows were routed as the file streamed, in
-        file order, from the cursors as they stood when it began; here the cursors are locked and,
-        if nothing moved them meanwhile, moved on to where those decisions leave them. If a signup
-        was routed by the same entity (or its rules changed) while the file was read, the rows are
-        routed again from the locked cursors, so the outcome is always that of routing them one by
-        one, in file order, after the file was read.
+    def _asked(
+        self, lines: list[int], signups: list[LeadSignup], notes: list[str | None], keys: list[str] | None
+    ) -> _Asked:
+        items = [SignupIn(self.source_key, signup, self.at, ownership=self.ownership) for signup in signups]
+        owners = decide_owners(self.org, items)
+        return _Asked(lines, signups, notes, items, owners, needs(self.org, items, owners), keys)
 
-        On PostgreSQL the cursors are locked and moved on a short transaction of their own, as a
-        signup's are, so signups to the same entity wait only while the decisions are checked, and
-        the import never holds a cursor lock while inserting leads (no lock-order deadlock with a
-        signup of the same person). If the import then rolls back, the cursors have moved on: the
-        next leads start one round later, and no agent is skipped twice in a row.
-        An agent owner is the assignee; nothing is routed."""
-        if to_make == 0:
+    def _reads(self, asked: _Asked) -> _Found:
+        """What a chunk's plan reads: which of its keys the file has not had before (now had; ``None``: all
+        of them), and the facts of its keys, read without locks (the routing is given when it is planned)."""
+        first = self.store.first_keys(asked.keys) if asked.keys is not None else None
+        return _Found(first, self.uow.signups.read_facts(self.account_id, asked.needs, {}, [self.source_key]))
+
+    def _decide_and_stage(
+        self, asked: _Asked, found: _Found, read: _Read, before_staging: Future[_Found] | None = None
+    ) -> None:
+        """Plan the chunk's rows new to the file and stage the plan (once ``before_staging``, the next
+        chunk's reads, are done: they use the same connection)."""
+        if found.first is not None and asked.keys is not None and len(found.first) < len(asked.keys):
+            read.duplicates += len(asked.keys) - len(found.first)
+            asked = asked.only([key in found.first for key in asked.keys])
+        plan = self._decide(asked, found.facts)
+        if before_staging is not None:
+            before_staging.result()
+        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
+
+    def _decide(self, asked: _Asked, facts: Facts) -> SignupPlan:
+        """The signup planner's plan of the rows asked about, from their facts and the round robin as the
+        rows before them left it (which it then carries on)."""
+        facts = replace(facts, routing=self.routing)
+        plan = plan_signups(self.org, asked.items, asked.owners, facts, new_id=self.new_id)
+        self.routing = advance_routing(self.routing, plan.cursors)
+        return plan
+
+    def _plan_again(self, lines: Sequence[int], read: _Read) -> None:
+        """The rows ``lines`` planned again from the facts as they are now: rows whose key a signup took
+        since their chunk was read (their lead was not made) and rows whose joined lead was merged or
+        deleted meanwhile. They now join a lead (or are refused): their routing turns are not given back,
+        as the cursors were settled already."""
+        staged = self.store.staged_signups(lines=lines)
+        asked = self._asked([line for line, _ in staged], [signup for _, signup in staged], [None] * len(staged), None)
+        plan = self._decide(asked, self._reads(asked).facts)
+        if plan.leads:
+            raise ImportRaced(f"{len(plan.leads)} rows would make leads once their routing was settled")
+        self.store.unstage(lines)
+        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def _settle_routing(self, made: int) -> None:
+        """A1/A2, made final before any lead is written. The file's new leads were routed by the planner as
+        it was read, in file order, from the cursors as they stood when the import began (read, not locked:
+        signups to the same entity went on meanwhile). Here the cursors are locked in a short transaction
+        of their own (PostgreSQL; its entity row first, then its rules, as a signup locks them) and:
+
+        - if nothing moved them (nor changed the rules) since, they move on to where the import's leads
+          leave them: by the turns those leads took, exactly as routing them one by one would;
+        - if a signup was routed by the same entity meanwhile, the import's new leads are routed again by
+          the planner from the cursors as they are now, in file order, outside the lock, and checked
+          again; so the outcome is always that of routing the import's leads one by one, in file order,
+          after every signup whose routing committed first. After :data:`SETTLE_TRIES` rounds of signups
+          moving them again, the last round routes again under the lock (signups of that entity wait for it).
+
+        The import never holds a cursor lock while it writes leads (nor longer than this), so signups do
+        not wait for it. If the import then rolls back, the cursors have moved on: its leads' turns are
+        skipped once, and the next leads start one round later (no agent is skipped twice in a row). A row
+        whose key a signup took after it was routed keeps its turn taken. An agent owner is the assignee;
+        nothing is routed."""
+        entity = self.ownership.routing_entity
+        if entity is None or made == 0:
             return
-        entity = router.entity
-        with contextlib.ExitStack() as stack:
-            orgs_uow = stack.enter_context(UnitOfWork()) if self.store.postgres else self.uow
-            rules, default = orgs_uow.orgs.routing_rules(entity, lock=True)
-            locked = [*rules, default]
-            if locked != router.before:
-                log.info("import.rerouted", import_id=str(self.import_id), reason="cursors moved while reading")
-                self._route_again(router, rules, default, to_make)
-            orgs_uow.orgs.move_cursors(entity.id, locked, router.after)
-            if orgs_uow is not self.uow:
-                orgs_uow.commit()
-        in_pond = entity.kind is Kind.TEAM
-        with self.store.writer(DECISIONS) as write:
-            for index, decision in router.decisions.values():
-                pond = decision.agent is None and in_pond
-                summary = decision.summary(entity.slug, in_pond=pond)
-                campaign = decision.rule.campaign if decision.rule is not None and decision.agent is not None else None
-                data = {"routing_entity": entity.slug, **decision.as_data()}
-                write((index, decision.agent.id if decision.agent else None, pond, campaign, summary, _json(data)))
-        self.report("routing", to_make, to_make)
+        routed_from = self.routed_from[entity.id]
+        for attempt in range(1, SETTLE_TRIES + 1):
+            with contextlib.ExitStack() as stack:
+                cursors_uow = stack.enter_context(UnitOfWork()) if self.store.postgres else self.uow
+                locked = cursors_uow.orgs.routing_rules(entity, lock=True)
+                if _rules(locked) != _rules(routed_from) and attempt == SETTLE_TRIES:
+                    self._route_again(entity.id, locked, made)  # the last round: under the lock
+                    routed_from = locked
+                if _rules(locked) == _rules(routed_from):
+                    cursors_uow.orgs.move_cursors(entity.id, _rules(locked), _rules(self.routing[entity.id]))
+                    if cursors_uow is not self.uow:
+                        cursors_uow.commit()
+                    return
+            # Signups moved the cursors (or the rules changed): route again from them, unlocked, and check.
+            self._route_again(entity.id, locked, made)
+            routed_from = locked
 
-    def _route_again(self, router: _Router, rules: list[Rule], default: Rule, to_make: int) -> None:
-        router.restart(rules, default)
+    def _route_again(self, entity_id: int, start: tuple[list[Rule], Rule], total: int) -> None:
+        """The made rows' routing planned again from ``start``, in file order, by the planner (each row as
+        the new lead it makes; only its routing is taken: assignee, pond, campaign, ``routed`` event)."""
+        log.info("import.rerouted", import_id=str(self.import_id), reason="cursors moved while reading")
+        self.routing = {entity_id: start}
         after_line, done = 0, 0
-        while batch := self.store.staged(after_line, ROUTING_BATCH):
-            chosen = router.route([(price, zip_code) for _, price, zip_code in batch])
-            with self.store.writer(ROUTED) as write:
-                for (line, _, _), decision in zip(batch, chosen, strict=True):
-                    write((line, decision))
+        while batch := self.store.staged_signups(made_after=after_line, limit=ROUTING_BATCH):
+            items = [SignupIn(self.source_key, signup, self.at, ownership=self.ownership) for _, signup in batch]
+            owners = decide_owners(self.org, items)
+            plan = plan_signups(self.org, items, owners, Facts({}, {}, self.routing), new_id=self.new_id)
+            self.routing = advance_routing(self.routing, plan.cursors)
+            self.store.stage_routing(plan, [line for line, _ in batch])
             after_line = batch[-1][0]
             done += len(batch)
-            self.report("routing", done, to_make)
-        self.store.apply_routed()
+            self.report("routing", done, total)
+        self.store.apply_routing()
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """Rows to plan (their lines, signups and notes, their unique keys if they are a chunk's) as the
+    planner takes them, and what their plan needs read."""
+
+    lines: list[int]
+    signups: list[LeadSignup]
+    notes: list[str | None]
+    items: list[SignupIn]
+    owners: list[Ownership | Unclaimed]
+    needs: Needs
+    keys: list[str] | None
+
+    def only(self, kept: list[bool]) -> _Asked:
+        """The rows ``kept`` says (in order)."""
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [value for value, keep in zip(values, kept, strict=True) if keep]
+
+        keys = pick(self.keys) if self.keys is not None else None
+        return _Asked(
+            pick(self.lines),
+            pick(self.signups),
+            pick(self.notes),
+            pick(self.items),
+            pick(self.owners),
+            self.needs,
+            keys,
+        )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a chunk's plan read: the keys new to the file (None: not asked), the facts of its keys."""
+
+    first: set[str] | None
+    facts: Facts
+
+
+def _rules(routing: tuple[Sequence[Rule], Rule]) -> list[Rule]:
+    """An entity's rules and its default rule, as one list (what the cursors are compared and moved by)."""
+    rules, default = routing
+    return [*rules, default]
 
 
 @dataclass
-class _Staged:
+class _Read:
     """What reading the file found."""
 
     ignored: tuple[str, ...]
     rows: int = 0
-    rejected: int = 0
-    rejections: list[tuple[int, str]] = field(default_factory=list)
+    rejected: int = 0  # rows refused: by the row rules, or by the planner (X4)
+    rejections: list[tuple[int, str]] = field(default_factory=list)  # the first (line, reason) of those
     duplicates: int = 0
-    to_make: int = 0
 
+    made: int = 0  # first rows that make a lead
+    joined: int = 0  # first rows that join one
 
-class _Router:
-    """The routing decisions of an import's new leads, in file order, carrying the cursors along as
-    routing them one by one would. Decisions that read the same on the timeline share one index."""
-
-    def __init__(self, entity: EntityRef, rules: list[Rule], default: Rule) -> None:
-        self.entity = entity
-        self.before = [*rules, default]
-        self.restart(rules, default)
-
-    def restart(self, rules: list[Rule], default: Rule) -> None:
-        self.rules, self.default = rules, default
-        self.decisions: dict[tuple[Any, ...], tuple[int, Decision]] = {}
-
-    @property
-    def after(self) -> list[Rule]:
-        return [*self.rules, self.default]
-
-    def route(self, leads: Sequence[tuple[int | None, str | None]]) -> list[int]:
-        """The decision index of each lead, given as (price, zip)."""
-        signups = [LeadSignup(source_kind="import", price_max=price, zip=zip_code) for price, zip_code in leads]
-        chosen, self.rules, self.default = route_many(self.rules, self.default, signups)
-        decisions = self.decisions
-        indexes: list[int] = []
-        for decision in chosen:
-            key = _decision_key(decision)
-            found = decisions.get(key)
-            if found is None:
-                found = decisions[key] = (len(decisions), decision)
-            indexes.append(found[0])
-        return indexes
-
-
-def _decision_key(decision: Decision) -> tuple[Any, ...]:
-    """Decisions that read the same on the timeline share one row (an agent, a rule, the same skips)."""
-    rule = decision.rule
-    return (
-        rule.id if rule else None,
-        rule.name if rule else None,
-        decision.agent.id if decision.agent else None,
-        decision.skipped,
-        decision.tried,
-    )
-
-
-def _stage_row(line: int, key: str, row: ImportRow, decision: int | None) -> tuple[Any, ...]:
-    """A row that makes a lead, in :data:`STAGE_ROW` order."""
-    return (
-        line,
-        key,
-        decision,
-        row.email,
-        row.email_normalized,
-        row.phone,
-        row.first_name,
-        row.last_name,
-        _tags_json(row.tags),
-        row.source,
-        row.notes,
-        row.price,
-        row.zip,
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _tags_json(tags: tuple[str, ...]) -> str:
-    """Most rows of a file share their tags; encode each set once."""
-    return _json(list(tags))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    def count(self, staged: Staged) -> None:
+        """A staged plan's rows: made, joined, or refused (listed while the list is short)."""
+        self.made += staged.made
+        self.joined += staged.joined
+        self.rejected += len(staged.rejections)
+        self.rejections += staged.rejections[: max(0, LISTED_REJECTIONS - len(self.rejections))]
 
 
 def _delimiter(header_line: str) -> str:
@@ -546,28 +689,18 @@ def _delimiter(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-class _HashingReader(io.RawIOBase):
-    """Bytes from an iterator of chunks, counted and hashed as they are read (the file is never whole in memory)."""
+class _CountingReader(io.RawIOBase):
+    """A file's bytes, counted as they are read (the progress of reading it)."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
         self.bytes_read = 0
-        self.sha256 = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-            self.sha256.update(self._buffer)
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        n = int(self._raw.readinto(target))
         self.bytes_read += n
         return n
 

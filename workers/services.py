@@ -141,6 +141,7 @@ def process_activity(uow: UnitOfWork, intake: Intake) -> Outcome:
         email, phone = named.email_normalized, named.phone_e164
     at = activity.occurred_at or intake.created_at
     if email:
+        uow.leads.lock_kept_activity(account.id)  # against an import claiming the kept activity right now
         uow.leads.lock_person(account.id, email)  # against a signup creating the lead right now
     lead = _owners_lead(uow, account, ownership, email, phone)
     if lead is None:

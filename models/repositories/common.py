@@ -138,3 +138,11 @@ def person_lock_key(account_id: int, email_normalized: str) -> int:
     (a signup making it, an activity finding none), so the two cannot miss each other."""
     digest = hashlib.sha256(f"person:{account_id}:{email_normalized}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def activity_lock_key(account_id: int) -> int:
+    """The advisory lock of an account's kept activity (D7) as a whole: an activity deciding to keep itself
+    takes it shared (activities never wait for each other), an import claiming the kept activity of the
+    people it made leads of takes it exclusively, briefly, at its end (it holds no lock per person)."""
+    digest = hashlib.sha256(f"activity:{account_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)

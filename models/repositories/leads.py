@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, false, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from models.repositories.common import Caller, dialect_insert, person_lock_key, to_ref
+from models.repositories.common import Caller, activity_lock_key, dialect_insert, person_lock_key, to_ref
 from models.tables import (
     Account,
     Entity,
@@ -111,6 +111,16 @@ class LeadRepository:
         if self.session.get_bind().dialect.name != "postgresql":
             return
         self.session.execute(select(func.pg_advisory_xact_lock(person_lock_key(account_id, email_normalized))))
+
+    def lock_kept_activity(self, account_id: int) -> None:
+        """Until the transaction ends, hold the account's kept activity in shared mode: an activity that may
+        keep itself anonymous takes it before it looks for the lead, so an import, which claims the kept
+        activity of the people it made leads of at its end under the same lock taken exclusively, either
+        waits for this activity to be kept (and claims it) or is waited for (and its leads are found).
+        Activities share it and never wait for each other; a signup never takes it. PostgreSQL only."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        self.session.execute(select(func.pg_advisory_xact_lock_shared(activity_lock_key(account_id))))
 
     def add_site_activity(self, values: dict[str, Any]) -> None:
         """Keep anonymous activity (D7); one row per intake, so a redelivered task adds nothing."""

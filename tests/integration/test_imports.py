@@ -8,19 +8,23 @@ import io
 import os
 import subprocess
 import sys
+import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import aliased
 
 from models.db import make_engine
-from models.tables import Account, Entity, Import, Lead, TimelineEvent
+from models.security import hash_secret
+from models.tables import Account, Entity, Import, Intake, IntakeSource, Lead, TimelineEvent
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
+from tests.support.leads import lead_row, make_lead
 from tests.support.processes import ROOT, child_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -344,9 +348,13 @@ def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
     assert events[0]["summary"] == "Viewed 9 Elm St (MLS M9) (before signup)"
 
 
-def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: Any = None) -> Any:
+def import_in_process(
+    b: Brokerage, path: Path, owner: str, by: str, on_saving: Any = None, *, at_phase: str = "saving"
+) -> Any:
     """``run_import`` in this process, calling ``on_saving()`` once the file is read and before any
-    lead is written: what a signup that lands while a large file is read looks like to the import."""
+    lead is written: what a signup that lands while a large file is read looks like to the import.
+    With ``at_phase="timeline"`` it is called once the leads are written, before the timeline and the
+    kept activity's claim, the import's transaction still open."""
     from workers.imports import create_import, file_chunks, run_import
 
     with UnitOfWork() as uow:
@@ -359,13 +367,13 @@ def import_in_process(b: Brokerage, path: Path, owner: str, by: str, on_saving: 
     called: list[str] = []
 
     def progress(phase: str, _done: int, _total: int | None) -> None:
-        if phase == "saving" and not called:
+        if phase == at_phase and not called:
             called.append(phase)
             if on_saving is not None:
                 on_saving()
 
     summary = run_import(import_id, file_chunks(str(path)), progress=progress)
-    assert called == ["saving"]
+    assert called == [at_phase]
     return summary
 
 
@@ -439,3 +447,300 @@ def test_D4_a_lead_made_while_the_file_is_read_gets_an_event_not_a_twin(
     assert kinds == ["import", "created", "routed"]
     made = _lead_id(acme, "race3@example.com")
     assert [e["kind"] for e in acme.timeline(made, as_user="john")] == ["created", "routed"]
+
+
+# --- The import decides as a live signup does: through the one signup planner -------------------------
+
+
+def timeline_of(lead_id: str) -> list[TimelineEvent]:
+    """A lead's events as stored (a merged or deleted lead's too), in timeline order."""
+    with UnitOfWork() as uow:
+        rows = list(
+            uow.session.execute(
+                select(TimelineEvent)
+                .where(TimelineEvent.lead_id == uuid.UUID(lead_id))
+                .order_by(TimelineEvent.at, TimelineEvent.id)
+            ).scalars()
+        )
+        uow.session.expunge_all()
+    return rows
+
+
+def test_M4_an_import_row_of_a_merged_lead_goes_on_the_lead_it_was_merged_into(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """John's own lead of Ole was merged into the company's lead of him: John's key still names the
+    merged lead, and an import of Ole by John lists him again on the lead he now is, as a signup does."""
+    email = "ole@example.com"
+    primary = make_lead(f"acct-{acme.s}", owner="co", assignee="john", routed_via="downtown", email=email)
+    merged = make_lead(f"acct-{acme.s}", owner="john", assignee="john", email=email, first_name="Ole")
+    with acme.user("john") as john:
+        r = john.post("/v1/leads/merge", json={"primary_id": primary, "other_id": merged})
+        assert r.status_code == 200, r.text
+    path = tmp_path / "ole.csv"
+    path.write_text(csv_text([["Ole", "Other", email, "", "", "", "", ""]]))
+
+    summary = import_in_process(acme, path, "john", "john")
+
+    assert (summary.rows, summary.created, summary.existing) == (1, 0, 1)
+    (listed,) = [e for e in timeline_of(primary) if e.kind == "import"]
+    assert listed.data["rule"] == "D4"
+    assert listed.summary == "Listed again in import ole.csv by john (line 2)"
+    assert [e.kind for e in timeline_of(merged)] == ["merged_into"]
+    assert lead_row(primary).last_activity_at >= listed.at  # joined, as a repeat signup moves it
+
+
+def test_M4_a_lead_merged_while_the_file_is_read_gets_the_row_on_the_lead_it_was_merged_into(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The row's chunk found John's own lead of Ole live; John merged it into the company's lead before
+    the import wrote anything: the row is planned again and listed on the lead Ole now is."""
+    email = "ole-late@example.com"
+    primary = make_lead(f"acct-{acme.s}", owner="co", assignee="john", routed_via="downtown", email=email)
+    other = make_lead(f"acct-{acme.s}", owner="john", assignee="john", email=email, first_name="Ole")
+    path = tmp_path / "ole-late.csv"
+    path.write_text(csv_text([["Ole", "Late", email, "", "", "", "", ""], *people(2, "late-merge")]))
+
+    def merge() -> None:
+        with acme.user("john") as john:
+            r = john.post("/v1/leads/merge", json={"primary_id": primary, "other_id": other})
+            assert r.status_code == 200, r.text
+
+    summary = import_in_process(acme, path, "john", "john", merge)
+
+    assert (summary.rows, summary.created, summary.existing) == (3, 2, 1)
+    assert [e.kind for e in timeline_of(primary)].count("import") == 1
+    assert "import" not in [e.kind for e in timeline_of(other)]
+
+
+def test_X4_an_import_row_of_a_deleted_lead_makes_a_new_lead_naming_what_was_deleted(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """John deleted his lead of Xena; her key still names the tombstone. An import of Xena by John makes
+    a new lead that says what was deleted, as a new signup does, and leaves the tombstone alone."""
+    deleted = acme.register_and_wait("john", "xena@example.com", first_name="Xena")["lead_id"]
+    with acme.user("john") as john:
+        assert john.delete(f"/v1/leads/{deleted}").status_code == 204
+    before = [e.id for e in timeline_of(deleted)]
+    path = tmp_path / "xena.csv"
+    path.write_text(csv_text([["Xena", "Again", "Xena@example.com", "", "", "", "", ""]]))
+
+    done = cli_import(pipeline_env, acme, path, "john", "john")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "│    1 │       1 │                0 │" in done.stdout  # rows, created, already existing
+    with UnitOfWork() as uow:
+        leads = uow.session.execute(
+            select(Lead.id, Lead.status)
+            .join(Account, Account.id == Lead.account_id)
+            .where(Account.slug == f"acct-{acme.s}", Lead.email_normalized == "xena@example.com")
+        ).all()
+    (made,) = [str(lead_id) for lead_id, status in leads if status.value == "active"]
+    assert len(leads) == 2
+    created = acme.timeline(made, as_user="john")[0]
+    assert (created["kind"], created["actor"]) == ("created", "john")
+    assert created["data"]["replaces"] == deleted
+    assert created["data"]["X4"].startswith(f"X4: lead {deleted} of this person was deleted by john at ")
+    assert [e.id for e in timeline_of(deleted)] == before
+    assert lead_row(deleted).status.value == "deleted"
+
+
+def test_X4_the_same_file_imported_again_does_not_bring_back_a_lead_deleted_since(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A file imported again is a replay of the rows it had (the same file for the same owner: the same
+    source): a lead it made and someone deleted since is not made again; the row is refused naming X4."""
+    path = tmp_path / "again.csv"
+    path.write_text(csv_text(people(3, "again")))
+    first = import_in_process(acme, path, "john", "john")
+    assert first.created == 3
+    gone = _lead_id(acme, "again1@example.com")
+    with acme.user("john") as john:
+        assert john.delete(f"/v1/leads/{gone}").status_code == 204
+
+    second = import_in_process(acme, path, "john", "john")
+
+    assert (second.rows, second.created, second.existing, second.rejected) == (3, 0, 2, 1)
+    ((line, reason),) = second.rejections
+    assert line == 3
+    assert reason.startswith(f"X4: lead {gone} of this person was deleted by john at ")
+    assert [e for e, _, _, _, _ in leads_of(acme)].count("again1@example.com") == 1
+
+
+def store_activity(b: Brokerage, email: str) -> uuid.UUID:
+    """A property view on John's site by ``email``, stored as the API stores it, its task not published
+    (so the running workers leave it waiting)."""
+    from intake.schemas import ActivityIn
+
+    body = {"page_url": f"https://{b.host('john')}/listing/7", "email": email, "kind": "property_view"}
+    with UnitOfWork() as uow:
+        key = uow.orgs.intake_key_by_hash(hash_secret(f"key-{b.s}"))
+        assert key is not None
+        intake = Intake(
+            account_id=key.account_id,
+            source=IntakeSource.ACTIVITY,
+            intake_key_id=key.id,
+            raw_body="{}",
+            payload=ActivityIn(**body).to_activity().to_dict(),
+            content_type="application/json",
+        )
+        intake_id = uow.intakes.add(intake).id
+        uow.commit()
+    return intake_id
+
+
+def waiting_for_an_advisory_lock(query_part: str) -> bool:
+    """Whether a session of this database waits for an advisory lock in a statement containing ``query_part``."""
+    with UnitOfWork() as uow:
+        return bool(
+            uow.session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE :q"
+                ),
+                {"q": f"%{query_part}%"},
+            ).scalar_one()
+        )
+
+
+def test_D7_an_activity_kept_while_an_import_writes_is_claimed_by_the_imported_lead(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An activity of a person in the file decides, while the import writes its leads, that the person
+    has no lead (the import's is not committed) and keeps itself. The import claims kept activity at its
+    end without a lock per person; it waits for that activity to be kept, then claims it: the view is on
+    the imported lead's timeline, never left kept beside it."""
+    from workers import services
+
+    intake_id = store_activity(acme, "late@example.com")
+    path = tmp_path / "late.csv"
+    path.write_text(csv_text([["Lee", "Late", "late@example.com", "", "", "", "", ""]]))
+    kept, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    class HeldCommit(UnitOfWork):
+        def commit(self) -> None:
+            kept.set()  # the activity found no lead and kept itself; it commits once released
+            assert release.wait(60)
+            super().commit()
+
+    def activity_task() -> None:
+        try:
+            with HeldCommit() as uow:
+                intake = uow.intakes.get_for_update(intake_id)
+                assert intake is not None
+                services.process_activity(uow, intake)
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+
+    activity = threading.Thread(target=activity_task)
+
+    def while_writing() -> None:
+        activity.start()
+        assert kept.wait(60)
+
+    summaries: list[Any] = []
+    importer = threading.Thread(
+        target=lambda: summaries.append(
+            import_in_process(acme, path, "john", "john", while_writing, at_phase="timeline")
+        )
+    )
+    importer.start()
+    # The import either finishes first (it did not wait: the activity, kept after its claim, is lost) or
+    # waits for the activity to be kept; either way the activity then commits.
+    wait_for(
+        lambda: not importer.is_alive() or waiting_for_an_advisory_lock("pg_advisory_xact_lock"),
+        timeout=60,
+        what="the import to finish or to wait for the kept activity",
+    )
+    release.set()
+    importer.join(60)
+    activity.join(60)
+    assert not failures, failures
+    assert [s.created for s in summaries] == [1]
+    lead = _lead_id(acme, "late@example.com")
+    with UnitOfWork() as uow:
+        kept_row = uow.leads.site_activity_of(intake_id)
+        assert kept_row is not None
+        assert str(kept_row.lead_id) == lead
+    assert [e["kind"] for e in acme.timeline(lead, as_user="john")] == ["property_view", "created", "routed"]
+
+
+def test_D7_activity_arriving_while_the_file_is_read_joins_the_imported_lead(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An activity the live workers process while the file is read is kept (no lead yet) and is claimed
+    by the lead the import makes."""
+    path = tmp_path / "reading.csv"
+    path.write_text(csv_text([["Rae", "Reading", "rae@example.com", "", "", "", "", ""]]))
+
+    def view() -> None:
+        r = acme.site.post(
+            "/v1/intake/activity",
+            json={
+                "page_url": f"https://{acme.host('john')}/listing/3",
+                "email": "rae@example.com",
+                "kind": "page_view",
+            },
+        )
+        assert r.status_code == 202, r.text
+        assert acme.wait_done(r.json()["intake_id"])["lead_id"] is None  # kept: the import has not written yet
+
+    summary = import_in_process(acme, path, "john", "john", view)
+
+    assert summary.created == 1
+    kinds = [e["kind"] for e in acme.timeline(_lead_id(acme, "rae@example.com"), as_user="john")]
+    assert sorted(kinds) == ["created", "page_view", "routed"]
+
+
+def test_a_live_signup_of_the_imports_owner_does_not_wait_for_the_import(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
+) -> None:
+    """While the import writes its leads (its transaction open, its routing settled), a signup routed by
+    the same office, and an activity of the same account, are done without waiting for it to commit."""
+    path = tmp_path / "busy-end.csv"
+    path.write_text(csv_text(people(4, "end")))
+    during: dict[str, Any] = {}
+
+    def live() -> None:
+        during["signup"] = acme.register_and_wait("downtown", "walk@example.com")
+        r = acme.site.post(
+            "/v1/intake/activity",
+            json={"page_url": f"https://{acme.host('john')}/", "email": "else@example.com", "kind": "page_view"},
+        )
+        during["activity"] = acme.wait_done(r.json()["intake_id"])
+
+    summary = import_in_process(acme, path, "downtown", "oscar", live, at_phase="timeline")
+
+    assert summary.created == 4
+    assert during["signup"]["status"] == during["activity"]["status"] == "done"
+
+
+def test_A2_round_robin_carries_on_from_an_import_to_live_signups_as_one_by_one_signups_would(
+    brokerage_factory: Any, pipeline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The company's rules (Luxury for a price of a million or more, else Everyone) route an import in
+    chunks of two rows, then three live signups: the assignees are those of the same nine people
+    signing up one by one on the company's site."""
+    monkeypatch.setattr("workers.imports.STAGE_CHUNK", 2)  # the round is carried from chunk to chunk
+    prices = [2_000_000, 300_000, 1_500_000, 450_000, 3_000_000, 200_000]
+    live = [("live0@example.com", 1_200_000), ("live1@example.com", 100_000), ("live2@example.com", 5_000_000)]
+    imported, alone = brokerage_factory(), brokerage_factory()
+    rows = [[f"P{i}", "Rr", f"rr{i}@example.com", "", "", str(price), "", ""] for i, price in enumerate(prices)]
+    path = tmp_path / "company.csv"
+    path.write_text(csv_text(rows))
+
+    summary = import_in_process(imported, path, "co", "olivia")
+    assert summary.created == len(prices)
+    for email, price in live:
+        imported.register_and_wait("co", email, price_max=price)
+    for i, price in enumerate(prices):
+        alone.register_and_wait("co", f"rr{i}@example.com", price_max=price)
+    for email, price in live:
+        alone.register_and_wait("co", email, price_max=price)
+
+    def assignees(b: Brokerage) -> dict[str | None, str | None]:
+        return {email: agent for email, _, agent, _, _ in leads_of(b)}
+
+    assert assignees(imported) == assignees(alone)
+    assert len(set(assignees(imported).values())) > 2  # both rules dealt, to several agents

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.entities import EntityRef, Kind
 from rules.imports import (
+    ImportedBy,
     ImportRow,
     MappingError,
     RowParser,
@@ -15,7 +19,9 @@ from rules.imports import (
     may_import,
     parse_price,
     parse_tags,
+    row_signup,
 )
+from rules.signups import Event
 
 # Properties, not timings: no deadline, so a busy machine cannot fail them.
 PROPERTY = settings(database=None, max_examples=200, deadline=None)
@@ -213,3 +219,58 @@ def test_O1_nobody_imports_for_an_owner_it_is_not(
     refusal = may_import(user="u", agent_id=agent_id, admin_of=admin_of, owner=owner)
     assert refusal is not None
     assert refusal.startswith("O1: ")
+
+
+# --- a row as the signup planner takes it, and the planner's events as an import words them -----------------
+
+
+def a_row(**fields: object) -> ImportRow:
+    values: dict[str, object] = {
+        "email": "Ann@Example.com",
+        "email_normalized": "ann@example.com",
+        "phone": None,
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "tags": ("buyer",),
+        "source": None,
+        "notes": "met at the open house",
+        "price": 450_000,
+        "zip": "02134",
+        **fields,
+    }
+    return ImportRow(**values)  # type: ignore[arg-type]
+
+
+def test_a_row_is_an_import_signup_from_its_source_or_else_the_file() -> None:
+    signup = row_signup(a_row(), "leads.csv")
+    assert (signup.source_kind, signup.source_detail, signup.price_max, signup.zip) == (
+        "import",
+        "leads.csv",
+        450_000,
+        "02134",
+    )
+    assert signup.message is None  # the notes are the lead's note, not the signup's message
+    assert row_signup(a_row(source="Open house"), "leads.csv").source_detail == "Open house"
+
+
+def test_an_import_words_the_planners_events_as_its_own_and_keeps_their_reasons() -> None:
+    import_id, lead, intake = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    by = ImportedBy(import_id, "leads.csv", "oscar")
+    created = Event(lead, "created", intake, at, "Registered on leads.csv (import)", {"rule": "O1", "owner": "co"})
+    repeat = Event(lead, "signup", intake, at, "Registered again on leads.csv", {"rule": "D4", "reason": "same"})
+    routed = Event(lead, "routed", intake, at, "Assigned to Ann by co's rule 'x'", {"rule": "x"})
+
+    made = by.event(created, 7)
+    assert (made.kind, made.actor, made.summary) == ("created", "oscar", "Imported from leads.csv by oscar (line 7)")
+    assert made.data == {"rule": "O1", "owner": "co", "import_id": str(import_id)}
+    again = by.event(repeat, 9)
+    assert (again.kind, again.actor, again.summary) == (
+        "import",
+        "oscar",
+        "Listed again in import leads.csv by oscar (line 9)",
+    )
+    assert again.data == {"rule": "D4", "reason": "same", "import_id": str(import_id)}
+    assert by.event(routed, 7) is routed
+    note = by.note(lead, "call back", intake, at)
+    assert (note.kind, note.actor, note.summary, note.data) == ("note", "oscar", "call back", {"from": "import"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from rules.routing import (
     route,
     route_many,
     weighted_sequence,
+    with_cursor,
 )
 
 # Properties, not timings: no deadline, so a busy machine cannot fail them.
@@ -393,7 +395,7 @@ def test_A7_weighted_decision_names_its_strategy() -> None:
     assert decision.explanation == "rule 'weighted' matched; weighted chose ann"
 
 
-# --- route_many: an import's batch routing ---------------------------------------------------------
+# --- route_many: routing existing leads again in a batch (T6, A5) -----------------------------------
 
 
 @PROPERTY
@@ -402,8 +404,8 @@ def test_A7_weighted_decision_names_its_strategy() -> None:
     st.integers(0, 7),
 )
 def test_A2_routing_a_batch_equals_routing_one_by_one(prices: list[int | None], start: int) -> None:
-    """An import routes its leads in file order with the cursors carried along: the same agents, in
-    the same order, as the pipeline routing them one at a time and writing each cursor back."""
+    """A batch routed in order with the cursors carried along: the same agents, in the same order, as
+    the pipeline routing them one at a time and writing each cursor back."""
     rules = [
         rule("luxury", ANN, agent("bob", paused=True), CAT, weights=(3, 1, 2), cursor=start, price_min=500_000),
         rule("everyone", BOB, CAT, DAN, cursor=start + 1),
@@ -431,3 +433,11 @@ def test_A2_routing_a_batch_equals_routing_one_by_one(prices: list[int | None], 
 def test_A2_a_batch_of_999_over_three_agents_is_333_each() -> None:
     decisions, _, _ = route_many([], rule("default", ANN, BOB, CAT), [lead()] * 999)
     assert Counter(d.agent.slug for d in decisions if d.agent) == {"ann": 333, "bob": 333, "cat": 333}
+
+
+def test_with_cursor_moves_the_cursor_alone() -> None:
+    """A router's cheap ``replace(rule, cursor=...)``: it names every field of a rule, so a field added to
+    ``Rule`` must be added to it too (this list says so)."""
+    r = Rule(7, "lux", (Member(ANN, 2), Member(BOB)), {"zips": ["02134"]}, "weighted", 3, "drip")
+    assert with_cursor(r, 9) == replace(r, cursor=9)
+    assert [f.name for f in fields(Rule)] == ["id", "name", "members", "conditions", "strategy", "cursor", "campaign"]

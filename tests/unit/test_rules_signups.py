@@ -23,6 +23,7 @@ from rules.signups import (
     OrgView,
     SignupIn,
     SignupPlan,
+    advance_routing,
     decide_owners,
     needs,
     plan_signups,
@@ -225,3 +226,31 @@ def test_needs_names_what_to_lock_in_order() -> None:
     assert wanted.people == ("p1@example.com", "p2@example.com")
     assert wanted.routing_entities == (COMPANY.id, TEAM.id)
     assert wanted.keys == ("e:1:p1@example.com", "e:2:p2@example.com")
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["co.test", "team.test", "john.test"]), st.sampled_from([None, 1_500_000])),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(0, 20),
+)
+def test_a_run_planned_in_two_batches_routes_as_one_plan_of_it_all(
+    drawn: list[tuple[str, int | None]], cut: int
+) -> None:
+    """advance_routing carries the round robin from one batch to the next (an import, chunk by chunk):
+    the two plans make the leads, routed with the reasons, and leave the cursors, of one plan of all."""
+    view = org()
+    items = [SignupIn(uuid.UUID(int=i + 1), signup(site, i, price), T0) for i, (site, price) in enumerate(drawn)]
+    facts = Facts({}, {}, routing())
+    whole = plan(view, items, facts, ids())
+    new_id = ids()
+    head = plan(view, items[:cut], facts, new_id)
+    tail = plan(view, items[cut:], Facts({}, {}, advance_routing(facts.routing, head.cursors)), new_id)
+    assert [lead.values for lead in head.leads + tail.leads] == [lead.values for lead in whole.leads]
+    assert [e.data for e in head.events + tail.events] == [e.data for e in whole.events]
+    assert head.campaigns + tail.campaigns == whole.campaigns
+    after = advance_routing(advance_routing(facts.routing, head.cursors), tail.cursors)
+    assert after == advance_routing(facts.routing, whole.cursors)
