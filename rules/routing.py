@@ -78,6 +78,8 @@ class Decision:
 
 def failed_conditions(conditions: dict[str, Any], lead: LeadSignup) -> tuple[str, ...]:
     """The conditions of a rule that the lead does not meet (all must hold; an unknown value meets none)."""
+    if not conditions:
+        return ()
     failed: list[str] = []
     price = lead.price
     if "price_min" in conditions and (price is None or price < conditions["price_min"]):
@@ -113,6 +115,11 @@ def next_agent(rule: Rule) -> tuple[AgentState | None, int, tuple[Skip, ...]]:
 
     Ineligible agents (inactive, paused, disconnected) are skipped but keep their place in the
     order: the cursor counts positions, so they come round again once eligible."""
+    if rule.strategy != "weighted" and rule.members:
+        # Round robin, the agent at the cursor eligible: the usual case, without building the order.
+        agent = rule.members[rule.cursor % len(rule.members)].agent
+        if agent.ineligible_reason is None:
+            return agent, rule.cursor + 1, ()
     if rule.strategy == "weighted":
         order = weighted_sequence([m for m in rule.members if m.weight > 0])
         members = [m for m in rule.members if m.weight > 0]
@@ -135,9 +142,14 @@ def route(rules: Sequence[Rule], default: Rule, lead: LeadSignup) -> Decision:
     """A2: the first rule whose conditions hold and that has an eligible agent assigns the lead;
     a rule that matches but whose agents are all skipped passes the lead on (recorded), and the
     routing entity's default rule comes last. No eligible agent anywhere leaves the lead unassigned."""
+    return _route([*rules, default], lead)
+
+
+def _route(in_order: Sequence[Rule], lead: LeadSignup) -> Decision:
+    """:func:`route` over the rules and the default rule, last, as one list."""
     tried: list[Tried] = []
     skipped: dict[str, Skip] = {}  # an agent skipped by two rules is reported once
-    for rule in [*rules, default]:
+    for rule in in_order:
         failed = failed_conditions(rule.conditions, lead)
         if failed:
             tried.append(Tried(rule.name, failed))
@@ -180,11 +192,13 @@ class Router:
 
     def route(self, lead: LeadSignup) -> Decision:
         current = self.current
-        decision = route(current[:-1], current[-1], lead)
+        decision = _route(current, lead)
         chosen = decision.rule
         if chosen is not None and decision.cursor is not None:
-            i = next(i for i, r in enumerate(current) if r is chosen)
-            current[i] = with_cursor(chosen, decision.cursor)
+            for i, rule in enumerate(current):
+                if rule is chosen:
+                    current[i] = with_cursor(chosen, decision.cursor)
+                    break
         return decision
 
     def moves(self) -> list[tuple[Rule, int]]:
