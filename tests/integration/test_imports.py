@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import aliased
 
 from models.db import make_engine
+from models.repositories.common import activity_lock_key
 from models.security import hash_secret
 from models.tables import Account, Entity, Import, Intake, IntakeSource, Lead, TimelineEvent
 from models.uow import UnitOfWork
@@ -589,16 +590,19 @@ def store_activity(b: Brokerage, email: str) -> uuid.UUID:
     return intake_id
 
 
-def waiting_for_an_advisory_lock(query_part: str) -> bool:
-    """Whether a session of this database waits for an advisory lock in a statement containing ``query_part``."""
+def waiting_for_kept_activity(b: Brokerage) -> bool:
+    """Whether a session waits for the account's kept-activity advisory lock (an import about to claim)."""
     with UnitOfWork() as uow:
+        account = uow.orgs.account_by_slug(f"acct-{b.s}")
+        assert account is not None
+        key = activity_lock_key(account.id) & 0xFFFFFFFFFFFFFFFF  # as PostgreSQL splits a bigint key
         return bool(
             uow.session.execute(
                 text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE :q"
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid) AND objsubid = 1"
                 ),
-                {"q": f"%{query_part}%"},
+                {"high": key >> 32, "low": key & 0xFFFFFFFF},
             ).scalar_one()
         )
 
@@ -649,7 +653,7 @@ def test_D7_an_activity_kept_while_an_import_writes_is_claimed_by_the_imported_l
     # The import either finishes first (it did not wait: the activity, kept after its claim, is lost) or
     # waits for the activity to be kept; either way the activity then commits.
     wait_for(
-        lambda: not importer.is_alive() or waiting_for_an_advisory_lock("pg_advisory_xact_lock"),
+        lambda: not importer.is_alive() or waiting_for_kept_activity(acme),
         timeout=60,
         what="the import to finish or to wait for the kept activity",
     )
