@@ -523,26 +523,24 @@ class SignupStore:
             )
 
     def _claim_activity(self, account_id: int, plan: SignupPlan) -> list[tuple[uuid.UUID, ClaimedActivity]]:
-        """D7: kept anonymous activity of the new leads' people joins them (one statement on PostgreSQL,
-        one per lead on SQLite); the rows claimed, oldest first per lead."""
-        if not plan.claims:
-            return []
+        """SQLite: D7, kept anonymous activity of the new leads' people joins them, one statement per lead
+        (PostgreSQL claims it inside the plan's one statement, :func:`_plan_statement`); the rows claimed,
+        oldest first per lead."""
         rows = []
-        if not self.postgres:
-            for claim in plan.claims:
-                stmt = (
-                    update(ACTIVITY)
-                    .where(
-                        ACTIVITY.c.account_id == account_id,
-                        ACTIVITY.c.email_normalized == claim.email,
-                        ACTIVITY.c.lead_id.is_(None),
-                    )
-                    .values(lead_id=claim.lead_id)
-                    .returning(*(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+        for claim in plan.claims:
+            stmt = (
+                update(ACTIVITY)
+                .where(
+                    ACTIVITY.c.account_id == account_id,
+                    ACTIVITY.c.email_normalized == claim.email,
+                    ACTIVITY.c.lead_id.is_(None),
                 )
-                if claim.owner_id is not None:
-                    stmt = stmt.where(ACTIVITY.c.owner_entity_id == claim.owner_id)
-                rows += [(claim.lead_id, ClaimedActivity(*row)) for row in self.session.execute(stmt).all()]
+                .values(lead_id=claim.lead_id)
+                .returning(*(ACTIVITY.c[c.key] for c in CLAIMED_COLUMNS))
+            )
+            if claim.owner_id is not None:
+                stmt = stmt.where(ACTIVITY.c.owner_entity_id == claim.owner_id)
+            rows += [(claim.lead_id, ClaimedActivity(*row)) for row in self.session.execute(stmt).all()]
         return sorted(rows, key=lambda r: (str(r[0]), r[1].at, str(r[1].id)))
 
 
