@@ -586,48 +586,19 @@ class ImportStore:
         source = literal(shared.source_key, Uuid())
         account = literal(shared.account_id)
         made = STAGE.join(DATA, DATA.c.id == STAGE.c.data)
-        self.session.execute(
-            self._insert(TimelineEvent).from_select(
-                _EVENT_COLUMNS,
-                select(account, STAGE.c.lead_id, at, STAGE.c.kind, STAGE.c.actor, STAGE.c.summary, DATA.c.data, source)
-                .select_from(made)
-                .where(STAGE.c.made),
-            )
-        )
-        routed = STAGE.join(DATA, DATA.c.id == STAGE.c.routed_data)
-        self.session.execute(
-            self._insert(TimelineEvent).from_select(
-                _EVENT_COLUMNS,
-                select(
-                    account,
-                    STAGE.c.lead_id,
-                    at,
-                    literal("routed"),
-                    STAGE.c.routed_actor,
-                    STAGE.c.routed_summary,
-                    DATA.c.data,
-                    source,
-                )
-                .select_from(routed)
-                .where(STAGE.c.made),
-            )
-        )
+        # Per made lead, in this order: (its data, kind, actor, summary) of each event.
+        events = [
+            (STAGE.c.data, STAGE.c.kind, STAGE.c.actor, STAGE.c.summary),
+            (STAGE.c.routed_data, literal("routed"), STAGE.c.routed_actor, STAGE.c.routed_summary),
+        ]
         if "note" in self._staged:
-            notes = STAGE.join(DATA, DATA.c.id == STAGE.c.note_data)
+            events.append((STAGE.c.note_data, literal("note"), STAGE.c.note_actor, STAGE.c.note))
+        for data_id, kind, actor, summary in events:
             self.session.execute(
                 self._insert(TimelineEvent).from_select(
                     _EVENT_COLUMNS,
-                    select(
-                        account,
-                        STAGE.c.lead_id,
-                        at,
-                        literal("note"),
-                        STAGE.c.note_actor,
-                        STAGE.c.note,
-                        DATA.c.data,
-                        source,
-                    )
-                    .select_from(notes)
+                    select(account, STAGE.c.lead_id, at, kind, actor, summary, DATA.c.data, source)
+                    .select_from(STAGE.join(DATA, DATA.c.id == data_id))
                     .where(STAGE.c.made),
                 )
             )

@@ -556,6 +556,15 @@ def _first_of_each(rows: list[dict[str, Any]], key: Sequence[str]) -> list[dict[
     return out
 
 
+# The plan's steps that insert rows: the table, and the key of a row already there (skipped).
+_INSERTED: dict[str, tuple[Table, tuple[str, ...]]] = {
+    "leads": (LEADS, ()),
+    "events": (EVENTS, ("lead_id", "intake_id", "kind")),
+    "campaigns": (CAMPAIGNS, ("lead_id", "name")),
+    "mails": (OUTBOX, ("dedupe_key",)),
+}
+
+
 @functools.cache
 def _plan_statement(shape: tuple[tuple[str, tuple[str, ...]], ...]) -> Any:
     """PostgreSQL: the one statement that writes a plan of this shape (the steps it has, each with its
@@ -567,13 +576,8 @@ def _plan_statement(shape: tuple[tuple[str, tuple[str, ...]], ...]) -> Any:
     returning: Any = None
     for step, names in shape:
         name = f"{step}_rows"
-        if step in ("leads", "events", "campaigns", "mails"):
-            table, key = {
-                "leads": (LEADS, ()),
-                "events": (EVENTS, ("lead_id", "intake_id", "kind")),
-                "campaigns": (CAMPAIGNS, ("lead_id", "name")),
-                "mails": (OUTBOX, ("dedupe_key",)),
-            }[step]
+        if step in _INSERTED:
+            table, key = _INSERTED[step]
             source = recordset(name, columns_of(table, names))
             ctes.append(insert_from(table, source, names, key).cte(f"new_{step}"))
         elif step == "touched":
