@@ -346,6 +346,11 @@ class _Batch:
         known = self.facts.by_key.get(key) if key is not None and key not in self.freed else None
         if known is not None:
             live = surviving(known, self.facts.by_id)
+            if live is not None and (known.created_by_intake_id == item.intake_id or item.lead_before == live.id):
+                # This intake already made (or joined) the lead: a second run of it (its first commit landed
+                # but the worker never heard so) adds nothing, not even a repeat signup.
+                self.finish(item, "done", live.id, "already processed")
+                return
             if live is not None:
                 # D4/D3; a merged lead's key leads to the lead it was merged into (M4).
                 self.repeat(item, live.id, repeat_rule, "same unique lead; no new lead")

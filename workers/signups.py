@@ -108,6 +108,10 @@ def run_batch(
         outcome = planned.outcomes[intake.id]
         if outcome.status == "rejected":
             log.info("intake.rejected", intake_id=str(intake.id), reason=outcome.reason)
+        elif outcome.reason:  # a second run of an intake that already made its lead (rules.signups)
+            log.warning(
+                "intake.done_again", intake_id=str(intake.id), lead_id=str(outcome.lead_id), reason=outcome.reason
+            )
         else:
             log.info("intake.done", intake_id=str(intake.id), lead_id=str(outcome.lead_id), created=outcome.created)
     if len(intakes) > 1:

@@ -215,6 +215,29 @@ def test_X4_a_deleted_lead_frees_its_key_for_a_new_signup_but_not_for_a_replay()
     assert not p.finished[2].created
 
 
+def test_a_second_run_of_an_intake_that_made_its_lead_adds_nothing() -> None:
+    """A task whose first commit landed though its worker saw an error runs again: the lead says which
+    intake made it (and the intake which lead it is on), so the run finishes without a repeat signup."""
+    view = org()
+    maker, joiner, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    lead = KnownLead(uuid.uuid4(), COMPANY.id, "active", "p1@example.com", created_by_intake_id=maker)
+    facts = Facts({"e:1:p1@example.com": lead}, {lead.id: lead}, routing())
+    items = [
+        SignupIn(maker, signup("co.test", 1), T0),
+        SignupIn(joiner, signup("co.test", 1), T0, lead_before=lead.id),
+        SignupIn(other, signup("co.test", 1), T0),
+    ]
+    p = plan(view, items, facts, ids())
+    assert [(f.intake_id, f.status, f.lead_id, f.created) for f in p.finished] == [
+        (maker, "done", lead.id, False),
+        (joiner, "done", lead.id, False),
+        (other, "done", lead.id, False),
+    ]
+    assert [(e.kind, e.intake_id) for e in p.events] == [("signup", other)]  # only the new intake repeats
+    assert not p.leads
+    assert not p.mails
+
+
 def test_needs_names_what_to_lock_in_order() -> None:
     view = org()
     items = [
