@@ -125,7 +125,9 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
         )
     else:
         stmt = stmt.where(Intake.id == intake_id)
-    return stmt.with_for_update(of=Intake, skip_locked=skip_locked)
+    # The locked row is the truth: an Intake this session loaded earlier (a batch that failed, then read
+    # again before another task finished it) is overwritten, never trusted over what the lock returns.
+    return stmt.with_for_update(of=Intake, skip_locked=skip_locked).execution_options(populate_existing=True)
 
 
 _ENTITY_IDS: Any = bindparam("entity_ids", expanding=True)

@@ -77,8 +77,8 @@ def _run_or_split(
         if len(intakes) == 1:
             uow.rollback()
             raise
+        ids = [intake.id for intake in intakes]  # before the rollback expires them (reading them would load them)
         uow.rollback()
-        ids = [intake.id for intake in intakes]
         log.warning("intake.batch_split", intakes=len(ids), error=type(exc).__name__)
     outcomes: dict[uuid.UUID, services.Outcome] = {}
     failure: Exception | None = None

@@ -61,7 +61,9 @@ class IntakeRepository:
 
     def get_for_update(self, intake_id: uuid.UUID) -> Intake | None:
         """The intake, locked: a redelivered task waits for the first run and then sees it done."""
-        return self.session.execute(select(Intake).where(Intake.id == intake_id).with_for_update()).scalar_one_or_none()
+        return self.session.execute(
+            select(Intake).where(Intake.id == intake_id).with_for_update().execution_options(populate_existing=True)
+        ).scalar_one_or_none()
 
     def get_for_update_with_account(self, intake_id: uuid.UUID) -> tuple[Intake, Account] | None:
         """The intake, locked as :meth:`get_for_update` locks it, and its account (its duplication flag and
@@ -71,6 +73,7 @@ class IntakeRepository:
             .join(Account, Account.id == Intake.account_id)
             .where(Intake.id == intake_id)
             .with_for_update(of=Intake)
+            .execution_options(populate_existing=True)  # what the lock returns, whatever this session loaded before
         ).one_or_none()
         return (row[0], row[1]) if row is not None else None
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.orm import Session
 
 from intake.schemas import RegistrationIn
 from models.db import get_engine
@@ -182,3 +183,36 @@ def test_a_poison_intake_inside_a_batch_fails_alone_and_is_not_taken_by_the_next
     with UnitOfWork() as uow:
         made = uow.session.execute(select(TimelineEvent.kind).where(TimelineEvent.intake_id.in_(ids))).scalars().all()
     assert sorted(made) == sorted(["created", "routed"] * 4)
+
+
+def test_a_companion_finished_by_its_own_task_while_a_failed_batch_is_split_is_not_run_again(
+    acme: Brokerage,
+) -> None:
+    """A batch fails (here a poison intake; under load, a terminated connection) and releases its locks.
+    The companion's own task takes it at once and finishes it. When the split reaches that companion, the
+    lock it takes returns the row as it is now (done), not as this session first loaded it (accepted)."""
+    ids = store(
+        acme,
+        [body(acme, "co", "first@example.com"), body(acme, "co", "second@example.com"), {"not": "a signup"}],
+    )
+    first, companion = ids[0], ids[1]
+    ran: list[intakes.services.Outcome] = []
+    started: list[bool] = []
+
+    def companion_task_runs_now(_: Session) -> None:
+        # Once, after the split's first commit: the companion's own task, in a session of its own.
+        if not started:
+            started.append(True)
+            ran.append(process(companion))
+
+    event.listen(Session, "after_commit", companion_task_runs_now)
+    try:
+        assert process(first).status == "done"
+    finally:
+        event.remove(Session, "after_commit", companion_task_runs_now)
+    assert [o.status for o in ran] == ["done"]
+    (row,) = rows([companion])
+    assert (row.status, row.attempts, row.reason) == (IntakeStatus.DONE, 1, None)  # run once, not twice
+    with UnitOfWork() as uow:
+        kinds = uow.session.execute(select(TimelineEvent.kind).where(TimelineEvent.lead_id == row.lead_id)).scalars()
+        assert sorted(kinds) == ["created", "routed"]
