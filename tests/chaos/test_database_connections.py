@@ -1,7 +1,8 @@
 """PostgreSQL stays up but every connection to this suite's database is terminated under load, a few
 times (``pg_terminate_backend``, naming this database only). The API may answer 5xx (the client retries
-with the same Idempotency-Key: a 5xx is not an acceptance), tasks retry, pools reconnect
-(``pool_pre_ping``); nothing accepted is lost, nothing is done twice, and no worker is left stuck."""
+with the same Idempotency-Key: a 5xx is not an acceptance), tasks retry, pools replace a connection the
+server left when it is checked out; nothing accepted is lost, nothing is done twice, and no worker is left
+stuck."""
 
 from __future__ import annotations
 
