@@ -32,10 +32,11 @@ from intake.schemas import (
     unstorable,
 )
 from models.security import hash_secret
+from models.signups import BATCHED_SOURCES
 from models.tables import Intake, IntakeSource
 from rules.contact import normalize_email
 from rules.ownership import Unclaimed
-from workers.app import publish
+from workers.app import publish, publish_signup
 from workers.services import decide_page_owner
 
 router = APIRouter(prefix="/v1/intake", tags=["intake"])
@@ -103,7 +104,8 @@ def store(uow: UoW, values: dict[str, Any], source: str, request: Request, respo
         # An empty Idempotency-Key header is no key: stored as "", it would be one key for every such request.
         intake_id, new = uow.intakes.add(Intake(**{**values, "idempotency_key": None})).id, True
     uow.commit()
-    return accepted(intake_id, new, source, request, response)
+    signup = values["source"] in BATCHED_SOURCES
+    return accepted(intake_id, new, source, request, response, signup_of=values["account_id"] if signup else None)
 
 
 @router.post(
@@ -182,10 +184,21 @@ def get_candidates(
     )
 
 
-def accepted(intake_id: uuid.UUID, new: bool, source: str, request: Request, response: Response) -> Accepted:
-    """After the commit: publish (a new intake only) and answer 202 with where to follow it."""
+def accepted(
+    intake_id: uuid.UUID,
+    new: bool,
+    source: str,
+    request: Request,
+    response: Response,
+    *,
+    signup_of: int | None = None,
+) -> Accepted:
+    """After the commit: publish (a new intake only) and answer 202 with where to follow it. A signup of
+    account ``signup_of`` shares a task of its account that is queued and not started, if there is one."""
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
-    if new:
+    if new and signup_of is not None:
+        publish_signup(intake_id, signup_of)
+    elif new:
         publish("intake.process", intake_id)
     log.info("intake.accepted", intake_id=str(intake_id), source=source, replay=not new)
     status_url = public_url_for(request, "get_intake", intake_id=intake_id)
@@ -302,4 +315,4 @@ def post_provider_lead(
         }
     )
     uow.commit()
-    return accepted(intake_id, new, "provider", request, response)
+    return accepted(intake_id, new, "provider", request, response, signup_of=connection.account_id)

@@ -95,10 +95,16 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
     stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
     if batch:
         this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
-        # Companions only for a signup on its first try: an intake that failed before is tried alone.
+        # Companions for a signup on its first try, or one already finished (its task stood for the signups
+        # that came while it was queued: ``workers.app.publish_signup``); an intake that failed before is
+        # tried alone.
         first_try_signup = (
             select(Intake.id)
-            .where(Intake.id == intake_id, Intake.attempts == 0, Intake.source.in_(BATCHED_SOURCES))
+            .where(
+                Intake.id == intake_id,
+                Intake.source.in_(BATCHED_SOURCES),
+                or_(Intake.attempts == 0, Intake.status.in_(FINAL)),
+            )
             .exists()
         )
         # The oldest waiting signups of the account, found by the (status, updated_at) index among the few

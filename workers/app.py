@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from functools import lru_cache
 from typing import Any
 
+import redis
 import structlog
 from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
@@ -24,7 +27,14 @@ log = structlog.get_logger(__name__)
 CORRELATION_HEADER = "leadrelay_correlation_id"
 
 
-def publish(task_name: str, key: uuid.UUID | None, *, queue: str | None = None, countdown: float | None = None) -> bool:
+def publish(
+    task_name: str,
+    key: uuid.UUID | None,
+    *,
+    queue: str | None = None,
+    countdown: float | None = None,
+    headers: dict[str, Any] | None = None,
+) -> bool:
     """Send a task whose one argument is the id of a committed row (or none, for a task that reads what
     waits, such as ``notifications.flush``), routed by its name (``celeryconfig.TASK_QUEUES``) unless
     ``queue`` is given, ``countdown`` seconds later if given. A failed publish loses nothing (the row is
@@ -33,12 +43,72 @@ def publish(task_name: str, key: uuid.UUID | None, *, queue: str | None = None, 
     options: dict[str, Any] = {"queue": queue} if queue else {}
     if countdown is not None:
         options["countdown"] = countdown
+    if headers:
+        options["headers"] = headers
     try:
         app.send_task(task_name, args=[str(key)] if key is not None else [], **options)
     except Exception as exc:
         log.warning("task.enqueue_failed", task=task_name, id=str(key), error=type(exc).__name__)
         return False
     return True
+
+
+# New signups of an account share a queued task (Redis brokers). A signup's task takes the signups waiting
+# beside it (``SignupStore.claim``), so while one task of the account is queued and not yet started, a new
+# signup needs no task of its own: the API publishes one only when it sets the account's flag, and that
+# task clears the flag before it claims. The flag lives in the broker's Redis, beside the message it
+# stands for (a Redis that loses its queue loses the flags with it), and expires after FLAG_TTL_MS, so a
+# task lost on the way (a killed worker holding it) holds back new signups no longer than that; the
+# relay sends what is left waiting.
+SIGNUPS_QUEUED_HEADER = "leadrelay_signups_queued"
+FLAG_TTL_MS = 5000
+
+
+@lru_cache(maxsize=4)
+def _flags_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def signup_flags() -> tuple[redis.Redis, str] | None:
+    """The broker's Redis and the installation's key prefix, or None when the broker is not Redis."""
+    settings = get_settings()
+    url = settings.effective_broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    return _flags_client(url), f"{settings.queue_prefix}signups-queued:"
+
+
+def publish_signup(intake_id: uuid.UUID, account_id: int) -> bool:
+    """After a new signup intake of ``account_id`` is committed: publish its task, unless a task of the
+    account is queued and not started (it takes this signup too). Whether the signup is covered."""
+    flags = signup_flags()
+    if flags is None:
+        return publish("intake.process", intake_id)
+    client, prefix = flags
+    key = f"{prefix}{account_id}"
+    try:
+        if not client.set(key, str(intake_id), nx=True, px=FLAG_TTL_MS):
+            return True
+    except redis.RedisError as exc:
+        log.warning("intake.flag_unset", error=type(exc).__name__)
+    sent = publish("intake.process", intake_id, headers={SIGNUPS_QUEUED_HEADER: account_id})
+    if not sent:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(key)  # no task stands for the flag: the next signup publishes its own
+    return sent
+
+
+def signups_claimed_from_now(account_id: int) -> None:
+    """Before a task that stood for its account's flag claims: a signup committed from now on publishes a
+    task of its own (one committed before is in the claim's snapshot)."""
+    flags = signup_flags()
+    if flags is None:
+        return
+    client, prefix = flags
+    try:
+        client.delete(f"{prefix}{account_id}")
+    except redis.RedisError as exc:  # the flag expires on its own
+        log.warning("intake.flag_not_cleared", error=type(exc).__name__)
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]

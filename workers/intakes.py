@@ -11,10 +11,11 @@ import uuid
 import structlog
 
 from leadrelay.settings import get_settings
-from models.signups import FINAL, Claimed
+from models.signups import FINAL, Claimed, SignupStore
 from models.tables import Intake, IntakeSource
 from models.uow import UnitOfWork
 from workers import services, signups, texts
+from workers.app import publish
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,19 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID, *, batch_size: int | N
     store = uow.signups
     size = batch_size or get_settings().batch_size
     claimed = store.claim(intake_id, size)
+    if claimed is not None and len(claimed.intakes) >= size > 1:
+        # A full batch: more may wait that have no task of their own (they came while a task of their
+        # account was queued). Once this batch is over, this intake's task runs again for them.
+        try:
+            return _process_claimed(uow, store, claimed, intake_id)
+        finally:
+            publish("intake.process", intake_id)
+    return _process_claimed(uow, store, claimed, intake_id)
+
+
+def _process_claimed(
+    uow: UnitOfWork, store: SignupStore, claimed: Claimed | None, intake_id: uuid.UUID
+) -> services.Outcome:
     if claimed is not None and claimed.intakes[0].id != intake_id:
         _run_or_split(uow, claimed, claimed.intakes, intake_id)
         claimed = None

@@ -6,12 +6,14 @@ running workers leave them waiting; each test then runs what a task runs, in thi
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from celery.signals import before_task_publish
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
@@ -22,6 +24,13 @@ from models.tables import Intake, IntakeSource, IntakeStatus, Lead, TimelineEven
 from models.uow import UnitOfWork
 from tests.support.client import Brokerage
 from workers import intakes
+from workers.app import (
+    FLAG_TTL_MS,
+    SIGNUPS_QUEUED_HEADER,
+    publish_signup,
+    signup_flags,
+    signups_claimed_from_now,
+)
 
 pytestmark = pytest.mark.usefixtures("api")
 
@@ -216,3 +225,65 @@ def test_a_companion_finished_by_its_own_task_while_a_failed_batch_is_split_is_n
     with UnitOfWork() as uow:
         kinds = uow.session.execute(select(TimelineEvent.kind).where(TimelineEvent.lead_id == row.lead_id)).scalars()
         assert sorted(kinds) == ["created", "routed"]
+
+
+def finished_within(ids: list[uuid.UUID], seconds: float) -> list[IntakeStatus]:
+    deadline = time.monotonic() + seconds
+    while True:
+        statuses = [i.status for i in rows(ids)]
+        if all(s is not IntakeStatus.ACCEPTED for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.1)
+
+
+@contextmanager
+def published() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
+    """The tasks this process publishes while the block runs: (name, first argument, headers)."""
+    sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(sender: str, body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        args = body[0] if body else ()
+        sent.append((sender, args[0] if args else "", dict(headers or {})))
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield sent
+    finally:
+        before_task_publish.disconnect(record)
+
+
+def test_signups_that_come_while_a_task_of_their_account_is_queued_publish_none_and_that_task_takes_them(
+    acme: Brokerage,
+) -> None:
+    ids = store(acme, [body(acme, "co", f"q{i}@example.com") for i in range(4)])
+    account = rows(ids[:1])[0].account_id
+    flags = signup_flags()
+    assert flags is not None, "the integration broker is Redis"
+    client, prefix = flags
+    client.set(f"{prefix}{account}", str(ids[0]), px=FLAG_TTL_MS)  # ids[0]'s task: queued
+    with published() as sent:
+        for intake_id in ids[1:]:
+            assert publish_signup(intake_id, account)
+    assert sent == []  # each is covered by the queued task
+
+    process(ids[0])  # the queued task runs: it takes the signups that came while it waited
+    assert [i.status for i in rows(ids)] == [IntakeStatus.DONE] * 4
+
+    signups_claimed_from_now(account)  # what that task did first; from now on a signup publishes again
+    (later,) = store(acme, [body(acme, "co", "after@example.com")])
+    with published() as sent:
+        assert publish_signup(later, account)
+    client.pexpire(f"{prefix}{account}", 600_000)  # the flag outlives the test unless its task clears it
+    assert sent == [("intake.process", str(later), sent[0][2])]
+    assert sent[0][2][SIGNUPS_QUEUED_HEADER] == account
+    assert finished_within([later], 30) == [IntakeStatus.DONE]
+    assert not client.exists(f"{prefix}{account}")  # the running worker's task cleared it before its claim
+
+
+def test_a_full_batch_sends_its_task_again_for_the_signups_it_could_not_take(acme: Brokerage) -> None:
+    ids = store(acme, [body(acme, "co", f"full{i}@example.com") for i in range(5)])  # none has a task
+    with published() as sent:
+        process(ids[0], batch_size=2)
+    assert [(name, arg) for name, arg, _ in sent if name == "intake.process"] == [("intake.process", str(ids[0]))]
+    # The running workers take that task: its intake is done, so it takes the three still waiting.
+    assert finished_within(ids, 30) == [IntakeStatus.DONE] * 5
