@@ -108,10 +108,13 @@ def _run_or_split(
             if key == intake_id:
                 failure = exc
             else:
-                # Tried and failed alone: no batch takes it again; its own task retries it.
+                # Tried and failed alone: no batch takes it again. Its own task retries it, sent now (a signup
+                # that shared its account's queued task has none; one that had a task now has two, and the
+                # lock makes the second a no-op).
                 store.count_attempt(key)
                 uow.commit()
                 log.warning("intake.failed_alone", intake_id=str(key), error=type(exc).__name__)
+                publish("intake.process", key, countdown=get_settings().retry_backoff_seconds)
     if failure is not None:
         raise failure
     return outcomes

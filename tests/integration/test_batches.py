@@ -170,7 +170,9 @@ def test_a_poison_intake_inside_a_batch_fails_alone_and_is_not_taken_by_the_next
     ids = store(acme, [good[0], good[1], {"not": "a signup"}, good[2], good[3]])
     poison = ids[2]
 
-    process(ids[0])
+    with published() as sent:
+        process(ids[0])
+    assert [arg for name, arg, _ in sent if name == "intake.process"] == [str(poison)]  # its task, to retry it alone
     statuses = [i.status for i in rows(ids)]
     assert statuses == [
         IntakeStatus.DONE,
