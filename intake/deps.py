@@ -47,6 +47,7 @@ class IntakeCaller:
 def _intake_key(uow: UoW, creds: BearerCredentials) -> IntakeCaller:
     if creds is None:
         raise UNAUTHORIZED
+    uow.each_statement_commits()
     key = uow.orgs.intake_key_by_hash(hash_secret(creds.credentials))
     # Read what we need before ending the transaction: rollback expires loaded rows.
     caller = IntakeCaller(key.account_id, key.id) if key is not None else None

@@ -97,7 +97,9 @@ def post_registration(
 
 
 def store(uow: UoW, values: dict[str, Any], source: str, request: Request, response: Response) -> Accepted:
-    """Insert the intake (once per idempotency key, when there is one), commit, then publish and answer."""
+    """Insert the intake (once per idempotency key, when there is one), committed by its own statement,
+    then publish and answer."""
+    uow.each_statement_commits()
     if values.get("idempotency_key"):
         intake_id, new = uow.intakes.add_idempotent(values)
     else:

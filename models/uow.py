@@ -80,6 +80,15 @@ class UnitOfWork:
         """Run ``callback`` once this unit of work commits; dropped if it rolls back."""
         self._after_commit.append(callback)
 
+    def each_statement_commits(self) -> None:
+        """From here until this unit of work's transaction ends, each statement commits on its own: no
+        BEGIN and no COMMIT, each a round trip of its own to PostgreSQL. For work that is one statement (a
+        credential read, an intake's one INSERT), called before it. :meth:`commit` and :meth:`end_read`
+        then end nothing on the server; the connection goes back to the pool as it came (SQLite keeps its
+        transaction: its BEGIN IMMEDIATE costs no round trip)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
     def end_read(self) -> None:
         """End a read-only transaction now, returning its connection to the pool. A FastAPI
         dependency calls this before the endpoint runs in another threadpool slot; holding a
