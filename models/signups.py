@@ -26,11 +26,13 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    any_,
     bindparam,
     case,
     column,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -88,12 +90,24 @@ MANY_KEYS = 1_000
 _KEYS_IN_JSON = text("leads.unique_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:keys AS jsonb))))")
 
 
+def _constant(value: Any, type_: Any) -> Any:
+    """``value`` written into the statement's SQL when it runs (a literal), not sent as a parameter."""
+    return literal(value, type_, literal_execute=True)
+
+
 @functools.cache
 def _claim_statement(batch: bool, skip_locked: bool) -> Any:
     """:meth:`SignupStore.claim`'s statement, built once: bound ``intake_id``, ``limit`` and ``twice``."""
     intake_id = bindparam("intake_id", type_=Uuid)
     stmt = select(Intake, Account.org_version, Account.duplication).join(Account, Account.id == Intake.account_id)
     if batch:
+        # The constants are written into the SQL, not bound: psycopg prepares a statement it runs often, and
+        # PostgreSQL's generic plan of it cannot tell "accepted" (a few rows) from "done" (nearly all) when
+        # the status is a parameter: it then scans the whole table for the waiting signups.
+        accepted = _constant(IntakeStatus.ACCEPTED, Intake.status.type)
+        batched = [_constant(source, Intake.source.type) for source in BATCHED_SOURCES]
+        final = [_constant(status, Intake.status.type) for status in FINAL]
+        first = _constant(0, Intake.attempts.type)
         this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
         # Companions for a signup on its first try, or one already finished (its task stood for the signups
         # that came while it was queued: ``workers.app.publish_signup``); an intake that failed before is
@@ -102,8 +116,8 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
             select(Intake.id)
             .where(
                 Intake.id == intake_id,
-                Intake.source.in_(BATCHED_SOURCES),
-                or_(Intake.attempts == 0, Intake.status.in_(FINAL)),
+                Intake.source.in_(batched),
+                or_(Intake.attempts == first, Intake.status.in_(final)),
             )
             .exists()
         )
@@ -113,19 +127,22 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
             select(Intake.id)
             .where(
                 Intake.account_id == this,
-                Intake.status == IntakeStatus.ACCEPTED,
-                Intake.attempts == 0,
-                Intake.source.in_(BATCHED_SOURCES),
+                Intake.status == accepted,
+                Intake.attempts == first,
+                Intake.source.in_(batched),
                 first_try_signup,
             )
             .order_by(Intake.created_at)
             .limit(bindparam("twice", type_=Integer))
         )
         wanted = union_all(select(intake_id), waiting).subquery()
+        # The ids as one array (computed once, first), so the rows are found by the primary key: as an IN
+        # (semi-join), PostgreSQL may read the intakes through the status index instead, every waiting one.
+        ids = select(func.array_agg(wanted.c[0])).scalar_subquery()
         stmt = (
-            stmt.where(Intake.id.in_(select(wanted.c[0])))
+            stmt.where(Intake.id == any_(sa_cast(ids, ARRAY(Uuid))))
             # The companions still waiting once their lock is had (a batch may have just finished them).
-            .where(or_(Intake.id == intake_id, Intake.status == IntakeStatus.ACCEPTED))
+            .where(or_(Intake.id == intake_id, Intake.status == accepted))
             .order_by((Intake.id == intake_id).desc(), Intake.created_at)
             .limit(bindparam("limit", type_=Integer))
         )

@@ -341,6 +341,9 @@ class Message(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+WAITING_SIGNUPS = "status = 'accepted' AND attempts = 0 AND source IN ('registration', 'provider')"
+
+
 class Intake(Base):
     """A request accepted at the edge, kept verbatim. It is the system of record; the broker only carries its id."""
 
@@ -348,6 +351,15 @@ class Intake(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "source", "idempotency_key"),
         Index(None, "status", "updated_at"),
+        # The signups waiting for their first try, per account, oldest first: what a batch's claim takes
+        # (``models.signups``), found without reading the other waiting work (a backlog of texts, retries).
+        Index(
+            "ix_intakes_waiting_signups",
+            "account_id",
+            "created_at",
+            postgresql_where=text(WAITING_SIGNUPS),
+            sqlite_where=text(WAITING_SIGNUPS),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
