@@ -44,10 +44,10 @@ lint: $(STAMP) ## ruff (with the rules/ purity ban), mypy --strict and the layer
 	$(BIN)/lint-imports
 
 docs: $(STAMP) ## Serve the manual (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt on every change
-	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 docs-build: $(STAMP) ## Build the manual strictly into site/ (a broken link or a missing page fails)
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 docs-generate: $(STAMP) ## Write the generated pages again: configuration, API reference, permissions
 	$(BIN)/python -m leadrelay.docgen
