@@ -64,9 +64,9 @@ LITERAL_TOKEN, LITERAL_NEXT_TOKEN = "twilio-literal-token-8c4e1a", "twilio-liter
 INBOUND, STATUS = "/v1/intake/sms/twilio", "/v1/intake/sms/twilio/status"
 NOW = dt.datetime.now(dt.UTC)
 YESTERDAY = NOW - dt.timedelta(days=1)
-# Other messages in the table when the reply-routing query is explained: the issue asks for a million
+# Other messages in the table when the reply-routing query is explained: the benchmark's figure is a million
 # (about 35 s to write); the suite uses a tenth, which already makes a sequential scan the planner's
-# loss. LEADRELAY_TEST_EXPLAIN_ROWS=1000000 runs the issue's figure (README shows that plan).
+# loss. LEADRELAY_TEST_EXPLAIN_ROWS=1000000 runs the benchmark's figure (docs/benchmarks.md shows that plan).
 EXPLAIN_ROWS = int(os.environ.get("LEADRELAY_TEST_EXPLAIN_ROWS", "100000"))
 
 _used: set[str] = set()
@@ -255,7 +255,7 @@ def outbox_for(account_id: int, sid: str) -> list[Outbox]:
 
 
 def test_a_validly_signed_text_is_kept_before_the_answer_and_answered_with_empty_twiml(acme: Texting) -> None:
-    """The contract: ``200 text/xml <Response/>``; the text is stored before the answer (accepted means kept)."""
+    """Twilio's webhook is answered ``200 text/xml <Response/>``; the text is stored before the answer (accepted means kept)."""
     fields = acme.inbound(fresh_number(), "Hello")
     fields["SomethingTwilioAddsLater"] = "kept"
     r = acme.post_signed(INBOUND, fields)
@@ -453,7 +453,7 @@ def test_a_signed_text_without_a_message_sid_is_a_422_naming_it(acme: Texting) -
 def test_S1_john_texted_yesterday_jill_today_the_reply_goes_to_jill_on_the_lead_jill_texted(
     acme: Texting, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Seed 001: John and Jill are in the same office; John's campaign texted his lead yesterday, Jill texted a
+    """The help articles' own example: John and Jill are in the same office; John's campaign texted his lead yesterday, Jill texted a
     listing to her (company-owned) lead today: the reply goes to Jill, on the lead Jill texted (S3: with the
     reason, and Jill is told). If John texts again, the next reply goes to him."""
     phone = fresh_number()

@@ -183,3 +183,15 @@ def test_leadrelay_version_prints_the_packages_version_which_the_changelog_relea
     assert pyproject["project"]["version"] == version, "reinstall: make install"
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE)
     assert releases[:1] == [version], "CHANGELOG.md's latest release is not the package's version"
+
+
+def test_every_key_of_the_org_file_is_on_its_page() -> None:
+    from pydantic import BaseModel
+
+    from models import orgspec
+
+    page = (DOCS / "org-file.md").read_text(encoding="utf-8")
+    specs = [v for v in vars(orgspec).values() if isinstance(v, type) and issubclass(v, BaseModel)]
+    keys = {key for spec in specs if spec.__module__ == orgspec.__name__ for key in spec.model_fields}
+    assert len(keys) > 20
+    assert sorted(key for key in keys if f"`{key}`" not in page and f".{key}`" not in page) == []
