@@ -11,7 +11,7 @@ AMQP_TEST_URL ?= amqp://guest:guest@127.0.0.1:5672//
 PIPELINE_ON_RABBITMQ := LEADRELAY_TEST_BROKER_URL=$(AMQP_TEST_URL) $(BIN)/pytest tests/integration/test_pipeline.py -p no:cacheprovider -q
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev demo test test-unit test-integration lint typecheck migrate services bench
+.PHONY: help install dev demo test test-unit test-integration lint docs docs-build docs-generate migrate services bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,16 @@ lint: $(STAMP) ## ruff (with the rules/ purity ban), mypy --strict and the layer
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+docs: $(STAMP) ## Serve the manual (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-build: $(STAMP) ## Build the manual strictly into site/ (a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs-generate: $(STAMP) ## Write the generated pages again: configuration, API reference, permissions
+	$(BIN)/python -m leadrelay.docgen
+	$(BIN)/python -m tests.support.permission_matrix
+
 services: ## Start local PostgreSQL, Redis and RabbitMQ if they are down (no Docker needed)
 	@pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
@@ -57,7 +67,7 @@ test-integration: $(STAMP) services ## Pipeline tests on real PostgreSQL, Redis 
 	$(BIN)/pytest tests/integration tests/embedded
 	$(PIPELINE_ON_RABBITMQ)
 
-test: lint services ## Everything CI runs: lint, unit, integration and embedded tests, then the pipeline on RabbitMQ
+test: lint docs-build services ## Everything CI runs: lint, the manual, unit, integration and embedded tests, then the pipeline on RabbitMQ
 	$(BIN)/pytest
 	$(PIPELINE_ON_RABBITMQ)
 

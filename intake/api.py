@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -88,7 +90,7 @@ def create_app() -> FastAPI:
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     app = FastAPI(
         title="leadrelay",
-        version="0.1.0",
+        version=metadata.version("leadrelay"),
         description="Lead intake for real-estate brokerages: accepted means kept; owners, routing and de-duplication by rule.",
         # Off in production unless asked for (LEADRELAY_API_DOCS): the whole surface, for anyone to read.
         docs_url="/docs" if settings.api_docs_enabled else None,

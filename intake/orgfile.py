@@ -1,4 +1,4 @@
-"""Reading an org file (CONTRACT "Org file (YAML)") from disk: the YAML, then the checks of
+"""Reading an org file (docs/org-file.md) from disk: the YAML, then the checks of
 :func:`models.orgspec.parse_org`. Every problem is an :class:`~models.orgspec.OrgFileError`."""
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's and Starlette's own word for a body they cannot parse (JSON that is not UTF-8, a
-            # multipart without its boundary): a malformed body, which the contract answers with 422.
+            # multipart without its boundary): a malformed body, which the API answers with 422 (docs/api.md).
             message = f"could not be parsed ({exc.detail})"
             return problem_response(422, "Invalid request", f"body: {message}", [{"field": "body", "message": message}])
         return problem_response(

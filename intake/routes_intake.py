@@ -284,7 +284,7 @@ def _parse(fmt: str, raw: bytes) -> dict[str, Any]:
     },
 )
 def post_provider_lead(
-    format: Literal["realtor_com", "zillow", "hotpads"],  # the contract's path parameter name
+    format: Literal["realtor_com", "zillow", "hotpads"],  # the documented path parameter's name
     raw: RawBody,
     connection: ConnectionCaller,
     uow: UoW,

@@ -60,7 +60,7 @@ def _decode_cursor(cursor: str | None, id_type: Callable[[str], K]) -> tuple[dt.
 
 
 def lead_views(uow: UnitOfWork, leads: Sequence[Lead]) -> list[LeadOut]:
-    """Leads in the contract's shape, with their owners, assignees, shares, campaigns and signup messages
+    """Leads in the API's documented shape (``LeadOut``), with their owners, assignees, shares, campaigns and signup messages
     in five queries."""
     ids = [lead.id for lead in leads]
     entities = uow.orgs.entities_by_ids(

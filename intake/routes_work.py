@@ -60,7 +60,7 @@ _TITLES = {
 
 
 def refused(refusal: Refusal) -> Problem:
-    """A rule's refusal as the contract gives it: 403/409/404 with the rule in the detail, or 422 naming the field."""
+    """A rule's refusal as the API documents it: 403/409/404 with the rule in the detail, or 422 naming the field."""
     if refusal.kind is Refused.INVALID:
         field = refusal.field or "body"
         return invalid(field, refusal.detail, detail=f"{field}: {refusal.detail}")

@@ -13,7 +13,6 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
-    Strict,
     field_validator,
     model_validator,
 )
@@ -237,10 +236,17 @@ class ReplayIn(BaseModel):
     status: Literal["dead", "rejected"] = Field(
         default="dead", description="dead (failed past its retries) or rejected (e.g. an unclaimed page, O9)"
     )
-    # Strict: a number is not read as a Unix time (the schema says an RFC 3339 string).
-    since: Annotated[AwareDatetime, Strict()] | None = Field(
-        default=None, description="only intakes stored since then (with its offset)"
-    )
+    since: AwareDatetime | None = Field(default=None, description="only intakes stored since then (with its offset)")
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since_is_a_string(cls, value: object) -> object:
+        """An RFC 3339 string, as the schema says: a number is not read as a Unix time. (Not ``Strict()``,
+        which FastAPI's validation of the parsed body applies as Python's strictness: it refused every
+        string too.)"""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError("an RFC 3339 date and time with its offset, e.g. 2026-11-01T00:00:00Z")
+        return value
 
 
 class ReplayOut(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -28,8 +29,20 @@ console = Console()
 EXAMPLE_FLOWER_PASSWORDS = frozenset({"change-me"})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        # The installed distribution's version, as pyproject.toml gives it (CHANGELOG.md says what changed).
+        console.print(f"leadrelay {metadata.version('leadrelay')}", highlight=False)
+        raise typer.Exit
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     settings = get_settings()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
 

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from intake.orgfile import load_org_file
+from leadrelay.logging import configure_logging
 from leadrelay.settings import get_settings
-from models.migrate import upgrade
 from models.org import apply_org
 from models.orgspec import OrgSpec
 from models.secrets import keyring
@@ -100,11 +100,11 @@ def demo_credentials_in(spec: OrgSpec) -> list[str]:
     ]
 
 
-def _wait_healthy(base: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def _wait_healthy(base: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a child process exited during start-up; see its output above")
+            raise RuntimeError(f"a child process exited during start-up; its log is in {log}")
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return
@@ -221,37 +221,60 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
         )
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Every log line of this command, the API and the worker goes to one file, so the terminal shows the
+    # demo: its steps and its tables. Truncated here, then opened for appending (O_APPEND), so the three
+    # processes' lines never overwrite each other.
+    log_path = (settings.data_dir / "dev.log").resolve()
+    log_path.write_text("", encoding="utf-8")
+    # Left open until the process exits: the logging setup writes to it to the last record.
+    log = log_path.open("a", encoding="utf-8")
+    configure_logging(fmt=settings.log_format, level=settings.log_level, stream=log)
+    console.print(f"logs of the API, the worker and this command: {log_path}", highlight=False)
     # The demo's published Twilio token (the org file names the variable), and the URL the API
     # checks signatures against: this run's own address unless one is configured.
     os.environ.setdefault(DEMO_TOKEN_ENV, DEMO_TOKEN)
     env = {**env, DEMO_TOKEN_ENV: os.environ[DEMO_TOKEN_ENV]}
     env.setdefault("LEADRELAY_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    console.print(f"database: {settings.effective_database_url}\nbroker:   {settings.effective_broker_url}")
+    console.print("migrating the database and loading the demo org (leadrelay/demo/org.yaml)")
+    # Imported here, once the log file is set up: importing Alembic logs its plugins.
+    from models.migrate import upgrade
+
     upgrade(settings.effective_database_url)
     with UnitOfWork() as uow:
         apply_org(uow.session, load_org_file(DEMO_ORG), keyring(settings))
         uow.commit()
-    console.print(f"database: {settings.effective_database_url}\nbroker:   {settings.effective_broker_url}")
 
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "leadrelay"]
+    console.print(f"starting the API on {base} and a Celery worker")
     procs = [
-        subprocess.Popen([*cli, "api", "--port", str(port)], env=env),  # noqa: S603
-        subprocess.Popen([*cli, "worker", "--concurrency", "2"], env=env),  # noqa: S603
+        subprocess.Popen([*cli, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT),  # noqa: S603
+        subprocess.Popen([*cli, "worker", "--concurrency", "2"], env=env, stdout=log, stderr=subprocess.STDOUT),  # noqa: S603
     ]
     try:
-        _wait_healthy(base, procs)
+        _wait_healthy(base, procs, log_path)
+        console.print(f"posting {len(SAMPLES)} sample registrations; the worker owns, de-duplicates and routes them")
         ids = _post_samples(base)
         intakes = _wait_final(base, ids)
         _print_leads(intakes)
+        console.print("John texts Ann; Ann replies to the company's smart number")
         _text_conversation(base, env["LEADRELAY_PUBLIC_BASE_URL"], intakes[ids[0]])
         if exit_after_demo:
+            console.print(f"done; the logs are in {log_path}", highlight=False)
             return 0
-        console.print(f"API on {base} (OpenAPI at {base}/docs). Ctrl-C stops all.")
+        console.print(
+            f"API on {base} (OpenAPI at {base}/docs); logs: tail -f {log_path}. Ctrl-C stops all.", highlight=False
+        )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
+        console.print(f"[red]a child process stopped; its log is in {log_path}[/red]", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        console.print(f"[red]the demo failed; the logs are in {log_path}[/red]", highlight=False)
+        raise
     finally:
         for p in procs:
             if p.poll() is None:

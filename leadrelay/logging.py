@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -73,7 +73,9 @@ class _NoQueryString(logging.Filter):
         return True
 
 
-def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
+def configure_logging(*, fmt: str = "console", level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Every record of the process, structlog's and the standard library's alike, rendered by one chain to
+    ``stream`` (standard error by default; ``leadrelay dev`` gives its log file)."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -95,7 +97,7 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

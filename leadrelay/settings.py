@@ -14,59 +14,89 @@ EMBEDDED_BROKER = "filesystem://"
 
 
 class Settings(BaseSettings):
+    """Every setting of leadrelay. Each field is read from ``LEADRELAY_<NAME>``; its docstring is the
+    description the configuration reference (docs/configuration.md, ``python -m leadrelay.docgen``) shows."""
+
     # hide_input_in_errors: a refusal prints the reason, never the values (URLs with passwords, keys, tokens).
+    # use_attribute_docstrings: the docstring under a field is its description, in the reference too.
     model_config = SettingsConfigDict(
-        env_prefix="LEADRELAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+        env_prefix="LEADRELAY_",
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
     )
 
     env: Literal["dev", "test", "production"] = "dev"
+    """`production` refuses the embedded database and broker and requires a secret key and a metrics token."""
     data_dir: Path = Path(".leadrelay")
-    # Unset means a SQLite file in data_dir: the embedded default that needs no server.
+    """Where the embedded SQLite file, the filesystem broker, the generated secret key and `leadrelay dev`'s log
+    file live."""
     database_url: str | None = None
-    # Unset means kombu's filesystem transport in data_dir: a broker that needs no server.
+    """The database, e.g. `postgresql+psycopg://user@host/db`. Unset: a SQLite file in the data dir, the
+    embedded default that needs no server."""
     broker_url: str | None = None
+    """The Celery broker: `redis://host:6379/0` or `amqp://user:password@host:5672/vhost`. Unset: kombu's
+    filesystem transport in the data dir, a broker that needs no server."""
     public_base_url: str = "http://127.0.0.1:8000"
+    """The API's public URL: status URLs and `Location` headers, links in mail and texts, and the URL Twilio's
+    signatures are checked over. Never taken from a request's `Host` header."""
     sms_gateway: Literal["log", "twilio"] = "log"
+    """How outbound texts go out: `log` writes them to the log and sends nothing; `twilio` sends them through
+    Twilio's REST API with the account's credentials."""
     smtp_url: str | None = None
-    # The From of notification mail (LEADRELAY_MAIL_FROM).
+    """Where notification mail goes: `smtp://[user:password@]host[:port]` (`?starttls=true` to require STARTTLS)
+    or `smtps://...`, user and password percent-encoded. Unset: mail is written to the log."""
     mail_from: str = "leadrelay <leadrelay@localhost>"
-    # Mail queued by a commit is sent by one flush this many seconds later, for every mail committed in the
-    # meantime (LEADRELAY_MAIL_FLUSH_SECONDS).
+    """The `From` of notification mail."""
     mail_flush_seconds: float = Field(default=1.0, gt=0, le=60)
-    # Requests per second per credential, averaged over a window of intake_burst_per_key requests (so a
-    # burst of that many is let through at once); 0 turns the limit off. Failed authentications are limited
-    # the same way per client address. Shared by the API processes through rate_limit_storage_url.
+    """Mail queued by a commit is sent by one flush this many seconds later, with every mail committed in the
+    meantime."""
     intake_rate_per_key: float = Field(default=200.0, ge=0)
+    """Requests a second per credential, averaged over a window of `LEADRELAY_INTAKE_BURST_PER_KEY` requests; failed
+    authentications are limited the same way per client address. `0` turns the limit off."""
     intake_burst_per_key: int = Field(default=1000, ge=1)
-    # Unset means the broker's Redis (under the queue prefix), or each process's memory when the broker is not Redis.
+    """The rate limit's window, in requests: a burst of this many is let through at once."""
     rate_limit_storage_url: str | None = None
+    """Where the API processes share the rate limit's count (a `redis://` URL; keys under the queue prefix).
+    Unset: the broker's Redis, or each process's own memory when the broker is not Redis."""
     intake_max_body_bytes: int = 256 * 1024
-    # CSV uploads to POST /v1/imports have their own limit (kept in the database until imported).
+    """Larger request bodies are refused with 413 (but for CSV uploads and bulk jobs, below)."""
     import_max_bytes: int = 512 * 1024 * 1024
-    # POST /v1/leads/bulk: up to 50,000 lead ids (about 2 MB of JSON).
+    """The limit of a CSV upload to `POST /v1/imports` (kept in the database until imported)."""
     bulk_max_bytes: int = 4 * 1024 * 1024
-    # The relay sends again the task of kept work not done this long after it was stored (or last relayed),
-    # every relay_every_seconds (LEADRELAY_RELAY_AFTER_SECONDS, LEADRELAY_RELAY_EVERY_SECONDS).
+    """The limit of `POST /v1/leads/bulk`: up to 50,000 lead ids (about 2 MB of JSON)."""
     relay_after_seconds: float = 120.0
+    """The relay sends again the task of kept work not done this long after it was stored or last relayed
+    (each further time it waits twice as long)."""
     relay_every_seconds: float = 15.0
+    """Seconds between the relay's passes (`leadrelay relay`, or `relay.sweep` under celery beat)."""
     log_format: Literal["console", "json"] = "console"
+    """`json` for one JSON object a line (production); `console` for people. Emails and phones are masked
+    either way."""
     log_level: str = "INFO"
-    # Queue names are prefixed so several installations (or test runs) can share one Redis.
+    """The level of the root logger: `DEBUG`, `INFO`, `WARNING`, ..."""
     queue_prefix: str = ""
-    # Retries of a failing intake or outbound text (at most 5), LEADRELAY_RETRY_BACKOFF_SECONDS apart, doubling.
+    """Prefixes queue names and every broker key, so several installations (or test runs) share one Redis."""
     task_max_retries: int = Field(default=5, ge=0)
+    """Retries of a failing intake or outbound text (at most 5); past them an intake is `dead`, a text
+    `failed`."""
     retry_backoff_seconds: float = Field(default=2.0, gt=0)
+    """The first retry's delay, doubling with each retry."""
     db_pool_size: int = Field(default=5, ge=1)
-    # A worker's task for one signup also takes up to this many signups waiting beside it and decides them
-    # together (one plan, a handful of statements); 1 turns batching off (LEADRELAY_BATCH_SIZE).
+    """Connections each process keeps open to PostgreSQL."""
     batch_size: int = Field(default=50, ge=1, le=1000)
-    # Fernet keys, comma-separated, newest first, that encrypt the secrets kept in clear (Twilio auth tokens
-    # of org files); outside production a key is generated once into data_dir (models.secrets).
+    """A worker's task for one signup also takes up to this many signups waiting beside it and decides them
+    together (one plan, a handful of statements); `1` processes each alone."""
     secret_key: SecretStr | None = None
-    # GET /metrics answers only ``Authorization: Bearer <token>`` when set; production needs it.
+    """Fernet keys, comma-separated, newest first, that encrypt the secrets kept in the database (the org
+    files' literal Twilio auth tokens). Required in production; elsewhere one is generated once into the data
+    dir."""
     metrics_token: SecretStr | None = None
-    # /docs, /redoc and /openapi.json; unset means on, except in production.
+    """When set, `GET /metrics` answers only `Authorization: Bearer <token>`. Required in production: the
+    figures name every account's agents."""
     api_docs: bool | None = None
+    """Serve `/docs`, `/redoc` and `/openapi.json`. Unset: on, except in production."""
 
     @model_validator(mode="after")
     def _production_needs_servers(self) -> Settings:

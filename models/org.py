@@ -431,7 +431,7 @@ class _Apply:
 
     def _memberships(self) -> None:
         ids = self.entity_ids
-        # Every agent is connected to its company (CONTRACT), as well as to its office and teams.
+        # Every agent is connected to its company (docs/org-file.md), as well as to its office and teams.
         companies = [ids[e.id] for e in self.spec.entities if e.kind == "company"]
         wanted: set[tuple[int, int]] = set()
         for agent in self.spec.agents:

@@ -1,4 +1,4 @@
-"""The org file's spec (CONTRACT "Org file (YAML)"): checked here, read from YAML by :mod:`intake.orgfile`
+"""The org file's spec (docs/org-file.md): checked here, read from YAML by :mod:`intake.orgfile`
 (the CLI's edge), written into the database by :mod:`models.org`.
 
 Nothing here touches the database or reads a file. Every problem is reported at once, each prefixed

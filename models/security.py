@@ -4,12 +4,7 @@ suffices (as GitHub and Stripe store API tokens); lookups go through a unique in
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def secret_matches(secret: str, digest: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), digest)

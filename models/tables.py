@@ -1,4 +1,4 @@
-"""The tables of the whole contract: organisation, credentials, routing, leads and their history, intakes.
+"""The tables of the whole product: organisation, credentials, routing, leads and their history, intakes.
 
 Entity and user ids in the API are slugs unique within an account; rows are joined on integer keys.
 Leads, intakes and timeline events have UUIDs because they are handed to outsiders.
@@ -150,7 +150,7 @@ class AdminRole(Base):
 
 
 class SiteDomain(Base):
-    """A host that produces leads for an entity; one account only (CONTRACT: a domain belongs to one account)."""
+    """A host that produces leads for an entity; one account only (a domain belongs to one account: docs/org-file.md)."""
 
     __tablename__ = "site_domains"
 

@@ -31,7 +31,7 @@ from tests.support.chaos import (
 
 pytestmark = pytest.mark.chaos
 
-MAIN_KILLS_AT = (500, 1000, 1500)  # of 2,000 registrations (the figure)
+MAIN_KILLS_AT = (500, 1000, 1500)  # of 2,000 registrations: early, midway and late in the run
 POOL_KILLS = 200, (40, 80, 120, 160)  # registrations, and the kills among them
 PROBE, PROBE_WITHIN = 10, 60.0
 

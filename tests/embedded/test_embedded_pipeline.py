@@ -6,6 +6,7 @@ with the PostgreSQL/Redis run in the same pytest session."""
 from __future__ import annotations
 
 import collections
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,11 +78,18 @@ def test_embedded_A2_round_robin_is_even_on_sqlite(embedded_brokerage: Brokerage
     assert sorted(agents.values()) == [10, 10, 10]
 
 
-def test_the_readme_demo_command_shows_routed_leads(tmp_path: Path) -> None:
-    env = {"LEADRELAY_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``make demo``'s command, run once, with JSON logs (so that a log line on the terminal is easy to tell)."""
+    data = tmp_path_factory.mktemp("demo")
+    env = {"LEADRELAY_DATA_DIR": str(data), "COLUMNS": "200", "LEADRELAY_LOG_FORMAT": "json"}
     done = leadrelay(env, "dev", "--exit-after-demo", "--port", str(free_port()), timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    return done, data
+
+
+def test_the_readme_demo_command_shows_routed_leads(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    out = demo[0].stdout
     assert "Leads after the sample registrations" in out
     assert "demo-co (company)" in out
     assert "john (agent)" in out
@@ -91,6 +99,35 @@ def test_the_readme_demo_command_shows_routed_leads(tmp_path: Path) -> None:
     assert "A text conversation" in out
     assert "text_sent" in out
     assert "text_received" in out
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    found = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+def test_the_demo_prints_its_steps_and_tables_and_sends_every_log_line_to_its_log_file(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, data = demo
+    log = data / "dev.log"
+    assert f"logs of the API, the worker and this command: {log}" in done.stdout.replace("\n", "")
+    assert _json_lines(done.stdout) == []
+    assert done.stderr == ""
+    records = _json_lines(log.read_text(encoding="utf-8"))
+    loggers = {str(r.get("logger")) for r in records}
+    # This command's own (Alembic, httpx), the API's (uvicorn) and the worker's (Celery) lines.
+    assert {"alembic.runtime.migration", "httpx"} <= loggers, loggers
+    assert any(name.startswith("uvicorn") for name in loggers), loggers
+    assert any(name.startswith("celery") for name in loggers), loggers
+    assert any(r.get("event") == "intake.accepted" for r in records)
 
 
 def test_embedded_O1_an_uploaded_import_runs_on_the_worker_on_sqlite(embedded_brokerage: Brokerage) -> None:

@@ -333,7 +333,7 @@ def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
             "page_url": f"https://{acme.host('john')}/listing/9",
             "email": "early@example.com",
             "kind": "property_view",
-            "listing": {"mls_id": "M9", "address": "9 Elm St"},
+            "listing": {"mls_id": "9001", "address": "9 Elm St"},
         },
     )
     assert r.status_code == 202, r.text
@@ -346,7 +346,7 @@ def test_D7_activity_kept_before_an_import_joins_the_imported_lead(
     assert done.returncode == 0, done.stdout + done.stderr
     events = acme.timeline(_lead_id(acme, "early@example.com"), as_user="john")
     assert [e["kind"] for e in events] == ["property_view", "created", "routed"]
-    assert events[0]["summary"] == "Viewed 9 Elm St (MLS M9) (before signup)"
+    assert events[0]["summary"] == "Viewed 9 Elm St (MLS 9001) (before signup)"
 
 
 def import_in_process(

@@ -1,6 +1,6 @@
 """Working the leads as a state machine: random sequences of signups, shares, unshares,
 transfers, merges, assignments, archives and deletes, done by random users of an account through the
-real HTTP API, against a model of what the contract promises (V1, SH1-SH6, T1/T2/T6, A3/A4/A6, X1-X4,
+real HTTP API, against a model of what the rules promise (docs/concepts.md: V1, SH1-SH6, T1/T2/T6, A3/A4/A6, X1-X4,
 M1-M6, D1/D3/D4, O7). After every step the database is read directly and these hold:
 
 1. each lead has exactly one owner, an entity of its own account (O1, SH5);
@@ -12,7 +12,7 @@ M1-M6, D1/D3/D4, O7). After every step the database is read directly and these h
    for every (user, lead) pair (V1 said twice must say the same thing);
 
 and the database holds what the model expects (owner, assignee, status, shares, merges, keys), and
-V1 as the contract words it (the model's own reading) agrees with the SQL filter.
+V1 as the concepts page words it (the model's own reading) agrees with the SQL filter.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class DbLead:
     shares: dict[str, str]
 
 
-# --- The contract's relations, from the model alone --------------------------------------------
+# --- The rules' relations, from the model alone ------------------------------------------------
 
 
 def owner_side(user: str, lead: ModelLead) -> bool:
@@ -201,7 +201,7 @@ def watches(user: str, lead: ModelLead) -> bool:
 
 
 def visible(user: str, lead: ModelLead) -> bool:
-    """V1 as the contract words it; a deleted lead is seen by nobody (X1, X4)."""
+    """V1 as the concepts page words it; a deleted lead is seen by nobody (X1, X4)."""
     if lead.status == "deleted":
         return False
     return manages(user, lead) or is_assignee(user, lead) or user in lead.shares or watches(user, lead)
@@ -411,13 +411,13 @@ class LeadWorkMachine(RuleBasedStateMachine):
         *,
         may_succeed: bool = False,
     ) -> bool:
-        """Was the operation carried out? Fails when the API accepted what the contract refuses, or
+        """Was the operation carried out? Fails when the API accepted what the rules refuse, or
         refused what it allows, or refused with a status or rule the model does not name."""
         self.seen[(op, r.status_code)] += 1
         if r.status_code == ok:
-            assert not refusals or may_succeed, f"{what}: accepted, but the contract refuses it: {refusals}"
+            assert not refusals or may_succeed, f"{what}: accepted, but the rules refuse it: {refusals}"
             return True
-        assert refusals, f"{what}: refused ({r.status_code} {r.text}), but the contract allows it"
+        assert refusals, f"{what}: refused ({r.status_code} {r.text}), but the rules allow it"
         statuses = {status for status, _ in refusals}
         assert r.status_code in statuses, f"{what}: {r.status_code} {r.text}; the model expects one of {refusals}"
         named = {rule for status, rules in refusals if status == r.status_code for rule in rules}
@@ -665,7 +665,7 @@ class LeadWorkMachine(RuleBasedStateMachine):
     def merge(self, p: ModelLead, o: ModelLead, actor: str, choice: str) -> None:
         """M1: the other party keeps ownership; M2: two different non-agent owners never merge; M3:
         the primary is the other party's lead; M6: an admin merging its entity's leads assigned to two
-        agents chooses the assignee; SH2: with one owner, edit access to both (README: where the owners
+        agents chooses the assignee; SH2: with one owner, edit access to both (docs/working-leads.md: where the owners
         differ the actor gives its own lead away and need only see the other party's)."""
         assignee = {"none": None, "primary": p.assignee, "other": o.assignee, "bob": "bob"}[choice]
         refusals: Refusals = []
@@ -804,7 +804,7 @@ class LeadWorkMachine(RuleBasedStateMachine):
                     if account_id == self.a_id:
                         m = self.model[self.by_id[str(lead_id)]]
                         assert visible(user, m) == (str(lead_id) in sql), (
-                            f"V1 as the contract words it: {user} {'sees' if visible(user, m) else 'does not see'} "
+                            f"V1 as the concepts page words it: {user} {'sees' if visible(user, m) else 'does not see'} "
                             f"{m.label} (owner {m.owner}, assignee {m.assignee}, routed via {m.routed_via}, "
                             f"shares {m.shares}, {m.status}); visible_to says otherwise"
                         )
@@ -830,7 +830,7 @@ class LeadWorkMachine(RuleBasedStateMachine):
                 f"{m.label}: (owner, assignee, status, shares, merged_into, key, in_pond) is {actual}, "
                 f"the model expects {expected}"
             )
-            m.routed_via = row.routed_via  # routing's record, which the contract leaves to the implementation
+            m.routed_via = row.routed_via  # routing's record, which the rules leave to the implementation
 
 
 def machine_settings() -> settings:

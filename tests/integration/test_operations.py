@@ -253,7 +253,14 @@ def test_a_company_admin_replays_the_accounts_dead_intakes_over_http(
             assert r.status_code == 403, r.text
     with acme.user("olivia") as c:
         assert c.post("/v1/intake/replay", json={"status": "lost"}).status_code == 422
-        r = c.post("/v1/intake/replay", json={"status": "dead"})
+        # since: an RFC 3339 date and time with its offset; a number is not read as a Unix time.
+        assert c.post("/v1/intake/replay", json={"status": "dead", "since": 1700000000}).status_code == 422
+        assert c.post("/v1/intake/replay", json={"status": "dead", "since": "2026-11-01T00:00:00"}).status_code == 422
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+        r = c.post("/v1/intake/replay", json={"status": "dead", "since": later})
+        assert r.json() == {"replayed": 0, "intake_ids": []}, r.text
+        earlier = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+        r = c.post("/v1/intake/replay", json={"status": "dead", "since": earlier})
     assert r.status_code == 202, r.text
     assert r.json() == {"replayed": 1, "intake_ids": [dead[acme.s]]}
     final = acme.wait_done(dead[acme.s])

@@ -1,10 +1,10 @@
 """A schemathesis run over the OpenAPI schema of every intake endpoint, against the real API
 (uvicorn, PostgreSQL, Redis and two Celery workers), loaded from the live server's ``/openapi.json``.
 
-The HTTP API's contract: "Errors are ``application/problem+json`` (``status``, ``title``,
-``detail``, and ``errors`` listing each bad field)"; "a missing or unknown credential is 401"; "a
-malformed body ... is 422"; and no 5xx (the contract's only one, an intake's 503 when it cannot store
-the request, needs a database that is down).
+What the HTTP API promises (docs/api.md): errors are ``application/problem+json`` (``status``, ``title``,
+``detail``, and ``errors`` listing each bad field); a missing or unknown credential is 401; a malformed
+body is 422; and no 5xx (the only one it documents, an intake's 503 when it cannot store the request,
+needs a database that is down).
 
 schemathesis's own pytest loader for a schema known only at run time (``schemathesis.pytest.from_fixture``)
 reads ``Function._nodeid``, which pytest 9.2 no longer has; so each operation is a plain parametrized test
@@ -84,7 +84,7 @@ STATUSES: dict[str, collections.Counter[int]] = collections.defaultdict(collecti
 
 @schemathesis.check
 def refusal_is_problem_json(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """The HTTP API's contract: every error is ``application/problem+json`` with ``status``, ``title`` and
+    """What the API promises: every error is ``application/problem+json`` with ``status``, ``title`` and
     ``detail`` (and ``errors``, when given, a list of ``{field, message}``)."""
     STATUSES[case.operation.label][response.status_code] += 1
     if response.status_code < 400:
@@ -165,7 +165,7 @@ def basic(user: str, password: str = "") -> str:
 
 
 def credentials(path: str, b: Brokerage) -> dict[str, str]:
-    """The credential each operation takes (README, intake endpoints)."""
+    """The credential each operation takes (docs/sources.md)."""
     if path.startswith("/v1/intake/providers/"):
         return {"X-Api-Key": f"conn-john-{b.s}"}
     if path == "/v1/events":
@@ -234,7 +234,7 @@ def aim(case: Case, b: Fuzzed, pick: int) -> None:
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=IDS)
 def test_every_intake_endpoint_with_its_credential(method: str, path: str, live_schema: Any, fuzzed: Fuzzed) -> None:
-    """The HTTP API's contract, with the account's real credential: schema-valid and schema-invalid requests
+    """What the API promises, with the account's real credential: schema-valid and schema-invalid requests
     to every intake endpoint never get a 5xx, every refusal is ``application/problem+json`` with
     ``status``, ``title`` and ``detail``, an invalid request is refused (4xx), and every answer is one
     /openapi.json documents, in its status, content type, headers and body schema. Two in three schema-valid
@@ -303,7 +303,7 @@ def settled(b: Brokerage, timeout: float = 60) -> tuple[dict[str, str | None], d
 def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_401_problem(
     method: str, path: str, live_schema: Any, fuzzed: Fuzzed
 ) -> None:
-    """The HTTP API's contract: "a missing or unknown credential is 401", as problem+json with a
+    """What the API promises: a missing or unknown credential is 401, as problem+json with a
     ``WWW-Authenticate`` challenge, whatever the (schema-valid) request; and nothing is stored."""
     operation = live_schema[path][method]
     wrong = st.sampled_from(
@@ -342,7 +342,7 @@ def test_every_intake_endpoint_refuses_a_missing_or_unknown_credential_with_a_40
 
 
 def test_the_fuzzed_operations_are_every_intake_endpoint_and_document_their_problems(api: str) -> None:
-    """The HTTP API's contract: "OpenAPI at /openapi.json"; "Errors are application/problem+json". The
+    """What the API promises: its OpenAPI document at /openapi.json, and errors as application/problem+json. The
     fuzzing covers every intake operation the live schema lists, and every error the schema documents is a
     ``Problem`` in application/problem+json (not FastAPI's default ``HTTPValidationError`` JSON); a GET of an
     intake or an import documents its 401 and 404."""
@@ -422,7 +422,7 @@ def test_an_empty_idempotency_key_is_no_key_not_a_500(fuzzed: Fuzzed) -> None:
 
 def test_a_body_that_cannot_be_parsed_is_a_422_problem_naming_the_body(fuzzed: Fuzzed) -> None:
     """Found by the fuzzing: JSON that is not UTF-8 got FastAPI's 400 "There was an error parsing the body",
-    a status no operation documents. The contract: a malformed body is 422, as problem+json naming ``body``."""
+    a status no operation documents. A malformed body is 422, as problem+json naming ``body``."""
     r = fuzzed.site.post(
         "/v1/intake/registrations", content=b'{"page_url": "\xff\xfe"}', headers={"Content-Type": "application/json"}
     )
@@ -432,7 +432,7 @@ def test_a_body_that_cannot_be_parsed_is_a_422_problem_naming_the_body(fuzzed: F
 
 
 def test_an_unknown_path_or_method_is_a_problem_too(fuzzed: Fuzzed) -> None:
-    """The contract: every error is problem+json, the router's own 404 and 405 too (they were FastAPI's
+    """Every error is problem+json, the router's own 404 and 405 too (they were FastAPI's
     ``{"detail": ...}`` in application/json); the 405 keeps its ``Allow`` header."""
     assert_problem(fuzzed.site.get("/v1/intake/providers/zillow/extra"), 404)
     r = fuzzed.site.delete("/v1/intake/registrations")
@@ -441,7 +441,7 @@ def test_an_unknown_path_or_method_is_a_problem_too(fuzzed: Fuzzed) -> None:
 
 
 def test_an_unexpected_error_is_a_500_problem() -> None:
-    """The contract: every error is problem+json, an unexpected one too (it was Starlette's text/plain
+    """Every error is problem+json, an unexpected one too (it was Starlette's text/plain
     "Internal Server Error"); its detail names nothing of the request."""
     app = create_app()
 
@@ -464,8 +464,8 @@ def test_an_unexpected_error_is_a_500_problem() -> None:
 
 def test_text_that_cannot_be_stored_is_a_422_naming_the_field_not_a_500(fuzzed: Fuzzed) -> None:
     """Found by the fuzzing: a NUL character (``\\u0000`` in JSON, ``%00`` in a form) in any stored field
-    failed the INSERT (PostgreSQL's text and JSONB refuse it) with a 500. The contract: a malformed body is
-    422, naming the field; nothing is stored."""
+    failed the INSERT (PostgreSQL's text and JSONB refuse it) with a 500. A malformed body is 422, naming
+    the field; nothing is stored."""
     site = {"page_url": f"https://{fuzzed.host('co')}/", "email": "nul@example.com"}
     connection = {"X-Api-Key": f"conn-john-{fuzzed.s}"}
     before = count_intakes(fuzzed.org["account"])

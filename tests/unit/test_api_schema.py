@@ -1,4 +1,4 @@
-"""The OpenAPI document the contract promises at /openapi.json."""
+"""The OpenAPI document the API serves at /openapi.json (docs/api.md is rendered from it)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The org file (CONTRACT "Org file (YAML)"): what parses, and how every mistake is reported."""
+"""The org file (docs/org-file.md): what parses, and how every mistake is reported."""
 
 from __future__ import annotations
 

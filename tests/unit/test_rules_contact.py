@@ -1,4 +1,4 @@
-"""D9: contact details as uniqueness compares them, and the masks logs use (CONTRACT: "emails and phones are masked")."""
+"""D9: contact details as uniqueness compares them, and the masks logs use (emails and phones are masked in every log line)."""
 
 from __future__ import annotations
 

@@ -11,16 +11,20 @@ from rules.merge import MergePlan, merged_note, plan_merge
 from rules.permissions import (
     Actor,
     AgentTarget,
+    AssignPlan,
     EntityTarget,
     LeadFacts,
     Refusal,
     Refused,
+    SharePlan,
+    StatusPlan,
     TransferPlan,
     UserTarget,
     can_edit,
     can_view,
     in_export,
     may_text,
+    plan_archive,
     plan_assign,
     plan_delete,
     plan_leave_team,
@@ -226,3 +230,84 @@ def test_A5_the_agent_or_a_team_admin_takes_the_agent_off_the_team(actor: Actor,
         assert not isinstance(outcome, Refusal)
     else:
         refused(outcome, expected)
+
+
+# --- O7, O8: ownership is given, never taken; the owner keeps its lead whatever the privacy settings ------
+
+TARA = EntityRef(22, "tara", Kind.AGENT, "Tara")
+OWNERS = (CO, OFFICE, TEAM, JOHN, JILL, TARA)
+ACTORS = (john, jill, olivia, oscar, tara, uma)
+
+
+def owner_side(actor: Actor, owner: EntityRef) -> bool:
+    """The owner side as O7 words it, written out here rather than taken from the rules: an agent's lead
+    is that agent's alone; an entity's lead belongs to its admins and to the admins of the company above
+    an office."""
+    if owner.kind is Kind.AGENT:
+        return actor.agent_id == owner.id
+    return owner.id in actor.admin_of or (owner.parent is not None and owner.parent.id in actor.admin_of)
+
+
+def every_shape(owner: EntityRef) -> list[LeadFacts]:
+    """Leads of ``owner`` that every actor can see (assigned, routed through the office, shared with edit,
+    seen through the team and the company), so that a refusal is never only V1's."""
+    everyone = {actor.user_id: "edit" for actor in ACTORS}
+    groups = frozenset({TEAM.id, CO.id})
+    return [
+        lead(owner, assignee, routed_via_id=OFFICE.id, shares=everyone, seen_by_groups=groups, assignee_groups=groups)
+        for assignee in (JOHN.id, JILL.id, TARA.id, None)
+    ]
+
+
+def test_O7_no_actor_takes_ownership_by_a_transfer_only_the_owner_side_gives_it() -> None:
+    given = 0
+    for owner in OWNERS:
+        for facts in every_shape(owner):
+            for actor in ACTORS:
+                for target in OWNERS:
+                    outcome = plan_transfer(actor, facts, EntityTarget(target))
+                    if owner_side(actor, owner):
+                        given += isinstance(outcome, TransferPlan)
+                    else:  # the assignee, a shared editor, an office admin who manages it: all refused
+                        refused(outcome, "T1")
+    assert given > 0  # not vacuous: the owner side does give leads away
+
+
+def test_O7_a_merge_moves_ownership_only_away_from_the_user_merging() -> None:
+    merged = 0
+    for primary_owner in OWNERS:
+        for other_owner in OWNERS:
+            for primary in every_shape(primary_owner)[:2]:
+                for other in every_shape(other_owner)[:2]:
+                    for actor in ACTORS:
+                        plan = plan_merge(actor, primary, other, assignee=primary.assignee_id)
+                        if not isinstance(plan, MergePlan):
+                            continue
+                        merged += 1
+                        # The merged lead keeps the primary's owner; the lead that loses its owner is the
+                        # other, and where the owners differ that owner was the user's own side to give.
+                        assert plan.owner_id == primary_owner.id
+                        assert primary_owner.id == other_owner.id or owner_side(actor, other_owner), (
+                            actor.slug,
+                            primary_owner.slug,
+                            other_owner.slug,
+                        )
+    assert merged > 0
+
+
+@pytest.mark.parametrize("owner", [CO, OFFICE, TEAM], ids=lambda e: e.slug)
+def test_O8_the_owner_side_views_and_manages_a_lead_assigned_to_a_private_hidden_agent(owner: EntityRef) -> None:
+    # A private agent hidden from the team: the repository lists no group that sees the lead through it.
+    hidden = lead(owner, JOHN.id, seen_by_groups=frozenset())
+    admin = {CO.id: olivia, OFFICE.id: olivia, TEAM.id: tara}[owner.id]
+    agent = AgentTarget(JILL.id, "jill", "Jill", active=True, groups=frozenset({owner.id, CO.id}))
+    share_with = UserTarget(uma.user_id, "uma", "Uma", active=True)
+    assert can_view(admin, hidden)
+    assert can_edit(admin, hidden)
+    assert isinstance(plan_assign(admin, hidden, agent, pond=False), AssignPlan)
+    assert isinstance(plan_share(admin, hidden, share_with, "view"), SharePlan)
+    assert isinstance(plan_archive(admin, hidden), StatusPlan)
+    assert isinstance(plan_delete(admin, hidden), StatusPlan)
+    assert isinstance(plan_transfer(admin, hidden, EntityTarget(JILL)), TransferPlan)
+    # The same admin does not see the private agent's own lead: the privacy settings are in force.
+    assert not can_view(admin, lead(JOHN, JOHN.id, seen_by_groups=frozenset()))
