@@ -72,6 +72,11 @@ def test_redis_restarted_twice_mid_burst_loses_nothing_and_the_worker_consumes_a
     ids = list(load.accepted.values())
     seen, drain = wait_final(stack.dsn, ids, baseline.deadline(len(ids)))
     o = outcome(stack.dsn, org["account"], ids, RR_AGENTS)
+    publish_failed = len(events(stack.lines_since(mark, "api"), "task.enqueue_failed"))
+    after = probe(stack, make_account(), PROBE, timeout=PROBE_WITHIN)
+    # Read once the probe is done: the burst's last signups may all be finished by batches of tasks the
+    # worker took before the restart (a signup's task takes those waiting beside it), so the first task
+    # it takes from the restarted Redis may be a later one.
     received = [
         log_time(r)
         for r in records(stack.lines_since(mark, "worker"))
@@ -84,8 +89,6 @@ def test_redis_restarted_twice_mid_burst_loses_nothing_and_the_worker_consumes_a
         return round((min(after) - back).total_seconds(), 2) if after else None
 
     resume = [resumed(back) for back, _, _ in restarts]
-    publish_failed = len(events(stack.lines_since(mark, "api"), "task.enqueue_failed"))
-    after = probe(stack, make_account(), PROBE, timeout=PROBE_WITHIN)
     f = {
         **figures(load, seen, o, drain, runner.throttled),
         "redis_restarts": [f"{name}, down {down} s" for _, down, name in restarts],
@@ -148,7 +151,9 @@ def test_redis_killed_with_work_queued_the_relay_recovers_every_lead(
         "duration_s": round(time.monotonic() - t0, 1),
     }
     report("4 Redis killed, queue lost, relay recovers", f)
-    assert queued_before >= QUEUED, "the registrations' messages were queued in Redis"
+    # Signups of one account share a task that is queued and not started (workers.app.publish_signup): the
+    # registrations' work waits in Redis as a few messages, each standing for those that came after it.
+    assert queued_before >= 1, "the registrations' work was queued in Redis"
     assert queued_after == 0, "persistence off: the restart lost them"
     assert done_without_relay == 0, "with the messages gone, only the relay can bring them back"
     assert_exactly_once(f)
