@@ -6,7 +6,6 @@ with the PostgreSQL/Redis run in the same pytest session."""
 from __future__ import annotations
 
 import collections
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.chaos import records
 from tests.support.client import Brokerage
 from tests.support.orgs import brokerage
 from tests.support.processes import ROOT, api_server, celery_workers, child_env, free_port, wait_for
@@ -101,33 +101,21 @@ def test_the_readme_demo_command_shows_routed_leads(demo: tuple[subprocess.Compl
     assert "text_received" in out
 
 
-def _json_lines(text: str) -> list[dict[str, object]]:
-    found = []
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
-
-
 def test_the_demo_prints_its_steps_and_tables_and_sends_every_log_line_to_its_log_file(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     done, data = demo
     log = data / "dev.log"
     assert f"logs of the API, the worker and this command: {log}" in done.stdout.replace("\n", "")
-    assert _json_lines(done.stdout) == []
+    assert records(done.stdout.splitlines()) == []
     assert done.stderr == ""
-    records = _json_lines(log.read_text(encoding="utf-8"))
-    loggers = {str(r.get("logger")) for r in records}
+    logged = records(log.read_text(encoding="utf-8").splitlines())
+    loggers = {str(r.get("logger")) for r in logged}
     # This command's own (Alembic, httpx), the API's (uvicorn) and the worker's (Celery) lines.
     assert {"alembic.runtime.migration", "httpx"} <= loggers, loggers
     assert any(name.startswith("uvicorn") for name in loggers), loggers
     assert any(name.startswith("celery") for name in loggers), loggers
-    assert any(r.get("event") == "intake.accepted" for r in records)
+    assert any(r.get("event") == "intake.accepted" for r in logged)
 
 
 def test_embedded_O1_an_uploaded_import_runs_on_the_worker_on_sqlite(embedded_brokerage: Brokerage) -> None:
