@@ -121,8 +121,9 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
             )
             .exists()
         )
-        # The oldest waiting signups of the account, found by the (status, updated_at) index among the few
-        # waiting intakes, however many are finished; twice the batch, as another batch may hold some.
+        # The oldest waiting signups of the account, found by the partial index that holds exactly them
+        # (``ix_intakes_waiting_signups``), however many intakes are finished or wait for something else;
+        # twice the batch, as another batch may hold some.
         waiting = (
             select(Intake.id)
             .where(
