@@ -12,6 +12,7 @@ so it cannot be hashed like the keys): each is a Fernet token under the newest k
 the caller passes (:mod:`models.secrets`), and a token given again is not re-encrypted, so applying
 the same file twice still writes nothing. The names in ``auth_tokens_env`` are stored as names.
 :func:`reencrypt_sms_tokens` moves every stored token to the newest key (``leadrelay secrets rotate``).
+Webhooks' literal signing ``secrets`` are kept the same way, for the same reason (they sign in clear).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from models.tables import (
     SiteDomain,
     SmartNumber,
     User,
+    WebhookEndpoint,
 )
 
 KINDS = (
@@ -58,6 +60,7 @@ KINDS = (
     "api_connection",
     "routing_rule",
     "routing_rule_member",
+    "webhook",
 )
 
 
@@ -115,6 +118,8 @@ def apply_org(session: Session, spec: OrgSpec, keyring: Keyring | None = None) -
     before the first write and raised as one :class:`OrgFileError` listing every problem."""
     if spec.sms is not None and spec.sms.auth_tokens and keyring is None:
         raise ValueError("the org file gives sms.auth_tokens: apply_org needs the keyring that encrypts them")
+    if any(w.secrets for w in spec.webhooks) and keyring is None:
+        raise ValueError("the org file gives webhooks' secrets: apply_org needs the keyring that encrypts them")
     account = session.execute(select(Account).where(Account.slug == spec.account)).scalar_one_or_none()
     problems = _refusals(session, spec, account)
     if problems:
@@ -133,7 +138,8 @@ class RotateReport:
 
 
 def reencrypt_sms_tokens(session: Session, keyring: Keyring) -> RotateReport:
-    """Encrypt every stored SMS auth token again under the newest key of ``keyring``; the caller commits.
+    """Encrypt every stored SMS auth token and webhook secret again under the newest key of ``keyring``; the
+    caller commits.
     Values under that key already are left alone, so a second run re-encrypts nothing. The rows are
     locked, so an ``org apply`` at the same time waits rather than writing tokens under an older key."""
     report = RotateReport()
@@ -141,27 +147,46 @@ def reencrypt_sms_tokens(session: Session, keyring: Keyring) -> RotateReport:
         select(Account).where(Account.sms_auth_tokens_encrypted != []).order_by(Account.id).with_for_update()
     ).scalars()
     for account in accounts:
-        rotated: list[str] = []
-        unreadable = False
-        for stored in account.sms_auth_tokens_encrypted:
-            try:
-                fresh = keyring.rotate(stored)
-            except UndecryptableSecret:
-                unreadable = True
-                rotated.append(stored)
-                continue
-            if fresh is None:
-                report.current += 1
-                rotated.append(stored)
-            else:
-                report.reencrypted += 1
-                rotated.append(fresh)
+        rotated, unreadable = _rotate_all(keyring, account.sms_auth_tokens_encrypted, report)
         if unreadable:
             report.unreadable.append(account.slug)
         if rotated != account.sms_auth_tokens_encrypted:
             account.sms_auth_tokens_encrypted = rotated
+    endpoints = session.execute(
+        select(WebhookEndpoint, Account.slug)
+        .join(Account, Account.id == WebhookEndpoint.account_id)
+        .where(WebhookEndpoint.secrets_encrypted != [])
+        .order_by(WebhookEndpoint.id)
+        .with_for_update(of=WebhookEndpoint)
+    ).all()
+    for endpoint, slug in endpoints:
+        rotated, unreadable = _rotate_all(keyring, endpoint.secrets_encrypted, report)
+        if unreadable and slug not in report.unreadable:
+            report.unreadable.append(slug)
+        if rotated != endpoint.secrets_encrypted:
+            endpoint.secrets_encrypted = rotated
     session.flush()
     return report
+
+
+def _rotate_all(keyring: Keyring, values: list[str], report: RotateReport) -> tuple[list[str], bool]:
+    """``values`` each under the newest key (counted in ``report``), and whether any could not be opened."""
+    rotated: list[str] = []
+    unreadable = False
+    for stored in values:
+        try:
+            fresh = keyring.rotate(stored)
+        except UndecryptableSecret:
+            unreadable = True
+            rotated.append(stored)
+            continue
+        if fresh is None:
+            report.current += 1
+            rotated.append(stored)
+        else:
+            report.reencrypted += 1
+            rotated.append(fresh)
+    return rotated, unreadable
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -291,6 +316,7 @@ class _Apply:
         self._intake_keys()
         self._connections()
         self._routing()
+        self._webhooks()
         if self.report.changed:
             # Workers keep the organisation (models.orgsnapshot) until this version moves.
             OrgRepository(self.session).bump_org_version(self.account.id)
@@ -319,14 +345,15 @@ class _Apply:
             self.report.record("account", changed=_sync(account, values))
         return account
 
-    def _encrypted_tokens(self, tokens: list[str]) -> list[str]:
+    def _encrypted_tokens(self, tokens: list[str], stored: list[str] | None = None) -> list[str]:
         """``tokens`` encrypted; the stored values themselves when they decrypt to exactly ``tokens``
         (Fernet encrypts the same token differently every time, so encrypting again would rewrite
-        the row on every apply)."""
+        the row on every apply). ``stored``: the values kept now (the account's SMS tokens by default)."""
         if not tokens:
             return []
         assert self.keyring is not None  # apply_org refuses literal tokens without a keyring
-        stored = self._existing_account.sms_auth_tokens_encrypted if self._existing_account else []
+        if stored is None:
+            stored = self._existing_account.sms_auth_tokens_encrypted if self._existing_account else []
         if len(stored) == len(tokens):
             try:
                 if [self.keyring.decrypt(value) for value in stored] == tokens:
@@ -617,3 +644,35 @@ class _Apply:
                 self.report.record("routing_rule_member", created=True)
             else:
                 self.report.record("routing_rule_member", changed=_sync(member, values))
+
+    def _webhooks(self) -> None:
+        """The file's webhooks, matched by id. One missing from the file is made inactive, not deleted (its
+        deliveries stay listed). Applying the file clears a 410's disabling: the file says the endpoint is on."""
+        existing = {
+            w.slug: w
+            for w in self.session.execute(
+                select(WebhookEndpoint).where(WebhookEndpoint.account_id == self.account.id)
+            ).scalars()
+        }
+        for spec in self.spec.webhooks:
+            row = existing.get(spec.id)
+            secrets = [s.get_secret_value() for s in spec.secrets]
+            values: dict[str, Any] = {
+                "url": spec.url,
+                "events": list(spec.events),
+                "secret_envs": list(spec.secrets_env),
+                "secrets_encrypted": self._encrypted_tokens(secrets, row.secrets_encrypted if row else []),
+                "active": spec.active,
+                "disabled_at": None,
+                "disabled_reason": None,
+            }
+            if row is None:
+                self.session.add(WebhookEndpoint(account_id=self.account.id, slug=spec.id, **values))
+                self.report.record("webhook", created=True)
+            else:
+                self.report.record("webhook", changed=_sync(row, values))
+        named = {w.id for w in self.spec.webhooks}
+        for slug, row in existing.items():
+            if slug not in named and row.active:
+                row.active = False
+                self.report.revoked["webhook"] += 1

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from rules.entities import EntityRef
 from rules.routing import Rule
 from rules.signups import Contact
+from rules.webhooks import Subscriptions
 
 # Accounts whose organisation one process keeps; the least recently used is dropped past this.
 SNAPSHOT_ACCOUNTS = 256
@@ -48,6 +49,8 @@ class OrgSnapshot:
     slugs: Mapping[int, str] = field(default_factory=dict)
     # smart number (E.164) -> the entity it belongs to (an inbound text's number: O6's owner, O9 when absent)
     smart_numbers: Mapping[str, int] = field(default_factory=dict)
+    # the account's active webhook endpoints by the events they want (a change bumps the org version)
+    webhooks: Subscriptions = field(default_factory=Subscriptions)
 
 
 class SnapshotCache:

@@ -10,6 +10,8 @@ way it was given, as :class:`~pydantic.SecretStr` so that a printed spec never s
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import os
 import re
@@ -36,6 +38,7 @@ from pydantic import (
 
 from rules.contact import InvalidPhone, normalize_phone
 from rules.routing import STRATEGIES
+from rules.webhooks import EVENT_TYPES
 
 KINDS = ("company", "office", "team", "agent")
 
@@ -176,6 +179,69 @@ class SmsSpec(_Spec):
     def _some_token(self) -> SmsSpec:
         if not self.auth_tokens and not self.auth_tokens_env:
             raise ValueError("give auth_tokens or auth_tokens_env: inbound texts are checked with them")
+        return self
+
+
+# --- outbound webhooks ----------------------------------------------------------------------------
+
+
+def _webhook_url(value: str) -> str:
+    url = value.strip()
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("https", "http") or not rest:
+        raise ValueError(f"{value!r} is not an https:// URL")
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in host:
+        raise ValueError("put no user or password in the URL: receivers check the signature instead")
+    if not host or host.startswith(":"):
+        raise ValueError(f"{value!r} has no host")
+    return url
+
+
+def _webhook_secret(value: SecretStr) -> SecretStr:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes."""
+    raw = value.get_secret_value().strip()
+    if not raw.startswith("whsec_"):
+        raise ValueError("a webhook secret starts with 'whsec_' (generate one with: leadrelay webhooks secret)")
+    try:
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "a webhook secret is 'whsec_' and base64 (generate one with: leadrelay webhooks secret)"
+        ) from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("a webhook secret holds 24 to 64 bytes (generate one with: leadrelay webhooks secret)")
+    return SecretStr(raw)
+
+
+def _event_type(value: str) -> str:
+    if value != "*" and value not in EVENT_TYPES:
+        close = difflib.get_close_matches(value, list(EVENT_TYPES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (one of: {', '.join(EVENT_TYPES)}, or '*')"
+        raise ValueError(f"unknown event {value!r}{hint}")
+    return value
+
+
+WebhookSecret = Annotated[SecretStr, AfterValidator(_webhook_secret)]
+EventType = Annotated[str, AfterValidator(_event_type)]
+
+
+class WebhookSpec(_Spec):
+    """An outbound webhook: where, which events (``*`` for all), and the secrets that sign each delivery
+    (several while one is rotated: each gives a signature of its own). Literal ``secrets`` are stored
+    encrypted; for ``secrets_env`` only the variables' names are stored and workers read them."""
+
+    id: Slug
+    url: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_webhook_url)]
+    events: Annotated[list[EventType], Field(min_length=1)]
+    secrets: list[WebhookSecret] = Field(default_factory=list)
+    secrets_env: list[EnvName] = Field(default_factory=list)
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _some_secret(self) -> WebhookSpec:
+        if not self.secrets and not self.secrets_env:
+            raise ValueError("give secrets or secrets_env: every delivery is signed")
         return self
 
 
@@ -346,10 +412,21 @@ class OrgSpec(_Spec):
     users: list[UserSpec] = Field(default_factory=list)
     api_connections: list[ApiConnectionSpec] = Field(default_factory=list)
     routing: list[RoutingSpec] = Field(default_factory=list)
+    webhooks: list[WebhookSpec] = Field(default_factory=list)
 
     @property
     def agents(self) -> list[AgentSpec]:
         return [e for e in self.entities if isinstance(e, AgentSpec)]
+
+
+def plain_http_webhooks(spec: OrgSpec) -> list[str]:
+    """The webhooks whose URL is plain ``http://``: refused unless ``LEADRELAY_WEBHOOKS_ALLOW_PRIVATE`` (the
+    caller, which knows the settings, decides)."""
+    return [
+        f"webhooks[{i}].url: use https:// (LEADRELAY_WEBHOOKS_ALLOW_PRIVATE=true allows http:// for development)"
+        for i, w in enumerate(spec.webhooks)
+        if w.url.lower().startswith("http://")
+    ]
 
 
 def parse_org(data: Mapping[str, Any]) -> OrgSpec:
@@ -402,6 +479,7 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("routing",): RoutingSpec,
     ("routing", "rules"): RuleSpec,
     ("routing", "rules", "when"): WhenSpec,
+    ("webhooks",): WebhookSpec,
 }
 
 
@@ -464,6 +542,7 @@ _CONNECTION = TypeAdapter(ApiConnectionSpec)
 _ROUTING = TypeAdapter(RoutingSpec)
 _KEY = TypeAdapter[Any](IntakeKeyItem)
 _SMS = TypeAdapter(SmsSpec)
+_WEBHOOK = TypeAdapter(WebhookSpec)
 
 
 class _CrossCheck:
@@ -491,6 +570,7 @@ class _CrossCheck:
         self._connections()
         self._routing()
         self._secrets()
+        self._webhooks()
         return self.out
 
     def err(self, path: str, message: str) -> None:
@@ -644,6 +724,22 @@ class _CrossCheck:
             for j, env in enumerate(spec.auth_tokens_env):
                 if not os.environ.get(env, "").strip():
                     self.err(f"sms.auth_tokens_env[{j}]", f"environment variable {env!r} is not set")
+
+    def _webhooks(self) -> None:
+        first: dict[str, str] = {}
+        for i, w in _items(self.data, "webhooks", _WEBHOOK):
+            if w.id in first:
+                self.err(f"webhooks[{i}].id", f"duplicate id {w.id!r}, first used at {first[w.id]}")
+            first.setdefault(w.id, f"webhooks[{i}]")
+            for j, env in enumerate(w.secrets_env):
+                raw = os.environ.get(env, "").strip()
+                if not raw:
+                    self.err(f"webhooks[{i}].secrets_env[{j}]", f"environment variable {env!r} is not set")
+                    continue
+                try:
+                    _webhook_secret(SecretStr(raw))
+                except ValueError as exc:
+                    self.err(f"webhooks[{i}].secrets_env[{j}]", f"environment variable {env!r}: {exc}")
 
 
 def _resolve_secrets(spec: OrgSpec) -> OrgSpec:

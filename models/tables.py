@@ -543,3 +543,62 @@ class JobFailure(Base):
     # Not a foreign key: the id may name no lead of the account (reported as not found).
     lead_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class WebhookEndpoint(Base):
+    """An outbound webhook of an account (the org file's ``webhooks``). Its signing secrets must be used in
+    clear (an HMAC key), so the literal ones are kept encrypted (:mod:`models.secrets`) and the ones given
+    as ``secrets_env`` by the environment variables' names only."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (UniqueConstraint("account_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(default=list)
+    secret_envs: Mapped[list[str]] = mapped_column(default=list)
+    secrets_encrypted: Mapped[list[str]] = mapped_column(default=list)
+    # The file's ``active``; an endpoint missing from the file is made inactive (its deliveries stay).
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Set when the receiver answered 410 Gone: nothing is sent until the org file is applied again.
+    disabled_at: Mapped[dt.datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, written in the transaction of the change it reports and sent by the
+    ``webhooks.deliver`` task. ``seq`` is given by the database in insert order: the event's ``version``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "endpoint_id", "seq"),
+        Index(None, "status", "next_attempt_at"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    # The ``webhook-id`` (``msg_<hex>``), the same on every attempt; tasks carry it.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(40))
+    lead_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # pending -> delivered | failed (retries spent) | dropped (the endpoint is gone or inactive)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a pending delivery that failed is due again (the relay sends it past the task's countdown).
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Each try: {"at", "status" (HTTP) or "error", "excerpt"}; the last ones only.
+    attempt_log: Mapped[list[Any]] = mapped_column(default=list)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the relay last sent its task again (the row was not done a while after it was stored).
+    relayed_at: Mapped[dt.datetime | None]
+    # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
+    relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

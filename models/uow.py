@@ -17,6 +17,7 @@ from models.repositories import (
     OutboxRepository,
     RelayRepository,
     TextRepository,
+    WebhookRepository,
 )
 from models.signups import SignupStore
 
@@ -32,6 +33,7 @@ class UnitOfWork:
     relay: RelayRepository
     outbox: OutboxRepository
     metrics: MetricsRepository
+    webhooks: WebhookRepository
 
     def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
         self._factory = factory
@@ -48,6 +50,7 @@ class UnitOfWork:
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.metrics = MetricsRepository(self.session)
+        self.webhooks = WebhookRepository(self.session)
         return self
 
     def __exit__(

@@ -7,6 +7,7 @@ the unit of work (``models.uow``) holds one of each on its session and commits o
 - ``leads``: the leads, their timeline, site activity, shares, campaigns, facts for the rules, V1 and export.
 - ``texts``: outbound and inbound texts (reply routing S1-S3), the gateway's delivery reports.
 - ``jobs``: the bulk jobs and the leads they did not change.
+- ``webhooks``: outbound webhooks' deliveries (written with a change, claimed, settled, listed, replayed).
 - ``relay``, ``outbox``, ``metrics``: the relay's claims, the mail outbox, what ``GET /metrics`` reads.
 - ``common``: what they share (the dialect's INSERT, entities as values, the caller).
 
@@ -24,9 +25,11 @@ from models.repositories.org import OrgRepository
 from models.repositories.outbox import OutboxRepository
 from models.repositories.relay import RELAY_BACKOFF_CAP, RelayRepository
 from models.repositories.texts import TextRepository
+from models.repositories.webhooks import DELIVERIES, WebhookRepository, delivery_rows
 
 __all__ = [
     "CLAIMED_COLUMNS",
+    "DELIVERIES",
     "LATENCY_BUCKETS",
     "RELAY_BACKOFF_CAP",
     "Caller",
@@ -41,6 +44,8 @@ __all__ = [
     "OutboxRepository",
     "RelayRepository",
     "TextRepository",
+    "WebhookRepository",
+    "delivery_rows",
     "dialect_insert",
     "to_ref",
 ]

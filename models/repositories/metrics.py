@@ -21,6 +21,7 @@ from models.tables import (
     LeadStatus,
     Message,
     Outbox,
+    WebhookDelivery,
 )
 
 # Upper bounds (seconds) of the intake latency histogram, from stored to done.
@@ -68,7 +69,14 @@ class MetricsRepository:
 
     def relay_resends(self) -> dict[str, int]:
         """How many times the relay sent each kind of kept work again."""
-        tables: dict[str, Any] = {"intakes": Intake, "texts": Message, "mail": Outbox, "jobs": Job, "imports": Import}
+        tables: dict[str, Any] = {
+            "intakes": Intake,
+            "texts": Message,
+            "mail": Outbox,
+            "jobs": Job,
+            "imports": Import,
+            "webhooks": WebhookDelivery,
+        }
         return {
             kind: int(self.session.execute(select(func.coalesce(func.sum(table.relays), 0))).scalar_one())
             for kind, table in tables.items()
@@ -82,8 +90,16 @@ class MetricsRepository:
             "texts": select(func.count()).where(Message.direction == "outbound", Message.status == "failed"),
             "imports": select(func.count()).where(Import.status == ImportStatus.FAILED),
             "jobs": select(func.count()).where(Job.status == JobStatus.FAILED),
+            "webhooks": select(func.count()).where(WebhookDelivery.status == "failed"),
         }
         return {kind: int(self.session.execute(stmt).scalar_one()) for kind, stmt in counts.items()}
+
+    def webhook_deliveries(self) -> list[tuple[str, str, int]]:
+        """(event type, status, deliveries): what the outbound webhooks sent, wait to send, or gave up."""
+        stmt = select(WebhookDelivery.event_type, WebhookDelivery.status, func.count()).group_by(
+            WebhookDelivery.event_type, WebhookDelivery.status
+        )
+        return [(str(t), str(s), int(n)) for t, s, n in self.session.execute(stmt).all()]
 
     def assigned_per_agent(self) -> list[tuple[str, str, int]]:
         """(account slug, agent slug, live leads assigned to the agent): how evenly routing spreads the work."""

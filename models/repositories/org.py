@@ -25,10 +25,12 @@ from models.tables import (
     SiteDomain,
     SmartNumber,
     User,
+    WebhookEndpoint,
 )
 from rules.entities import AgentState, EntityRef, Kind
 from rules.permissions import AgentTarget, EntityTarget, UserTarget
 from rules.routing import Member, Rule
+from rules.webhooks import Subscriptions, subscriptions
 
 
 def _assemble_rules(
@@ -197,7 +199,19 @@ class OrgRepository:
             routing,
             slugs={entity_id: e.slug for entity_id, e in entities.items()},
             smart_numbers=smart_numbers,
+            webhooks=self.webhook_subscriptions(account_id),
         )
+
+    def webhook_subscriptions(self, account_id: int) -> Subscriptions:
+        """The account's endpoints that may be sent to (active, not disabled by a 410) by the events they want."""
+        rows = self.session.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.events).where(
+                WebhookEndpoint.account_id == account_id,
+                WebhookEndpoint.active.is_(True),
+                WebhookEndpoint.disabled_at.is_(None),
+            )
+        ).all()
+        return subscriptions((endpoint_id, list(events)) for endpoint_id, events in rows)
 
     def account(self, account_id: int) -> Account:
         account = self.session.get(Account, account_id)
