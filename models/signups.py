@@ -16,7 +16,7 @@ import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -45,7 +45,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models.orgsnapshot import OrgSnapshot
-from models.repositories import CLAIMED_COLUMNS, ClaimedActivity, IntakeRepository, OrgRepository, dialect_insert
+from models.repositories import (
+    CLAIMED_COLUMNS,
+    DELIVERIES,
+    ClaimedActivity,
+    IntakeRepository,
+    OrgRepository,
+    delivery_rows,
+    dialect_insert,
+)
 from models.repositories.common import (
     AT,
     EVENTS,
@@ -178,6 +186,7 @@ class _Rows:
     events: list[dict[str, Any]]
     campaigns: list[dict[str, Any]]
     mails: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, account_id: int, plan: SignupPlan, now: dt.datetime) -> _Rows:
@@ -213,6 +222,7 @@ class _Rows:
                 }
                 for m in plan.mails
             ],
+            deliveries=delivery_rows(account_id, plan.deliveries, now),
         )
 
 
@@ -352,6 +362,7 @@ class SignupStore:
             Lead.deleted_by_user_id,
             Lead.deleted_at,
             Lead.unique_key,
+            Lead.assigned_agent_id,
         )
         first = select(*columns).where(Lead.account_id == account_id, which)
         chain = first.cte("chain", recursive=True)
@@ -372,6 +383,7 @@ class SignupStore:
                 row.created_by_intake_id,
                 row.slug,
                 row.deleted_at,
+                assigned_agent_id=row.assigned_agent_id,
             )
             by_id[lead.id] = lead
             if row.unique_key is not None:
@@ -453,6 +465,8 @@ class SignupStore:
             session.execute(
                 dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]), rows.mails
             )
+        if rows.deliveries:
+            session.execute(insert(DELIVERIES), rows.deliveries)
         claimed = self._claim_activity(account_id, plan)
         if finish:
             for done in plan.finished:
@@ -487,6 +501,7 @@ class SignupStore:
                 [with_scalar_defaults(CAMPAIGNS, c) for c in rows.campaigns], ("lead_id", "name")
             ),
             "mails": _first_of_each([with_scalar_defaults(OUTBOX, m) for m in rows.mails], ("dedupe_key",)),
+            "deliveries": rows.deliveries,
             "finished": (
                 [
                     {"id": f.intake_id, "status": f.status, "lead_id": f.lead_id, "reason": f.reason}
@@ -588,6 +603,7 @@ _INSERTED: dict[str, tuple[Table, tuple[str, ...]]] = {
     "events": (EVENTS, ("lead_id", "intake_id", "kind")),
     "campaigns": (CAMPAIGNS, ("lead_id", "name")),
     "mails": (OUTBOX, ("dedupe_key",)),
+    "deliveries": (DELIVERIES, ()),
 }
 
 

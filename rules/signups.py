@@ -30,6 +30,7 @@ from rules.events import LeadSignup
 from rules.ownership import Ownership, Unclaimed, decide_connection_owner, decide_site_owner
 from rules.routing import Router, Rule
 from rules.uniqueness import unique_key
+from rules.webhooks import Delivery
 
 # How far a merge chain is followed before the lead counts as gone (M4; chains are short in practice).
 MAX_MERGE_HOPS = 20
@@ -82,6 +83,7 @@ class KnownLead:
     created_by_intake_id: uuid.UUID | None = None
     deleted_by: str | None = None  # the slug of who deleted it
     deleted_at: dt.datetime | None = None
+    assigned_agent_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class SignupPlan:
     mails: list[Mail] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
     finished: list[Finished] = field(default_factory=list)
+    # Outbound webhook deliveries of what the plan decided (``rules.webhooks``), written with it.
+    deliveries: list[Delivery] = field(default_factory=list)
 
 
 def decide_owner(org: OrgView, item: SignupIn) -> Ownership | Unclaimed:

@@ -14,7 +14,7 @@ VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
 MAX_RETRY_COUNTDOWN = 600
 
-QUEUES = ("registrations", "texts", "imports", "notifications")
+QUEUES = ("registrations", "texts", "imports", "notifications", "webhooks")
 # Named queues, so a flood of one kind of work never starves another.
 TASK_QUEUES = {
     "intake.process": "registrations",
@@ -27,6 +27,8 @@ TASK_QUEUES = {
     "notifications.send": "notifications",
     # The relay's pass, when run by celery beat (``leadrelay relay`` is the same loop without beat).
     "relay.sweep": "registrations",
+    # Outbound webhooks on a queue of their own: a slow receiver never holds up intake.
+    "webhooks.deliver": "webhooks",
 }
 
 

@@ -50,7 +50,7 @@ from rules.permissions import (
 )
 from rules.routing import Decision, route_many
 from rules.uniqueness import unique_key
-from workers import notifications
+from workers import notifications, webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +143,7 @@ def carry_out(
     for kind, group in by_kind.items():
         refusals.update(writer.apply(kind, group))
     uow.leads.add_events(events)
+    webhooks.record_timeline(uow, actor.account_id, events)
     return refusals
 
 
@@ -627,6 +628,7 @@ def _carry_out_merge(uow: UnitOfWork, actor: Actor, plan: MergePlan, outcome: Me
         },
     ]
     uow.leads.add_events(events)
+    webhooks.record_timeline(uow, actor.account_id, events)
     log.info("lead.merged", primary_id=str(primary.id), other_id=str(other.id), actor=actor.slug)
 
 
@@ -688,6 +690,7 @@ def leave_team(uow: UnitOfWork, actor: Actor, team_slug: str, agent_slug: str) -
             for lead_id in unshared
         ]
     uow.leads.add_events(events)
+    webhooks.record_timeline(uow, actor.account_id, events)
     kept = uow.leads.count_owned(agent.id)
     uow.commit()
     log.info("team.left", team=team.ref.slug, agent=agent.slug, rerouted=len(leads), unshared=len(unshared))

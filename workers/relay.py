@@ -9,12 +9,24 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from types import FunctionType
 from typing import Any
 
 import structlog
 
 from leadrelay.settings import get_settings
-from models.tables import Import, ImportStatus, Intake, IntakeSource, IntakeStatus, Job, JobStatus, Message, Outbox
+from models.tables import (
+    Import,
+    ImportStatus,
+    Intake,
+    IntakeSource,
+    IntakeStatus,
+    Job,
+    JobStatus,
+    Message,
+    Outbox,
+    WebhookDelivery,
+)
 from models.uow import UnitOfWork
 from workers.app import publish
 from workers.celeryconfig import queue_name
@@ -29,6 +41,12 @@ WAITING: dict[str, tuple[Any, list[Any], str]] = {
     "mail": (Outbox, [Outbox.status == "pending"], "notifications.flush"),
     "jobs": (Job, [Job.status == JobStatus.QUEUED], "jobs.run"),
     "imports": (Import, [Import.status == ImportStatus.QUEUED], "imports.run"),
+    # Deliveries whose try is due (a wait longer than a task's countdown, a lost task, a killed worker's lease).
+    "webhooks": (
+        WebhookDelivery,
+        [WebhookDelivery.status == "pending", lambda now: WebhookDelivery.next_attempt_at <= now],
+        "webhooks.deliver",
+    ),
 }
 # Kinds whose task takes no id but sends everything of its kind that waits: one task a pass, however
 # many rows were claimed (a flush sends the pending mail over one SMTP connection).
@@ -55,7 +73,9 @@ def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, 
     counts: dict[str, int] = {}
     with UnitOfWork() as uow:
         for kind, (table, conditions, task) in WAITING.items():
-            rows = uow.relay.claim(table, conditions, cutoff=cutoff, now=now, limit=limit)
+            # A condition may depend on the time of the pass (a delivery's next try): a function of it.
+            at_now = [c(now) if isinstance(c, FunctionType) else c for c in conditions]
+            rows = uow.relay.claim(table, at_now, cutoff=cutoff, now=now, limit=limit)
             counts[kind] = len(rows)
             if kind in ONE_TASK_A_PASS:
                 if rows:

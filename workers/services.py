@@ -25,6 +25,7 @@ from rules.ownership import (
 )
 from rules.routing import Decision, route
 from rules.uniqueness import unique_key
+from workers import webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -167,20 +168,22 @@ def process_activity(uow: UnitOfWork, intake: Intake) -> Outcome:
         return Outcome("done", None, reason=reason)
 
     lead.last_activity_at = max(lead.last_activity_at, at)
-    uow.leads.add_event(
-        account_id=account.id,
-        lead_id=lead.id,
-        kind=activity.kind,
-        intake_id=intake.id,
-        at=at,
-        summary=describe_activity(activity.kind, activity.listing_data, activity.page_url),
-        data={
+    event: dict[str, Any] = {
+        "account_id": account.id,
+        "lead_id": lead.id,
+        "kind": activity.kind,
+        "intake_id": intake.id,
+        "at": at,
+        "summary": describe_activity(activity.kind, activity.listing_data, activity.page_url),
+        "data": {
             "rule": "D7",
             "listing": activity.listing_data,
             "page_url": activity.page_url,
             "source": activity.source_detail,
         },
-    )
+    }
+    uow.leads.add_event(**event)
+    webhooks.record_timeline(uow, account.id, [event])
     _finish(intake, IntakeStatus.DONE, lead.id, None)
     uow.commit()
     log.info("intake.done", intake_id=str(intake.id), lead_id=str(lead.id), activity=activity.kind)
@@ -189,6 +192,7 @@ def process_activity(uow: UnitOfWork, intake: Intake) -> Outcome:
 
 def _reject(uow: UnitOfWork, intake: Intake, reason: str) -> Outcome:
     _finish(intake, IntakeStatus.REJECTED, None, reason)
+    webhooks.record_intake(uow, intake, "intake.rejected", reason)
     uow.commit()
     log.info("intake.rejected", intake_id=str(intake.id), reason=reason)
     return Outcome("rejected", reason=reason)
@@ -226,6 +230,7 @@ def mark_dead(uow: UnitOfWork, intake_id: uuid.UUID, error: str) -> None:
         return
     intake.status = IntakeStatus.DEAD
     intake.reason = error[:2000]
+    webhooks.record_intake(uow, intake, "intake.dead", intake.reason)
     uow.commit()
 
 

@@ -18,7 +18,7 @@ from models.uow import UnitOfWork
 from rules.events import LeadSignup
 from rules.ownership import Ownership
 from rules.signups import OrgView, SignupIn, SignupPlan, decide_owners, needs, plan_signups
-from workers import notifications
+from workers import notifications, webhooks
 from workers.services import CONNECTION_SOURCES, Outcome, claimed_activity_events
 
 log = structlog.get_logger(__name__)
@@ -79,6 +79,9 @@ def plan_and_write(
     facts = store.facts(claimed.account_id, snapshot, wanted, [item.intake_id for item in items])
     plan = plan_signups(org, items, owners, facts)
     by_id = {intake.id: intake for intake in claimed.intakes}
+    if snapshot.webhooks:
+        plan.deliveries = webhooks.signup_deliveries(snapshot, plan, facts, items, by_id, finish=finish)
+        webhooks.after_commit_send(uow, [d.id for d in plan.deliveries])
     claimed_activity = store.write(claimed.account_id, plan, by_id, finish=finish)
     if claimed_activity:
         # D7: the kept activity a new lead claimed joins its timeline, each at its own time.

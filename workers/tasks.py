@@ -11,7 +11,7 @@ from celery import Task
 
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
-from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound
+from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound, webhooks
 from workers.app import SIGNUPS_QUEUED_HEADER, app, publish, signups_claimed_from_now
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 from workers.errors import error_kind, error_reason
@@ -191,6 +191,20 @@ def send_text(self: RetryingTask, message_id: str) -> str:
         # The task's own ceiling: LEADRELAY_TASK_MAX_RETRIES counts the gateway's failures, not the database's.
         if self.last_try(own_ceiling=True):
             log.error("text.gave_up", message_id=message_id, error=type(exc).__name__)
+            return "error"
+        self.retry_later(exc)
+
+
+@task("webhooks.deliver", max_retries=5)
+def deliver_webhook(self: RetryingTask, delivery_id: str) -> str:
+    """One try of one outbound webhook delivery (``webhooks.deliver``). The receiver's failures are the
+    delivery's own retries (kept on its row, the schedule of ``LEADRELAY_WEBHOOKS_RETRY_SECONDS``); this
+    task retries only when the database fails, and past that the relay sends it again."""
+    try:
+        return webhooks.deliver(uuid.UUID(delivery_id))
+    except Exception as exc:
+        if self.last_try():
+            log.error("webhook.gave_up", delivery_id=delivery_id, error=error_kind(exc))
             return "error"
         self.retry_later(exc)
 

@@ -27,7 +27,7 @@ from rules.texts import (
     choose_reply_lead,
     plan_text,
 )
-from workers import notifications, services, signups
+from workers import notifications, services, signups, webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +99,22 @@ def process_inbound_text(uow: UnitOfWork, intake: Intake) -> services.Outcome:
         agents=agents,
         public_base_url=get_settings().public_base_url,
         correlation_id=notifications.correlation_id(),
+    )
+    webhooks.record_timeline(
+        uow,
+        account_id,
+        [
+            {
+                "lead_id": e.lead_id,
+                "kind": e.kind,
+                "intake_id": e.intake_id,
+                "at": e.at,
+                "summary": e.summary,
+                "data": e.data,
+                "actor": e.actor,
+            }
+            for e in plan.events
+        ],
     )
     if uow.texts.write_inbound(account_id, plan, intake):
         uow.after_commit(notifications.request_flush)
@@ -189,6 +205,7 @@ def _apply_reports(uow: UnitOfWork, message: Message) -> None:
     message.status = change.status
     if change.error is not None:
         message.error = change.error
+    webhooks.record_text_status(uow, message)
 
 
 __all__ = ["apply_pending_statuses", "process_inbound_text", "record_status_callback"]
