@@ -20,6 +20,7 @@ from intake import (
     routes_intake,
     routes_leads,
     routes_sms,
+    routes_webhooks,
     routes_work,
 )
 from leadrelay.logging import configure_logging
@@ -113,4 +114,6 @@ def create_app() -> FastAPI:
     app.include_router(routes_imports.router)
     app.include_router(routes_sms.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_webhooks.router)
+    routes_webhooks.describe_events(app)
     return app

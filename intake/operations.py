@@ -74,6 +74,7 @@ class DatabaseFigures:
             resends = uow.metrics.relay_resends()
             dead = uow.metrics.dead_letters()
             assigned = uow.metrics.assigned_per_agent()
+            webhooks = uow.metrics.webhook_deliveries()
         by_status = GaugeMetricFamily(
             "leadrelay_intakes", "Kept intakes by source and status", labels=["source", "status"]
         )
@@ -103,7 +104,14 @@ class DatabaseFigures:
         )
         for account, agent, n in assigned:
             agents.add_metric([account, agent], n)
-        return [by_status, histogram, relay, letters, agents]
+        deliveries = GaugeMetricFamily(
+            "leadrelay_webhook_deliveries",
+            "Outbound webhook deliveries by event type and status (pending, delivered, failed)",
+            labels=["type", "status"],
+        )
+        for event_type, status, n in webhooks:
+            deliveries.add_metric([event_type, status], n)
+        return [by_status, histogram, relay, letters, agents, deliveries]
 
 
 @functools.cache

@@ -24,6 +24,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(intake_app, name="intake")
 app.add_typer(secrets_app, name="secrets")
+webhooks_app = typer.Typer(help="Outbound webhooks (the org files' webhooks).", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 console = Console()
 # The Flower passwords .env.example shows: published, so they protect nothing (tests keep the two equal).
 EXAMPLE_FLOWER_PASSWORDS = frozenset({"change-me"})
@@ -65,7 +67,7 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
     from intake.orgfile import load_org_file
     from leadrelay.dev import demo_credentials_in
     from models.org import apply_org
-    from models.orgspec import OrgFileError
+    from models.orgspec import OrgFileError, plain_http_webhooks
     from models.secrets import SecretKeyError, keyring
     from models.uow import UnitOfWork
 
@@ -74,6 +76,8 @@ def org_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, 
         spec = load_org_file(file)
         if settings.env == "production" and (published := demo_credentials_in(spec)):
             raise OrgFileError(published)
+        if not settings.webhooks_allow_private and (plain := plain_http_webhooks(spec)):
+            raise OrgFileError(plain)
         keys = keyring(settings)
         with UnitOfWork() as uow:
             report = apply_org(uow.session, spec, keys)
@@ -114,7 +118,8 @@ def secrets_rotate() -> None:
     if report.unreadable:
         # Left as they are: dropping the key that opens them would lose them, so the old key must stay.
         console.print(
-            f"[red]no key of LEADRELAY_SECRET_KEY opens the SMS auth tokens of: {', '.join(report.unreadable)}; "
+            f"[red]no key of LEADRELAY_SECRET_KEY opens the SMS auth tokens or webhook secrets of: "
+            f"{', '.join(report.unreadable)}; "
             "keep (or put back) the key they were encrypted with, or apply their org files again[/red]",
             highlight=False,
         )
@@ -222,13 +227,58 @@ def intake_replay(
     console.print(f"replayed {len(rows)} {status} intake(s)")
 
 
+@webhooks_app.command("secret")
+def webhooks_secret() -> None:
+    """Print a new signing secret (whsec_ and 32 random bytes in base64) for an org file's webhook."""
+    import base64
+    import secrets
+
+    typer.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+
+
+@webhooks_app.command("list")
+def webhooks_list(account: Annotated[str, typer.Option(help="the account's id")]) -> None:
+    """The account's webhooks and their deliveries by status (as GET /v1/webhooks shows them)."""
+    from models.uow import UnitOfWork
+
+    with UnitOfWork() as uow:
+        row = uow.orgs.account_by_slug(account)
+        if row is None:
+            raise typer.BadParameter(f"no account {account!r}", param_hint="--account")
+        endpoints = uow.webhooks.endpoints(row.id)
+        counts = uow.webhooks.counts_by_status([e.id for e in endpoints])
+        for e in endpoints:
+            state = "disabled (410)" if e.disabled_at else "active" if e.active else "inactive"
+            figures = ", ".join(f"{counts.get((e.id, s), 0)} {s}" for s in ("pending", "delivered", "failed"))
+            console.print(f"{e.slug}: {e.url} [{state}] {', '.join(e.events)}: {figures}", highlight=False)
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    account: Annotated[str, typer.Option(help="the account's id")],
+    webhook: Annotated[str, typer.Option(help="the webhook's id in the org file")],
+    since: Annotated[dt.datetime | None, typer.Option(help="only deliveries made since then (UTC)")] = None,
+) -> None:
+    """Send a webhook's failed deliveries again, each with its own webhook-id (receivers drop repeats)."""
+    from models.uow import UnitOfWork
+    from workers.webhooks import replay
+
+    with UnitOfWork() as uow:
+        row = uow.orgs.account_by_slug(account)
+        endpoint = uow.webhooks.endpoint_by_slug(row.id, webhook) if row is not None else None
+        if endpoint is None:
+            raise typer.BadParameter(f"no webhook {webhook!r} in account {account!r}", param_hint="--webhook")
+        ids = replay(uow, endpoint, since=since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since)
+    console.print(f"replayed {len(ids)} failed deliver{'y' if len(ids) == 1 else 'ies'}")
+
+
 @app.command("relay")
 def relay(
     every: Annotated[float | None, typer.Option(help="seconds between passes (LEADRELAY_RELAY_EVERY_SECONDS)")] = None,
     once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
 ) -> None:
     """Send again the task of kept work not done a while after it was stored (intakes, texts, mail,
-    bulk jobs, imports). Safe on several hosts at once (rows are claimed with SKIP LOCKED)."""
+    bulk jobs, imports, webhook deliveries, and those whose retry is due). Safe on several hosts at once (rows are claimed with SKIP LOCKED)."""
     from workers.relay import run_forever, sweep
 
     if once:

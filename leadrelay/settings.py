@@ -97,6 +97,29 @@ class Settings(BaseSettings):
     figures name every account's agents."""
     api_docs: bool | None = None
     """Serve `/docs`, `/redoc` and `/openapi.json`. Unset: on, except in production."""
+    webhooks_allow_private: bool = False
+    """`true` lets outbound webhooks reach private, loopback and link-local addresses, and plain `http://` URLs:
+    for development and tests only, never in production. Otherwise a delivery goes only to an `https://` URL
+    whose host resolves to public addresses only."""
+    webhooks_retry_seconds: str = "5,300,1800,7200,18000,36000,36000"
+    """The waits, in seconds and comma-separated, before each retry of a webhook delivery that failed (each
+    stretched by up to a fifth at random); past the last one the delivery is `failed`, for a replay."""
+
+    @model_validator(mode="after")
+    def _webhook_retries_are_waits(self) -> Settings:
+        try:
+            waits = self.webhook_retry_waits
+        except ValueError:
+            raise ValueError(
+                "LEADRELAY_WEBHOOKS_RETRY_SECONDS: give positive numbers of seconds, comma-separated"
+            ) from None
+        if not waits or any(w <= 0 for w in waits):
+            raise ValueError("LEADRELAY_WEBHOOKS_RETRY_SECONDS: give positive numbers of seconds, comma-separated")
+        return self
+
+    @property
+    def webhook_retry_waits(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhooks_retry_seconds.split(",") if part.strip())
 
     @model_validator(mode="after")
     def _production_needs_servers(self) -> Settings:

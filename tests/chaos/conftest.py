@@ -96,6 +96,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report: Report) -> Iterator[
                 # The load is this suite's own: a per-key rate limit would only slow it down.
                 "LEADRELAY_INTAKE_RATE_PER_KEY": "100000",
                 TWILIO_TOKEN_ENV: TWILIO_TOKEN,
+                # Outbound webhooks reach the suite's receiver on 127.0.0.1 over http, and retry within seconds.
+                "LEADRELAY_WEBHOOKS_ALLOW_PRIVATE": "true",
+                "LEADRELAY_WEBHOOKS_RETRY_SECONDS": "0.5,1,1.5,2,3",
             }
             # The test process reads the same settings (org files are applied in-process).
             for k in saved:

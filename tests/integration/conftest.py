@@ -155,6 +155,9 @@ def pipeline_env(
         "LEADRELAY_TEST_TWILIO_TOKEN": "twilio-test-token-current",
         "LEADRELAY_TEST_TWILIO_TOKEN_NEXT": "twilio-test-token-next",
         "LEADRELAY_SMTP_URL": smtp_server.url,
+        # Outbound webhooks reach the tests' receivers on 127.0.0.1 over http, and retry within seconds.
+        "LEADRELAY_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "LEADRELAY_WEBHOOKS_RETRY_SECONDS": "0.5,1,1.5,2,3",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
