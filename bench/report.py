@@ -186,6 +186,30 @@ def rows_of(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"drop < {TARGETS['poison_drop_pct']:.0f}%",
             _verdict(drop < TARGETS["poison_drop_pct"]) + ("" if poison["decided"] else " (within 2 errors)"),
         )
+    hooks = results.get("webhooks")
+    if hooks:
+        d, bare = hooks["deliveries"].get("per_s"), hooks["bare_posts"].get("per_s")
+        r = _ratio(d, bare)
+        add(
+            "7",
+            "outbound webhook deliveries (2 worker processes)",
+            _n(d, "/s"),
+            _n(bare, "/s") + " bare POSTs",
+            f"{r:.2f}x" if r else "n/a",
+            "",
+            "",
+        )
+        with_hook = hooks["registrations_one_webhook_all_events_per_s"]
+        without = hooks["registrations_no_webhook_per_s"]
+        add(
+            "7",
+            "registrations with one endpoint subscribed to every event",
+            _n(sorted(with_hook)[len(with_hook) // 2], "/s"),
+            _n(sorted(without)[len(without) // 2], "/s") + " none",
+            f"{hooks['registrations_ratio']:.2f}x",
+            "",
+            "",
+        )
     return rows
 
 

@@ -4,6 +4,7 @@
     python -m bench.run --embedded       # the embedded defaults (SQLite, filesystem broker): scenarios 1 and 5
     python -m bench.run --only registrations,replies
     python -m bench.run --only poison    # scenario 6 alone (2 to 3 minutes)
+    python -m bench.run --only webhooks  # scenario 7 alone: outbound webhooks (deliveries/s, registrations/s)
 
 Writes ``bench/results/<date>.json`` (every figure), ``<date>.md`` (the table) and ``<date>.png`` (the
 chart). Absolute figures drift with whatever else the machine does; the ratios are the result.
@@ -25,7 +26,7 @@ from bench.report import chart, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("registrations", "replies", "import", "poison")
+SCENARIOS = ("registrations", "replies", "import", "poison", "webhooks")
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000, help="stored texts for scenario 4")
     parser.add_argument("--import-rows", type=int, default=100_000)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="rows of the import's peak-memory run")
+    parser.add_argument("--webhook-deliveries", type=int, default=1000, help="deliveries of scenario 7")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -77,6 +79,11 @@ def main() -> None:
 
             print("scenario 6: poison intakes among the others", flush=True)
             results["poison"] = poison.run(folder / "poison")
+        if "webhooks" in only:
+            from bench import webhooks_bench
+
+            print("scenario 7: outbound webhooks", flush=True)
+            results["webhooks"] = webhooks_bench.run(folder / "webhooks", deliveries=args.webhook_deliveries)
     results["seconds"] = time.monotonic() - began
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from intake.orgfile import load_org_file
+from leadrelay.devreceiver import DevReceiver, Got
 from leadrelay.logging import configure_logging
 from leadrelay.settings import get_settings
 from models.org import apply_org
-from models.orgspec import OrgSpec
+from models.orgspec import OrgSpec, WebhookSpec
 from models.secrets import keyring
 from models.tables import Lead
 from models.uow import UnitOfWork
@@ -32,6 +33,10 @@ DEMO_KEY = "demo-site-key"
 DEMO_TOKEN_ENV = "LEADRELAY_DEMO_TWILIO_TOKEN"  # noqa: S105 (a variable name)
 DEMO_TOKEN = "demo-twilio-token"  # noqa: S105 (the published demo secret)
 DEMO_SMART_NUMBER = "+15550100000"
+# The local receiver's signing secret (a published demo secret): the demo org gets a webhook to the receiver
+# ``leadrelay dev`` starts, every event, signed with it (read from this variable, as secrets_env says).
+DEMO_WEBHOOK_SECRET_ENV = "LEADRELAY_DEMO_WEBHOOK_SECRET"  # noqa: S105 (a variable name)
+DEMO_WEBHOOK_SECRET = "whsec_ZGVtby13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5YWI="  # noqa: S105 (the published demo secret)
 ANN_PHONE = "+15550102001"
 # Wide enough for the table when output is not a terminal (a log file, CI).
 console = Console(width=140) if not sys.stdout.isatty() else Console()
@@ -210,6 +215,31 @@ def _text_conversation(base: str, public_base_url: str, first_intake: dict[str, 
     console.print(table)
 
 
+def _print_deliveries(receiver: DevReceiver, timeout: float = 30) -> None:
+    """The demo's outbound webhook deliveries, once every delivery of the account is settled."""
+    deadline = time.monotonic() + timeout
+    pending = True
+    while pending and time.monotonic() < deadline:
+        with UnitOfWork() as uow:
+            endpoints = uow.webhooks.endpoints(_demo_account_id(uow))
+            counts = uow.webhooks.counts_by_status([e.id for e in endpoints])
+            pending = any(counts.get((e.id, "pending"), 0) for e in endpoints)
+        time.sleep(0.2)
+    got = receiver.received()
+    table = Table(title=f"Outbound webhooks: {len(got)} deliveries to the local receiver, each verified")
+    for column in ("type", "lead", "verified", "explanation"):
+        table.add_column(column, overflow="fold")
+    for g in got:
+        table.add_row(g.type, (g.lead_id or "")[:8], "yes" if g.verified else "NO", g.explanation)
+    console.print(table)
+
+
+def _demo_account_id(uow: UnitOfWork) -> int:
+    account = uow.orgs.account_by_slug("demo")
+    assert account is not None
+    return account.id
+
+
 def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     settings = get_settings()
     if settings.env == "production":
@@ -241,8 +271,28 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
     from models.migrate import upgrade
 
     upgrade(settings.effective_database_url)
+    # Outbound webhooks: a receiver of this process, which the demo org's one webhook posts every event to
+    # (over http on 127.0.0.1, which the worker may reach in development only).
+    os.environ.setdefault(DEMO_WEBHOOK_SECRET_ENV, DEMO_WEBHOOK_SECRET)
+    live = {"on": False}
+
+    def show(got: Got) -> None:
+        if live["on"]:
+            mark = "verified" if got.verified else "[red]signature refused[/red]"
+            console.print(f"webhook {got.type} {got.lead_id or ''} ({mark}): {got.explanation}", highlight=False)
+
+    receiver = DevReceiver(os.environ[DEMO_WEBHOOK_SECRET_ENV], show).start()
+    env = {
+        **env,
+        DEMO_WEBHOOK_SECRET_ENV: os.environ[DEMO_WEBHOOK_SECRET_ENV],
+        "LEADRELAY_WEBHOOKS_ALLOW_PRIVATE": "true",
+        # A receiver on this machine answers at once; a failed try is tried again within seconds.
+        "LEADRELAY_WEBHOOKS_RETRY_SECONDS": env.get("LEADRELAY_WEBHOOKS_RETRY_SECONDS", "1,2,5,10,30"),
+    }
+    demo = load_org_file(DEMO_ORG)
+    hook = WebhookSpec(id="demo-receiver", url=receiver.url, events=["*"], secrets_env=[DEMO_WEBHOOK_SECRET_ENV])
     with UnitOfWork() as uow:
-        apply_org(uow.session, load_org_file(DEMO_ORG), keyring(settings))
+        apply_org(uow.session, demo.model_copy(update={"webhooks": [hook]}), keyring(settings))
         uow.commit()
 
     base = f"http://127.0.0.1:{port}"
@@ -260,6 +310,8 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
         _print_leads(intakes)
         console.print("John texts Ann; Ann replies to the company's smart number")
         _text_conversation(base, env["LEADRELAY_PUBLIC_BASE_URL"], intakes[ids[0]])
+        _print_deliveries(receiver)
+        live["on"] = True
         if exit_after_demo:
             console.print(f"done; the logs are in {log_path}", highlight=False)
             return 0
@@ -276,6 +328,7 @@ def run_dev(*, port: int, exit_after_demo: bool, env: dict[str, str]) -> int:
         console.print(f"[red]the demo failed; the logs are in {log_path}[/red]", highlight=False)
         raise
     finally:
+        receiver.stop()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

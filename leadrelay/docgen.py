@@ -140,6 +140,7 @@ PATH_GROUPS = (
     ("Intake", ("/v1/intake", "/v1/events", "/v1/imports")),
     ("Leads", ("/v1/leads", "/v1/jobs", "/v1/export.csv", "/v1/teams", "/v1/routing")),
     ("Operations", ("/healthz", "/readyz", "/metrics")),
+    ("Outbound webhooks", ("/v1/webhooks",)),
 )
 
 
@@ -190,6 +191,20 @@ def api_page(document: dict[str, Any]) -> str:
                 for code, response in sorted(operation.get("responses", {}).items())
             ]
             lines += [f"Answers: {'; '.join(answers)}.", ""]
+    events = document.get("webhooks", {})
+    if events:
+        lines += [
+            "## Events sent to outbound webhooks",
+            "",
+            "What leadrelay posts to the endpoints of an account's org file, signed as the Standard Webhooks",
+            "specification says ([Outbound webhooks](webhooks.md)): the OpenAPI document's `webhooks` section.",
+            "",
+        ]
+        for name, operations in events.items():
+            operation = operations["post"]
+            media = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            lines += [f"### `{name}`", "", _one_line(operation.get("description", "")), ""]
+            lines += [f"Body: {_ref_name(media.get('schema', {}))}.", ""]
     lines += ["## Schemas", ""]
     for name, schema in document["components"]["schemas"].items():
         lines += [f"### {name}", ""]

@@ -101,6 +101,16 @@ def test_the_readme_demo_command_shows_routed_leads(demo: tuple[subprocess.Compl
     assert "text_received" in out
 
 
+def test_the_demo_shows_its_outbound_webhooks_each_verified_by_the_local_receiver(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    out = demo[0].stdout
+    assert "Outbound webhooks:" in out
+    for event in ("lead.created", "lead.assigned", "lead.signup", "text.received", "intake.rejected"):
+        assert event in out, event
+    assert "│ NO " not in out, "a delivery the receiver could not verify"
+
+
 def test_the_demo_prints_its_steps_and_tables_and_sends_every_log_line_to_its_log_file(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
