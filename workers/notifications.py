@@ -11,6 +11,7 @@ import smtplib
 import ssl
 import threading
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -230,9 +231,15 @@ def _send_one(
             _failed(rest, exc, schedule, now, result)
         return False
     try:
+        message = mail_message(row, mail_from)
+    except (ValueError, TypeError) as exc:
+        # The mail itself cannot be written (an address no header may hold): no later try would differ.
+        _failed(row, exc, schedule, now, result, final=True)
+        return True
+    try:
         # The row stays locked while the server takes the mail: another flush skips it, a redelivered
         # notifications.send waits, then finds it sent.
-        mailer.send(mail_message(row, mail_from))
+        mailer.send(message)
     except Exception as exc:
         _failed(row, exc, schedule, now, result)
         return True
@@ -250,10 +257,12 @@ def _send_one(
     return True
 
 
-def _failed(row: Outbox, exc: Exception, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed) -> None:
-    """Keep the error on the row: pending for a later try, or ``failed`` after the last one."""
+def _failed(
+    row: Outbox, exc: Exception, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed, *, final: bool = False
+) -> None:
+    """Keep the error on the row: pending for a later try, or ``failed`` after the last one (or at once, ``final``)."""
     row.error = error_reason(exc)[:2000]
-    if row.attempts >= MAIL_ATTEMPTS:
+    if final or row.attempts >= MAIL_ATTEMPTS:
         row.status = "failed"
         result.failed += 1
         log.error("notification.failed", outbox_id=str(row.id), error=error_kind(exc))
@@ -337,11 +346,19 @@ def parse_smtp_url(url: str) -> SmtpServer:
     )
 
 
+def header_text(text: str) -> str:
+    """``text`` as one header line: every control, format or line-separating character (a lead's name may
+    carry any: form feed, escape, CR LF) becomes a space, runs of spaces one. Without it such a subject
+    either fails every try or, worse, writes header lines of its own."""
+    cleaned = "".join(" " if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in text)
+    return " ".join(cleaned.split())
+
+
 def mail_message(row: Outbox, mail_from: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = mail_from
     message["To"] = row.to_address
-    message["Subject"] = row.subject
+    message["Subject"] = header_text(row.subject)
     message["Date"] = formatdate(localtime=False, usegmt=True)
     # One id per outbox row: a mail sent again after a lost answer can be recognised by the receiver.
     message["Message-ID"] = f"<{row.id}@leadrelay>"

@@ -92,6 +92,21 @@ def test_a_new_lead_assigned_to_an_agent_is_mailed_to_that_agent_over_smtp(
     assert any(f'"subject": "New lead assigned to you: {first} Quill"' in line for line in log_lines(workers))
 
 
+def test_a_lead_whose_name_breaks_lines_is_mailed_with_a_one_line_subject_and_no_header_of_its_own(
+    acme: Brokerage, smtp_server: SmtpSink
+) -> None:
+    first = f"Ann{uuid.uuid4().hex[:6]}"
+    email = f"{first.lower()}@example.com"
+    intake = acme.register_and_wait("john", email, first_name=f"{first}\r\nBcc: spy@example.com", last_name="Lee\x0c")
+    lead_id = intake["lead_id"]
+
+    mail = wait_mail(smtp_server, lead_id)
+    assert mail["Subject"] == f"New lead assigned to you: {first} Bcc: spy@example.com Lee"
+    assert mail["Bcc"] is None
+    assert mail["To"] == "john@co.test"
+    wait_for(lambda: outbox_for(lead_id)[0].status == "sent", timeout=30, what="the outbox row marked sent")
+
+
 def test_A1_a_company_lead_mails_the_agent_routing_chose_and_a_repeat_signup_mails_nobody(
     acme: Brokerage, smtp_server: SmtpSink
 ) -> None:
