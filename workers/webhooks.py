@@ -16,6 +16,7 @@ in no log line and no task argument."""
 from __future__ import annotations
 
 import binascii
+import collections
 import datetime as dt
 import functools
 import ipaddress
@@ -23,6 +24,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -336,8 +338,52 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+# Kept-alive connections, one client per pinned address and host name, so that a burst of deliveries to
+# one receiver pays its TCP and TLS handshakes once. Keyed by the name too: a connection opened for one
+# name (its certificate, its SNI) never carries another name's request, even at the same address.
+_CLIENTS_KEPT = 32
+_clients: collections.OrderedDict[tuple[str, str, str], httpx.Client] = collections.OrderedDict()
+_clients_pid = 0
+_clients_lock = threading.Lock()
+
+
+def client_for(target: Target) -> httpx.Client:
+    """The kept client for ``target`` (made on first use in this process: a forked pool child makes its own)."""
+    global _clients_pid
+    origin = urlsplit(target.url)
+    key = (target.scheme, origin.netloc, target.host)
+    with _clients_lock:
+        if _clients_pid != os.getpid():
+            _clients.clear()  # the parent's connections are not this child's to use
+            _clients_pid = os.getpid()
+        client = _clients.get(key)
+        if client is not None:
+            _clients.move_to_end(key)
+            return client
+        client = httpx.Client(
+            timeout=TIMEOUT_SECONDS,
+            follow_redirects=False,
+            trust_env=False,
+            verify=tls_context(),
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30),
+        )
+        _clients[key] = client
+        while len(_clients) > _CLIENTS_KEPT:
+            _, oldest = _clients.popitem(last=False)
+            oldest.close()
+        return client
+
+
+def close_clients() -> None:
+    """Close this process's kept connections (a worker shutting down, a test's end)."""
+    with _clients_lock:
+        while _clients:
+            _, client = _clients.popitem()
+            client.close()
+
+
 def post(url: str, payload: bytes, headers: Mapping[str, str], *, allow_private: bool) -> Sent:
-    """One try: the checks, then one POST (10 s, no redirects)."""
+    """One try: the checks, then one POST (10 s, no redirects), on a kept-alive connection to the checked address."""
     started = time.monotonic()
     try:
         target = resolve_target(url, allow_private=allow_private)
@@ -346,14 +392,12 @@ def post(url: str, payload: bytes, headers: Mapping[str, str], *, allow_private:
     sent_headers = {**headers, "Host": target.host_header}
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
-        with (
-            httpx.Client(
-                timeout=TIMEOUT_SECONDS, follow_redirects=False, trust_env=False, verify=tls_context()
-            ) as client,
-            client.stream("POST", target.url, content=payload, headers=sent_headers, extensions=extensions) as response,
-        ):
+        with client_for(target).stream(
+            "POST", target.url, content=payload, headers=sent_headers, extensions=extensions
+        ) as response:
             status_code = response.status_code
             # Only the start of the answer is read: a receiver's body is not trusted, nor kept beyond an excerpt.
+            # An answer left unread closes its connection rather than going back to the pool.
             start = b""
             for part in response.iter_bytes():
                 start += part

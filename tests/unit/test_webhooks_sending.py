@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.server
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.support.receiver import Receiver
-from workers.webhooks import Refused, post, resolve_target, sign
+from workers.webhooks import Refused, close_clients, post, resolve_target, sign
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
@@ -89,3 +91,41 @@ def test_several_secrets_give_one_signature_each_and_each_verifies() -> None:
         # The receiver's clock is the message's time (verify refuses a timestamp five minutes off).
         assert webhook.sign("msg_1", at, payload) in header.split(" ")
     assert headers["webhook-signature"].startswith("v1,")
+
+
+class KeepAliveReceiver(http.server.ThreadingHTTPServer):
+    """A real HTTP/1.1 receiver that keeps connections open and notes the client port of every request."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                server.ports.append(self.client_address[1])
+                self.send_response(204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_deliveries_to_one_receiver_share_a_kept_alive_connection() -> None:
+    receiver = KeepAliveReceiver()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/in"
+        outcomes = [post(url, b"{}", {}, allow_private=True).outcome for _ in range(3)]
+        assert outcomes == ["delivered"] * 3
+        assert len(receiver.ports) == 3
+        assert len(set(receiver.ports)) == 1, f"one TCP connection for the three, got ports {receiver.ports}"
+    finally:
+        close_clients()
+        receiver.shutdown()
+        receiver.server_close()
