@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intake import (
+    document,
     operations,
     problems,
     ratelimit,
@@ -116,4 +117,6 @@ def create_app() -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_webhooks.router)
     routes_webhooks.describe_events(app)
+    # Last: completes the document the steps above generate (statuses, headers, raw bodies, examples).
+    document.install(app)
     return app

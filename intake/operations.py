@@ -187,7 +187,9 @@ def _matching_route(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | No
     return None
 
 
-_metrics_bearer = HTTPBearer(auto_error=False)
+_metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="MetricsToken", description="`LEADRELAY_METRICS_TOKEN`, when it is set."
+)
 
 
 def _metrics_token(creds: HTTPAuthorizationCredentials | None = Depends(_metrics_bearer)) -> None:

@@ -49,9 +49,24 @@ def _http_url_with_host(value: str) -> str:
     return value
 
 
+# An http(s) URL with a host name, as RFC 3986 spells it (no spaces, non-ASCII text percent-encoded). The
+# server checks this very pattern, so a client and the document agree on which page URLs are valid.
+_URL_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+HTTP_URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*{_PORT}"
+    rf"(?:/(?:{_URL_CHAR}|/)*)?(?:\?(?:{_URL_CHAR}|[/?])*)?(?:#(?:{_URL_CHAR}|[/?])*)?$"
+)
 PageUrl = Annotated[
     str,
-    Field(min_length=1, max_length=2000, description="The page; its host decides the owner (O2-O4)."),
+    Field(
+        min_length=1,
+        max_length=2000,
+        pattern=HTTP_URL_PATTERN,
+        json_schema_extra={"format": "uri"},
+        description="The page (an http(s) URL with a host); its host decides the owner (O2-O4).",
+    ),
     AfterValidator(_http_url_with_host),
 ]
 
@@ -113,8 +128,7 @@ class RegistrationIn(Input):
     )
 
     page_url: Annotated[
-        str,
-        Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4)."),
+        PageUrl, Field(description="The page signed up on (an http(s) URL); its host decides the owner (O2-O4).")
     ]
     email: EmailStr | None = None
     phone: Phone = None
@@ -128,11 +142,6 @@ class RegistrationIn(Input):
     message: Annotated[str | None, Field(max_length=5000)] = None
     existing_lead_id: uuid.UUID | None = Field(default=None, description="The duplicate prompt's answer (D5).")
     occurred_at: AwareDatetime | None = None
-
-    @field_validator("page_url")
-    @classmethod
-    def _page_url_has_host(cls, value: str) -> str:
-        return _http_url_with_host(value)
 
     @model_validator(mode="after")
     def _reachable_and_consistent(self) -> RegistrationIn:
@@ -393,31 +402,45 @@ Slug = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class LeadPatch(Input):
-    """SH2/V2: the contact's details. Only the fields sent change; ``null`` clears a name or the phone."""
+    """SH2/V2: the contact's details. Only the fields sent change; ``null`` clears a name, the phone or the
+    tags (as ``[]`` does)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     first_name: Name | None = None
     last_name: Name | None = None
     phone: Phone = None
-    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(default=None, max_length=50)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(
+        default=None, max_length=50, description="The lead's tags, all of them; ``[]`` or ``null`` clears them."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> LeadPatch:
         if not self.model_fields_set:
             raise ValueError("send at least one of first_name, last_name, phone, tags")
         if "tags" in self.model_fields_set and self.tags is None:
-            raise ValueError("tags: send a list (empty to clear)")
+            self.tags = []  # null clears, as it does a name or the phone
         return self
 
     def changes(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
 
 
+def _assign_one_of(schema: dict[str, Any]) -> None:
+    """Either ``agent_id`` (and no ``pond: true``) or ``pond: true`` (and no agent): what ``_one`` accepts."""
+    schema["oneOf"] = [
+        {
+            "required": ["agent_id"],
+            "properties": {"agent_id": {"type": "string"}, "pond": {"anyOf": [{"const": False}, {"type": "null"}]}},
+        },
+        {"required": ["pond"], "properties": {"pond": {"const": True}, "agent_id": {"type": "null"}}},
+    ]
+
+
 class AssignIn(Input):
     """A3: ``{"agent_id": ...}`` to an agent, or ``{"pond": true}`` to the team's pond."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of_required("agent_id", "pond"))
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_assign_one_of)
 
     agent_id: Slug | None = None
     pond: bool | None = None
