@@ -86,6 +86,9 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if method in HTTP_METHODS:
+                if path == "/metrics":
+                    # The token is asked for only when LEADRELAY_METRICS_TOKEN is set: an optional requirement.
+                    operation["security"] = [*operation.get("security", []), {}]
                 _statuses(path, operation)
                 _headers(path, operation)
                 _examples(method, path, operation)
