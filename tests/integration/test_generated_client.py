@@ -94,9 +94,14 @@ def test_the_generated_client_registers_follows_reads_and_transfers_a_lead(
     b: Brokerage = brokerage_factory()
     client = _module("client")
     models = _module("models")
-    site = client.AuthenticatedClient(base_url=b.base, token=f"key-{b.s}")
-    admin = client.AuthenticatedClient(base_url=b.base, token=f"tok-olivia-{b.s}")
+    with (
+        client.AuthenticatedClient(base_url=b.base, token=f"key-{b.s}") as site,
+        client.AuthenticatedClient(base_url=b.base, token=f"tok-olivia-{b.s}") as admin,
+    ):
+        _work_a_lead(b, models, site, admin)
 
+
+def _work_a_lead(b: Brokerage, models: ModuleType, site: Any, admin: Any) -> None:
     body = models.RegistrationIn(page_url=f"https://{b.host('co')}/listings/42", email="gen@example.com")
     body.first_name = "Gen"
     accepted = _module("api.intake.post_registration").sync(client=site, body=body)

@@ -377,6 +377,8 @@ def aim(case: Case, b: Fuzzed, pick: int) -> None:
 
 
 SLUGS = ["john", "jill", "bob", "tara", "olivia", "co", "downtown", "sunrise", "nobody"]
+AGENTS = ["john", "jill", "bob", "tara", "nobody"]  # mostly the account's agents, one unknown (a 422)
+USERS = ["bob", "jill", "tara", "olivia", "nobody"]
 
 
 def aim_work(case: Case, b: Fuzzed, pick: int) -> None:
@@ -399,9 +401,9 @@ def aim_work(case: Case, b: Fuzzed, pick: int) -> None:
         params["webhook_id"] = "crm"
     case.path_parameters = params
     if isinstance(case.body, dict):
-        for name in ("user_id", "agent_id", "to", "assigned_agent_id"):
+        for name, names in (("user_id", USERS), ("agent_id", AGENTS), ("assigned_agent_id", AGENTS), ("to", SLUGS)):
             if isinstance(case.body.get(name), str):
-                case.body[name] = SLUGS[(pick + len(name)) % len(SLUGS)]
+                case.body[name] = names[pick % len(names)]
         for name, offset in (("primary_id", 0), ("other_id", 1)):
             if name in case.body:
                 case.body[name] = leads[(pick + offset) % len(leads)]
