@@ -171,7 +171,8 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is None:
         route = _matching_route(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
-    path = getattr(route, "path", None)
+    # The documented template (``/v1/leads/{lead_id}``), without a convertor (``{lead_id:lead}``).
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED
 
 
