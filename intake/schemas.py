@@ -46,30 +46,35 @@ def _http_url_with_host(value: str) -> str:
     if "\x00" in value:
         raise ValueError("contains a NUL character")
     if not re.fullmatch(HTTP_URL_PATTERN, value):
-        raise ValueError("must be an http(s) URL with a host name, spaces and non-ASCII text percent-encoded")
-    if not value.lower().startswith(("http://", "https://")):
-        raise ValueError("must be an http(s) URL")
-    if not host_of(value):
-        raise ValueError("has no host")
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        if not host_of(value):
+            raise ValueError("has no host")
+        raise ValueError("must be an http(s) URL with a host name and no control characters")
     return value
 
 
-# An http(s) URL with a host name, as RFC 3986 spells it (no spaces, non-ASCII text percent-encoded). The
-# server checks this very pattern, so a client and the document agree on which page URLs are valid.
-_URL_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PORT = r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+# An http(s) URL with a host: what a page URL must be for its host to decide the owner. The host (a name or
+# an IPv4 address) and any user part as RFC 3986 spells them, in ASCII (a browser sends an international
+# name in its xn-- form); the path, query and fragment are taken as sent, spaces and non-ASCII text
+# included (a browser encodes them, a form builder may not: refusing them would lose the lead), control
+# characters excepted. The server checks this very pattern, so a client, the document and the server agree
+# on which page URLs are valid, and every URL it matches has a host (host_of).
+_HOST_CHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=%]"
+_HOST_LETTER = r"[A-Za-z0-9\-_~!$&'()*+,;=%]"  # a host is not dots alone
 HTTP_URL_PATTERN = (
-    rf"^[Hh][Tt][Tt][Pp][Ss]?://{_LABEL}(?:\.{_LABEL})*{_PORT}"
-    rf"(?:/(?:{_URL_CHAR}|/)*)?(?:\?(?:{_URL_CHAR}|[/?])*)?(?:#(?:{_URL_CHAR}|[/?])*)?$"
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:(?:{_HOST_CHAR}|:)*@)?"
+    rf"\.*{_HOST_LETTER}{_HOST_CHAR}*(?::[0-9]*)?"
+    r"(?:[/?#][^\x00-\x1f\x7f]*)?$"
 )
 PageUrl = Annotated[
     str,
     Field(
         min_length=1,
         max_length=2000,
-        # Checked by ``_http_url_with_host``, which says what is wrong in words rather than the pattern.
-        json_schema_extra={"format": "uri", "pattern": HTTP_URL_PATTERN},
+        # Checked by ``_http_url_with_host``, which says what is wrong in words rather than the pattern. Not
+        # ``format: uri``: a URL with a space in its path is a page URL here, though RFC 3986 would refuse it.
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
         description="The page (an http(s) URL with a host); its host decides the owner (O2-O4).",
     ),
     AfterValidator(_http_url_with_host),
