@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intake import (
+    document,
     operations,
     problems,
     ratelimit,
@@ -97,6 +98,9 @@ def create_app() -> FastAPI:
         docs_url="/docs" if settings.api_docs_enabled else None,
         redoc_url="/redoc" if settings.api_docs_enabled else None,
         openapi_url="/openapi.json" if settings.api_docs_enabled else None,
+        # The route's function name (post_registration, get_lead, transfer_lead...): what a generated client
+        # names the operation's function, rather than FastAPI's default of the name, path and method.
+        generate_unique_id_function=lambda route: route.name,
     )
     problems.install(app)
 
@@ -116,4 +120,6 @@ def create_app() -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_webhooks.router)
     routes_webhooks.describe_events(app)
+    # Last: completes the document the steps above generate (statuses, headers, raw bodies, examples).
+    document.install(app)
     return app

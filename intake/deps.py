@@ -6,16 +6,33 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from intake.problems import Problem
 from models.repositories import Caller
 from models.security import hash_secret
 from models.uow import UnitOfWork
 
-_bearer = HTTPBearer(auto_error=False)
+# Each kind of credential is its own security scheme in /openapi.json, so a client knows which one an
+# operation takes (docs/sources.md says where each comes from).
+_intake_key_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="IntakeKey",
+    description="An intake key of the account's org file (`intake_keys`), for sites and landing pages.",
+)
+_user_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="UserToken",
+    description="A user's token (the org file's `users[].token`): what the user may see and do.",
+)
+connection_key = APIKeyHeader(
+    name="X-Api-Key",
+    auto_error=False,
+    scheme_name="ConnectionKey",
+    description="An API connection's key (`api_connections[].key`): the connection decides the owner (O5).",
+)
 
 
 async def _uow() -> AsyncIterator[UnitOfWork]:
@@ -33,7 +50,9 @@ async def _uow() -> AsyncIterator[UnitOfWork]:
 
 
 UoW = Annotated[UnitOfWork, Depends(_uow)]
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+IntakeKeyCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_intake_key_bearer)]
+UserCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_user_bearer)]
+ConnectionKeyHeader = Annotated[str | None, Depends(connection_key)]
 
 UNAUTHORIZED = Problem(401, "Unauthorized", "a valid credential is required", headers={"WWW-Authenticate": "Bearer"})
 
@@ -44,7 +63,7 @@ class IntakeCaller:
     intake_key_id: int
 
 
-def _intake_key(uow: UoW, creds: BearerCredentials) -> IntakeCaller:
+def _intake_key(uow: UoW, creds: IntakeKeyCredentials) -> IntakeCaller:
     if creds is None:
         raise UNAUTHORIZED
     uow.each_statement_commits()
@@ -57,7 +76,7 @@ def _intake_key(uow: UoW, creds: BearerCredentials) -> IntakeCaller:
     return caller
 
 
-def _user(uow: UoW, creds: BearerCredentials) -> Caller:
+def _user(uow: UoW, creds: UserCredentials) -> Caller:
     if creds is None:
         raise UNAUTHORIZED
     caller = uow.orgs.caller_by_token_hash(hash_secret(creds.credentials))
@@ -67,10 +86,12 @@ def _user(uow: UoW, creds: BearerCredentials) -> Caller:
     return caller
 
 
-def _account_credential(uow: UoW, creds: BearerCredentials, x_api_key: Annotated[str | None, Header()] = None) -> int:
+def _account_credential(
+    uow: UoW, intake_key: IntakeKeyCredentials, token: UserCredentials, x_api_key: ConnectionKeyHeader
+) -> int:
     """Any credential of an account (its intake key, a connection key, an admin's user token): the account id."""
     try:
-        return _account_of(uow, creds, x_api_key)
+        return _account_of(uow, intake_key or token, x_api_key)
     finally:
         uow.end_read()
 

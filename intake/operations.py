@@ -171,7 +171,8 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is None:
         route = _matching_route(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
-    path = getattr(route, "path", None)
+    # The documented template (``/v1/leads/{lead_id}``), without a convertor (``{lead_id:lead}``).
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED
 
 
@@ -187,7 +188,9 @@ def _matching_route(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | No
     return None
 
 
-_metrics_bearer = HTTPBearer(auto_error=False)
+_metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="MetricsToken", description="`LEADRELAY_METRICS_TOKEN`, when it is set."
+)
 
 
 def _metrics_token(creds: HTTPAuthorizationCredentials | None = Depends(_metrics_bearer)) -> None:

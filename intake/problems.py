@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 PROBLEM = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -115,12 +116,19 @@ def install(app: FastAPI) -> None:
         return problem_response(422, "Invalid request", detail, errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's and Starlette's own word for a body they cannot parse (JSON that is not UTF-8, a
             # multipart without its boundary): a malformed body, which the API answers with 422 (docs/api.md).
             message = f"could not be parsed ({exc.detail})"
             return problem_response(422, "Invalid request", f"body: {message}", [{"field": "body", "message": message}])
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route matching the path only; a path several
+            # routes serve (GET, PATCH and DELETE of a lead) allows all of theirs, as /openapi.json lists them.
+            allow = allowed_methods(request)
+            return problem_response(
+                405, _title(405), f"{request.method} is not allowed here; allowed: {allow}", headers={"Allow": allow}
+            )
         return problem_response(
             exc.status_code,
             _title(exc.status_code),
@@ -145,6 +153,23 @@ def install(app: FastAPI) -> None:
         return problem_response(500, "Internal server error", "an unexpected error; it has been logged")
 
     _document_problems(app)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the routes serving this path take (HEAD with GET), as an ``Allow`` header says them."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "GET"}
+    routes = list(request.app.router.routes)
+    while routes:
+        route = routes.pop()
+        # FastAPI keeps an included router as one entry over the router's own routes.
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None:
+            routes += included
+        elif getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return ", ".join(sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m)))
 
 
 def _document_problems(app: FastAPI) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-from intake.schemas import Phone
+from intake.schemas import Phone, one_of_required
 from rules.contact import normalize_email
 from rules.events import LeadSignup
 from rules.ownership import host_of
@@ -22,6 +22,12 @@ class _Adapter(BaseModel):
 
 
 class Contact(_Adapter):
+    """The lead's contact details: an email or a phone is required."""
+
+    model_config = ConfigDict(
+        extra="ignore", str_strip_whitespace=True, json_schema_extra=one_of_required("email", "phone")
+    )
+
     first_name: Annotated[str | None, Field(max_length=100)] = None
     last_name: Annotated[str | None, Field(max_length=100)] = None
     email: EmailStr | None = None

@@ -24,6 +24,7 @@ REALM = "leadrelay"
 _basic = HTTPBasic(
     realm=REALM,
     auto_error=False,
+    scheme_name="ConnectionKeyBasic",
     description="Follow Up Boss's convention: the API connection key as the user name, an empty password "
     "(any password is ignored).",
 )

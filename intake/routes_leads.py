@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Query
 
 from intake.deps import CurrentUser, UoW
+from intake.links import register_id_convertor
 from intake.problems import Problem, invalid
 from intake.schemas import (
     AgentOut,
@@ -37,6 +38,8 @@ from workers.services import decide_registration_owner, plan_routing
 from workers.texts_outbound import Refused, record_outbound_text
 
 router = APIRouter(prefix="/v1", tags=["leads"])
+# ``{lead_id:lead}``: not /v1/leads/merge nor /v1/leads/bulk, so ``GET /v1/leads/merge`` is that path's 405.
+register_id_convertor("lead", "merge", "bulk")
 
 K = TypeVar("K")
 
@@ -142,7 +145,7 @@ def list_leads(
     )
 
 
-@router.get("/leads/{lead_id}", response_model=LeadOut)
+@router.get("/leads/{lead_id:lead}", response_model=LeadOut)
 def get_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> LeadOut:
     lead = uow.leads.visible(caller, lead_id)
     if lead is None:
@@ -150,7 +153,7 @@ def get_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> LeadOut:
     return lead_views(uow, [lead])[0]
 
 
-@router.get("/leads/{lead_id}/timeline", response_model=TimelinePage)
+@router.get("/leads/{lead_id:lead}/timeline", response_model=TimelinePage)
 def get_timeline(
     lead_id: uuid.UUID, caller: CurrentUser, uow: UoW, limit: Limit = 100, cursor: str | None = None
 ) -> TimelinePage:
@@ -166,7 +169,7 @@ def get_timeline(
 
 
 @router.post(
-    "/leads/{lead_id}/messages",
+    "/leads/{lead_id:lead}/messages",
     status_code=202,
     response_model=MessageAccepted,
     responses={

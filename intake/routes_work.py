@@ -78,14 +78,14 @@ def _done(uow: UnitOfWork, refusal: Refusal | None, lead_id: uuid.UUID) -> LeadO
     return lead_views(uow, [lead])[0]
 
 
-@router.patch("/leads/{lead_id}", response_model=LeadOut, responses=RULE_ERRORS)
+@router.patch("/leads/{lead_id:lead}", response_model=LeadOut, responses=RULE_ERRORS)
 def edit_lead(lead_id: uuid.UUID, body: LeadPatch, caller: CurrentUser, uow: UoW) -> LeadOut:
     """SH2/V2: change the contact's name, phone or tags. The owner side, the assignee and users shared
     with edit permission may; view permission may not (403 SH2). A timeline note lists the fields."""
     return _done(uow, leadwork.edit_lead(uow, caller, lead_id, body.changes()), lead_id)
 
 
-@router.post("/leads/{lead_id}/assign", response_model=LeadOut, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/assign", response_model=LeadOut, responses=RULE_ERRORS)
 def assign_lead(lead_id: uuid.UUID, body: AssignIn, caller: CurrentUser, uow: UoW) -> LeadOut:
     """A3/A4/A6: reassign to an agent connected to the owner, or (a team-owned lead) to the team's
     pond. The owner's admins do (an agent-owned lead: that agent alone); the owner never changes."""
@@ -93,7 +93,7 @@ def assign_lead(lead_id: uuid.UUID, body: AssignIn, caller: CurrentUser, uow: Uo
     return _done(uow, leadwork.act(uow, caller, "assign", lead_id, params), lead_id)
 
 
-@router.post("/leads/{lead_id}/shares", response_model=LeadOut, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/shares", response_model=LeadOut, responses=RULE_ERRORS)
 def share_lead(lead_id: uuid.UUID, body: ShareIn, caller: CurrentUser, uow: UoW) -> LeadOut:
     """SH1-SH3, SH5: anyone who can see the lead shares it with a user of the account, with view or
     edit permission; a timeline note, and a mail to that user. Sharing again changes the permission."""
@@ -101,7 +101,7 @@ def share_lead(lead_id: uuid.UUID, body: ShareIn, caller: CurrentUser, uow: UoW)
     return _done(uow, leadwork.act(uow, caller, "share", lead_id, params), lead_id)
 
 
-@router.delete("/leads/{lead_id}/shares/{user_id}", status_code=204, responses=RULE_ERRORS)
+@router.delete("/leads/{lead_id:lead}/shares/{user_id}", status_code=204, responses=RULE_ERRORS)
 def unshare_lead(lead_id: uuid.UUID, user_id: str, caller: CurrentUser, uow: UoW) -> Response:
     """SH6: anyone shared on the lead (and its owner side) removes a share; a note; access ends at once."""
     if refusal := leadwork.unshare_lead(uow, caller, lead_id, user_id):
@@ -109,20 +109,20 @@ def unshare_lead(lead_id: uuid.UUID, user_id: str, caller: CurrentUser, uow: UoW
     return Response(status_code=204)
 
 
-@router.post("/leads/{lead_id}/transfer", response_model=LeadOut, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/transfer", response_model=LeadOut, responses=RULE_ERRORS)
 def transfer_lead(lead_id: uuid.UUID, body: TransferIn, caller: CurrentUser, uow: UoW) -> LeadOut:
     """T1-T3, T6, SH5: the owner side gives the lead to another entity of the account, for good. A
     note, and a mail to the new owner (an agent, or an entity's admins). Answers the lead as it is now."""
     return _done(uow, leadwork.act(uow, caller, "transfer", lead_id, {"to": body.to}), lead_id)
 
 
-@router.post("/leads/{lead_id}/archive", response_model=LeadOut, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/archive", response_model=LeadOut, responses=RULE_ERRORS)
 def archive_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> LeadOut:
     """X2: the owner side or the assigned agent archives (an agent's only way to drop an entity's lead)."""
     return _done(uow, leadwork.archive_lead(uow, caller, lead_id), lead_id)
 
 
-@router.delete("/leads/{lead_id}", status_code=204, responses=RULE_ERRORS)
+@router.delete("/leads/{lead_id:lead}", status_code=204, responses=RULE_ERRORS)
 def delete_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> Response:
     """X1-X4: the owner deletes; an agent cannot delete an entity's lead (X2), nor any lead with
     duplication off (X3). A tombstone keeps who and when (X4); the lead is then 404 everywhere."""
@@ -131,13 +131,13 @@ def delete_lead(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/leads/{lead_id}/unsubscribe", response_model=LeadOut, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/unsubscribe", response_model=LeadOut, responses=RULE_ERRORS)
 def unsubscribe_lead(lead_id: uuid.UUID, body: UnsubscribeIn, caller: CurrentUser, uow: UoW) -> LeadOut:
     """D8: this lead only, on one channel; the person's other leads keep their subscriptions."""
     return _done(uow, leadwork.unsubscribe_lead(uow, caller, lead_id, body.channel), lead_id)
 
 
-@router.get("/leads/{lead_id}/campaigns", response_model=CampaignPage, responses=RULE_ERRORS)
+@router.get("/leads/{lead_id:lead}/campaigns", response_model=CampaignPage, responses=RULE_ERRORS)
 def list_campaigns(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> CampaignPage:
     """D6: the lead's own active campaigns."""
     if uow.leads.visible(caller, lead_id) is None:
@@ -145,7 +145,7 @@ def list_campaigns(lead_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> Campaig
     return CampaignPage(items=uow.leads.campaigns_of([lead_id])[lead_id])
 
 
-@router.post("/leads/{lead_id}/campaigns", response_model=CampaignPage, status_code=201, responses=RULE_ERRORS)
+@router.post("/leads/{lead_id:lead}/campaigns", response_model=CampaignPage, status_code=201, responses=RULE_ERRORS)
 def start_campaign(lead_id: uuid.UUID, body: CampaignIn, caller: CurrentUser, uow: UoW) -> CampaignPage:
     """D6: start a campaign on this lead (an edit, SH2), with a note."""
     if refusal := leadwork.campaign(uow, caller, lead_id, body.name, start=True):
@@ -153,7 +153,7 @@ def start_campaign(lead_id: uuid.UUID, body: CampaignIn, caller: CurrentUser, uo
     return CampaignPage(items=uow.leads.campaigns_of([lead_id])[lead_id])
 
 
-@router.delete("/leads/{lead_id}/campaigns/{name}", status_code=204, responses=RULE_ERRORS)
+@router.delete("/leads/{lead_id:lead}/campaigns/{name}", status_code=204, responses=RULE_ERRORS)
 def stop_campaign(lead_id: uuid.UUID, name: str, caller: CurrentUser, uow: UoW) -> Response:
     """D6: stop one of the lead's campaigns, with a note."""
     if refusal := leadwork.campaign(uow, caller, lead_id, name, start=False):

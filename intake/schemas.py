@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -42,16 +43,40 @@ Phone = Annotated[
 
 
 def _http_url_with_host(value: str) -> str:
-    if not value.lower().startswith(("http://", "https://")):
-        raise ValueError("must be an http(s) URL")
-    if not host_of(value):
-        raise ValueError("has no host")
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    if not re.fullmatch(HTTP_URL_PATTERN, value):
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        if not host_of(value):
+            raise ValueError("has no host")
+        raise ValueError("must be an http(s) URL with a host name and no control characters")
     return value
 
 
+# An http(s) URL with a host: what a page URL must be for its host to decide the owner. The host (a name or
+# an IPv4 address) and any user part as RFC 3986 spells them, in ASCII (a browser sends an international
+# name in its xn-- form); the path, query and fragment are taken as sent, spaces and non-ASCII text
+# included (a browser encodes them, a form builder may not: refusing them would lose the lead), control
+# characters excepted. The server checks this very pattern, so a client, the document and the server agree
+# on which page URLs are valid, and every URL it matches has a host (host_of).
+_HOST_CHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=%]"
+_HOST_LETTER = r"[A-Za-z0-9\-_~!$&'()*+,;=%]"  # a host is not dots alone
+HTTP_URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:(?:{_HOST_CHAR}|:)*@)?"
+    rf"\.*{_HOST_LETTER}{_HOST_CHAR}*(?::[0-9]*)?"
+    r"(?:[/?#][^\x00-\x1f\x7f]*)?$"
+)
 PageUrl = Annotated[
     str,
-    Field(min_length=1, max_length=2000, description="The page; its host decides the owner (O2-O4)."),
+    Field(
+        min_length=1,
+        max_length=2000,
+        # Checked by ``_http_url_with_host``, which says what is wrong in words rather than the pattern. Not
+        # ``format: uri``: a URL with a space in its path is a page URL here, though RFC 3986 would refuse it.
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
+        description="The page (an http(s) URL with a host); its host decides the owner (O2-O4).",
+    ),
     AfterValidator(_http_url_with_host),
 ]
 
@@ -102,7 +127,9 @@ def storable(value: Any) -> Any:
 def one_of_required(*fields: str) -> dict[str, Any]:
     """JSON Schema for a model's "this or that is required" rule: one of the fields is given and not null.
     /openapi.json then says what the validator refuses, for clients and for schema-driven tests alike."""
-    return {"anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]}
+    # "Not all of them null or absent": the same rule as anyOf over each one required, but a schema that
+    # client generators read as one model (with anyOf, openapi-python-client makes a union of two models).
+    return {"not": {"properties": {f: {"type": "null"} for f in fields}}}
 
 
 class RegistrationIn(Input):
@@ -113,8 +140,7 @@ class RegistrationIn(Input):
     )
 
     page_url: Annotated[
-        str,
-        Field(min_length=1, max_length=2000, description="The page signed up on; its host decides the owner (O2-O4)."),
+        PageUrl, Field(description="The page signed up on (an http(s) URL); its host decides the owner (O2-O4).")
     ]
     email: EmailStr | None = None
     phone: Phone = None
@@ -128,11 +154,6 @@ class RegistrationIn(Input):
     message: Annotated[str | None, Field(max_length=5000)] = None
     existing_lead_id: uuid.UUID | None = Field(default=None, description="The duplicate prompt's answer (D5).")
     occurred_at: AwareDatetime | None = None
-
-    @field_validator("page_url")
-    @classmethod
-    def _page_url_has_host(cls, value: str) -> str:
-        return _http_url_with_host(value)
 
     @model_validator(mode="after")
     def _reachable_and_consistent(self) -> RegistrationIn:
@@ -393,31 +414,45 @@ Slug = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class LeadPatch(Input):
-    """SH2/V2: the contact's details. Only the fields sent change; ``null`` clears a name or the phone."""
+    """SH2/V2: the contact's details. Only the fields sent change; ``null`` clears a name, the phone or the
+    tags (as ``[]`` does)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     first_name: Name | None = None
     last_name: Name | None = None
     phone: Phone = None
-    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(default=None, max_length=50)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(
+        default=None, max_length=50, description="The lead's tags, all of them; ``[]`` or ``null`` clears them."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> LeadPatch:
         if not self.model_fields_set:
             raise ValueError("send at least one of first_name, last_name, phone, tags")
         if "tags" in self.model_fields_set and self.tags is None:
-            raise ValueError("tags: send a list (empty to clear)")
+            self.tags = []  # null clears, as it does a name or the phone
         return self
 
     def changes(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
 
 
+def _assign_one_of(schema: dict[str, Any]) -> None:
+    """Either ``agent_id`` (and no ``pond: true``) or ``pond: true`` (and no agent): what ``_one`` accepts."""
+    schema["oneOf"] = [
+        {
+            "required": ["agent_id"],
+            "properties": {"agent_id": {"type": "string"}, "pond": {"anyOf": [{"const": False}, {"type": "null"}]}},
+        },
+        {"required": ["pond"], "properties": {"pond": {"const": True}, "agent_id": {"type": "null"}}},
+    ]
+
+
 class AssignIn(Input):
     """A3: ``{"agent_id": ...}`` to an agent, or ``{"pond": true}`` to the team's pond."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of_required("agent_id", "pond"))
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_assign_one_of)
 
     agent_id: Slug | None = None
     pond: bool | None = None

@@ -125,7 +125,19 @@ def _ref_name(schema: dict[str, Any]) -> str:
         return f"list of {_ref_name(schema.get('items', {}))}"
     if "enum" in schema:
         return " \\| ".join(f"`{v}`" for v in schema["enum"])
-    return f"{schema.get('type', 'any')}" + (f" ({schema['format']})" if "format" in schema else "")
+    if "oneOf" in schema:
+        return " or ".join(_ref_name(s) for s in schema["oneOf"])
+    if "const" in schema:
+        return f"`{json.dumps(schema['const'])}`"
+    kind = schema.get("type", "any")
+    details = [schema["format"]] if "format" in schema else []
+    if "pattern" in schema and len(schema["pattern"]) <= 40:
+        details.append(f"pattern `{schema['pattern']}`")
+    elif "pattern" in schema:
+        details.append("a pattern: see openapi.json")
+    if "maxLength" in schema:
+        details.append(f"{schema.get('minLength', 0)}-{schema['maxLength']} characters")
+    return f"{kind}" + (f" ({', '.join(details)})" if details else "")
 
 
 def _auth(operation: dict[str, Any]) -> str:
@@ -149,6 +161,44 @@ def _group(path: str) -> str:
         if path.startswith(prefixes):
             return title
     return "Other"
+
+
+def _headers_of(response: dict[str, Any]) -> str:
+    names = list(response.get("headers", {}))
+    return f" (headers: {', '.join(f'`{n}`' for n in names)})" if names else ""
+
+
+def _examples_of(operation: dict[str, Any]) -> list[str]:
+    """The operation's examples as the document carries them: parameters, each body, else the answer."""
+    lines: list[str] = []
+    parameters = {p["name"]: p["example"] for p in operation.get("parameters", []) if "example" in p}
+    if parameters:
+        lines += [f"Example parameters: {', '.join(f'`{k}={v}`' for k, v in parameters.items())}.", ""]
+    for content_type, media in operation.get("requestBody", {}).get("content", {}).items():
+        if "example" in media:
+            lines += [
+                f"Example `{content_type}` body:",
+                "",
+                "```json",
+                json.dumps(media["example"], indent=2),
+                "```",
+                "",
+            ]
+    for code, response in sorted(operation.get("responses", {}).items()):
+        for content_type, media in response.get("content", {}).items():
+            if "example" in media:
+                example = media["example"]
+                text = example if isinstance(example, str) else json.dumps(example, indent=2)
+                fence = "json" if not isinstance(example, str) else "text"
+                lines += [
+                    f"Example `{code}` answer (`{content_type}`):",
+                    "",
+                    f"```{fence}",
+                    text.rstrip("\n"),
+                    "```",
+                    "",
+                ]
+    return lines
 
 
 def api_page(document: dict[str, Any]) -> str:
@@ -187,10 +237,11 @@ def api_page(document: dict[str, Any]) -> str:
             for content_type, media in body.items():
                 lines.append(f"Body: `{content_type}`, {_ref_name(media.get('schema', {}))}.")
             answers = [
-                f"`{code}` {_one_line(response.get('description', ''))}"
+                f"`{code}` {_one_line(response.get('description', ''))}{_headers_of(response)}"
                 for code, response in sorted(operation.get("responses", {}).items())
             ]
             lines += [f"Answers: {'; '.join(answers)}.", ""]
+            lines += _examples_of(operation)
     events = document.get("webhooks", {})
     if events:
         lines += [

@@ -175,8 +175,8 @@ def test_type_and_person_are_required() -> None:
 def test_openapi_shows_the_events_endpoint_with_basic_auth_and_the_202_promise() -> None:
     openapi = create_app().openapi()
     post = openapi["paths"]["/v1/events"]["post"]
-    assert post["security"] == [{"HTTPBasic": []}]
-    assert openapi["components"]["securitySchemes"]["HTTPBasic"]["scheme"] == "basic"
+    assert post["security"] == [{"ConnectionKeyBasic": []}]
+    assert openapi["components"]["securitySchemes"]["ConnectionKeyBasic"]["scheme"] == "basic"
     assert "202" in post["responses"]
     assert "Unlike Follow Up Boss" in post["description"]
     assert "status_url" in post["description"]
