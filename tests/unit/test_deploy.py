@@ -181,12 +181,17 @@ def test_every_command_and_its_options_exist(name: str, service: dict[str, Any])
             resolve(argv)
 
 
-def test_the_relay_runs_by_default_and_beat_only_under_its_profile() -> None:
+def test_the_workers_sweep_by_default_and_a_relay_apart_or_beat_run_only_under_their_profiles() -> None:
     relay, beat = resolve(SERVICES["relay"]["command"])[-1], resolve(SERVICES["beat"]["command"])[-1]
     assert relay[0].name == "relay"
     assert beat[0].name == "beat"
-    assert "profiles" not in SERVICES["relay"]
+    assert SERVICES["relay"]["profiles"] == ["relay"]
     assert SERVICES["beat"]["profiles"] == ["beat"]
+    # The default stack is the API and the workers: the workers run the relay's pass, so none turns it off.
+    worker = SERVICES["worker"]
+    assert "--no-relay" not in worker["command"]
+    assert environment(worker).get("LEADRELAY_WORKER_RELAY", "true") == "true"
+    assert Settings.model_fields["worker_relay"].default is True
     # The schedule file goes where the image's user can write.
     assert str(beat[1]["schedule"]).startswith("/var/lib/leadrelay/")
 
