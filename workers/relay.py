@@ -101,8 +101,8 @@ class RelaySweep(bootsteps.StartStopStep):  # type: ignore[misc]
     ``LEADRELAY_RELAY_EVERY_SECONDS``: with prefork over Redis or RabbitMQ that timer is the event loop's, so a
     pass runs between the loop's other work, never beside a fork of a pool child, and never in a pool child
     (whose tasks it would hold up). Any number of workers sweep at once: each pass claims its rows with
-    ``FOR UPDATE SKIP LOCKED`` (on SQLite every transaction begins IMMEDIATE, one writer at a time), and a
-    row claimed by one pass is not due again for a doubled wait, so no row is sent twice in a period.
+    ``FOR UPDATE SKIP LOCKED`` (SQLite, which has none, lets one writer at a time, and a claim is one UPDATE),
+    and a row claimed by one pass is not due again for a doubled wait, so no row is sent twice in a period.
     Off with ``--no-relay`` or ``LEADRELAY_WORKER_RELAY=false``."""
 
     label = "Relay"

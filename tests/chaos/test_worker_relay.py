@@ -28,11 +28,12 @@ from tests.support.chaos import (
     Report,
     Stack,
     alive,
-    backlog_of,
     events,
+    kill_own,
     outcome,
     query,
     registration_calls,
+    start_time,
     statuses,
     wait_final,
 )
@@ -42,20 +43,21 @@ pytestmark = pytest.mark.chaos
 
 # The workers' own pass, every second (the relay's wait, RELAY_AFTER_SECONDS, is the stack's: 3 s).
 SWEEP = {"LEADRELAY_WORKER_RELAY": "true", "LEADRELAY_RELAY_EVERY_SECONDS": "1"}
-# 850 registrations paced as the baseline says, the first kill midway; then a burst of 150, and the second
-# kill once no message waits in the queue but the burst is not done: what the worker holds then is the only
-# message standing for that work (a later signup's task would take it along), so only a relay pass sends it.
+# 850 registrations paced as the baseline says, the first kill midway; then a burst of 150 while the pool
+# children are stopped (SIGSTOP), and the second kill once the worker has taken the burst's messages off the
+# queue: they were the only messages standing for that work (a later signup's task would take it along),
+# so nothing but a relay pass can send it again.
 PACED, FIRST_KILL_AT, BURST = 850, 425, 150
-TAIL_ATTEMPTS = 3
 QUEUED = 100
-# Sharing: a pass every 0.1 s in each worker, a wait of 30 s (so a claimed row is not due again for 60 s,
-# longer than the test), and rows stored "long ago", in chunks, while the workers sweep.
+# Sharing: a pass every 0.05 s in each worker, a wait of 300 s (so a claimed row is not due again for 600 s,
+# far longer than the test, even on a loaded machine), and rows stored "long ago" while the workers sweep: in chunks (passes of every worker
+# share them), then in batches at once (passes of several workers find the same rows due together).
 SHARE = {
     "LEADRELAY_WORKER_RELAY": "true",
-    "LEADRELAY_RELAY_EVERY_SECONDS": "0.1",
-    "LEADRELAY_RELAY_AFTER_SECONDS": "30",
+    "LEADRELAY_RELAY_EVERY_SECONDS": "0.05",
+    "LEADRELAY_RELAY_AFTER_SECONDS": "300",
 }
-SHARED_ROWS, CHUNK = 600, 20
+SHARED_ROWS, CHUNK, BATCHES, BATCH = 200, 20, 2, 300
 # --no-relay: this many of the worker's periods (0.2 s) pass with due rows and nothing may be sent.
 OFF = {"LEADRELAY_WORKER_RELAY": "true", "LEADRELAY_RELAY_EVERY_SECONDS": "0.2"}
 OFF_PERIODS = 15
@@ -127,25 +129,21 @@ def test_worker_process_group_sigkilled_twice_with_only_api_and_workers_loses_no
         runner.wait_sent(FIRST_KILL_AT)
         kill()
         load = runner.join()
-    backlog = backlog_of(stack.dsn, org["account"])
     queue = f"{stack.env['LEADRELAY_QUEUE_PREFIX']}{stack.env['LEADRELAY_QUEUE_PREFIX']}registrations"
-    for attempt in range(TAIL_ATTEMPTS):
-        with LoadRunner(stack.base, registration_calls(org, BURST, f"wtail{attempt}"), concurrency=16) as tail:
-            with stack.redis.client() as r:
-                while len(kills) < 2 and not (tail.sent >= BURST and backlog() == 0):
-                    if tail.sent >= BURST and int(r.llen(queue)) == 0 and backlog() > 0:
-                        kill()
-                    time.sleep(0.005)
-            burst = tail.join()
-        load.posted += burst.posted
-        load.accepted |= burst.accepted
-        load.refused |= burst.refused
-        load.retries += burst.retries
-        load.server_errors += burst.server_errors
-        load.transport_errors += burst.transport_errors
-        if len(kills) == 2:
-            break
-    assert len(kills) == 2, "no moment with the queue empty and the burst not done, to kill the worker at"
+    pool = [(pid, start_time(pid)) for pid in worker.wait_pool(CONCURRENCY)]
+    stopped = [pid for pid, started in pool if kill_own(pid, started, signal.SIGSTOP)]
+    try:
+        burst = LoadRunner(stack.base, registration_calls(org, BURST, "wtail"), concurrency=16).start().join()
+        with stack.redis.client() as r:
+            wait_for(lambda: int(r.llen(queue)) == 0, timeout=30, interval=0.05, what="the burst's messages taken")
+        held = statuses(stack.dsn, list(burst.accepted.values()))
+    finally:
+        kill()  # the stopped children die with their group
+    load.posted += burst.posted
+    load.accepted |= burst.accepted
+    load.retries += burst.retries
+    load.server_errors += burst.server_errors
+    load.transport_errors += burst.transport_errors
     ids = list(load.accepted.values())
     seen, drain = wait_final(stack.dsn, ids, baseline.deadline(len(ids)))
     with stack.redis.client() as r:
@@ -157,6 +155,8 @@ def test_worker_process_group_sigkilled_twice_with_only_api_and_workers_loses_no
         **figures(load, seen, o, drain, runner.throttled),
         "pace_per_s": baseline.pace,
         "kills": len(kills),
+        "pool_children_stopped_before_the_tail": len(stopped),
+        "tail_burst_not_done_at_the_kill": held["accepted"] + held["processing"],
         "pool_children_alive_after_the_group_kill": sum(alive(pid) for pool in pools for pid, _ in pool),
         "kill_to_ready_again_s": ready_again_s,
         # From each kill until every registration accepted before it was done.
@@ -169,6 +169,8 @@ def test_worker_process_group_sigkilled_twice_with_only_api_and_workers_loses_no
         "duration_s": round(time.monotonic() - t0, 1),
     }
     report("8 worker process group SIGKILLed x2, workers sweep, no relay", f)
+    assert len(stopped) == CONCURRENCY
+    assert f["tail_burst_not_done_at_the_kill"] == BURST, "the burst waited for the stopped children"
     assert f["pool_children_alive_after_the_group_kill"] == 0
     assert_exactly_once(f)
     assert f["relayed_intakes"] > 0, "the workers' own pass sent again what the killed worker held"
@@ -243,8 +245,13 @@ def test_workers_sweeping_at_once_never_send_a_row_twice(sweeping: Stack, report
         chunk = store.add(CHUNK, f"share{count}")
         age(stack, chunk)
         ids += chunk
+    for _ in range(BATCHES):
+        batch = store.add(BATCH, f"batch{count}")
+        age(stack, batch)  # one statement: all due at once
+        ids += batch
+        time.sleep(0.3)
     wait_for(lambda: sum(queued_intake_ids(stack)[i] for i in ids) >= len(ids), timeout=60, what="every row sent")
-    time.sleep(1)  # ten more passes of each worker
+    time.sleep(1)  # twenty more passes of each worker
     sent = queued_intake_ids(stack)
     claimed = relays_of(stack, ids)
     passes = [len(events(stack.lines_since(mark, f"worker-{i}.log"), "relay.resent")) for i in range(count)]
