@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import json
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,16 +29,18 @@ from tests.support.chaos import (
     Report,
     Stack,
     alive,
+    env_for_children,
     events,
     kill_own,
     outcome,
+    python_module,
     query,
     registration_calls,
     start_time,
     statuses,
     wait_final,
 )
-from tests.support.processes import wait_for
+from tests.support.processes import ROOT, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -62,6 +65,7 @@ SHARED_ROWS, CHUNK, BATCHES, BATCH = 200, 20, 2, 300
 OFF = {"LEADRELAY_WORKER_RELAY": "true", "LEADRELAY_RELAY_EVERY_SECONDS": "0.2"}
 OFF_PERIODS = 15
 OFF_ROWS = 20
+REFUSED_ROWS = 10
 
 
 @pytest.fixture
@@ -306,3 +310,51 @@ def test_a_worker_told_not_to_sweep_sends_nothing(
     assert off["statuses"] == {"accepted": len(ids)}
     assert off["relay_lines"] == 0
     assert seen["done"] == len(ids)
+
+
+def test_a_pass_whose_publish_the_broker_refuses_stops_at_the_first(sweeping: Stack, report: Report) -> None:
+    """In a worker's main process a pass must not hold the event loop through every publish's retries
+    when the broker goes away mid-pass: it stops at the first refused publish, and what it claimed is due
+    again a doubled wait later (``leadrelay relay --once`` runs the same pass, against this suite's Redis
+    stopped)."""
+    stack = sweeping
+    stack.stop_workers()  # nobody consumes or sweeps: the pass below is the only one
+    ids = IntakeStore(make_account()).add(REFUSED_ROWS, "refused")
+    age(stack, ids)
+    stack.redis.stop()
+    try:
+        t0 = time.monotonic()
+        done = subprocess.run(
+            python_module("leadrelay", "relay", "--once"),
+            env=env_for_children(stack.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            timeout=240,
+            check=False,
+        )
+        seconds = round(time.monotonic() - t0, 1)
+    finally:
+        stack.redis.start()
+    lines = done.stdout.decode("utf-8", errors="replace").splitlines()
+    refused = events(lines, "task.enqueue_failed")
+    stopped = events(lines, "relay.publish_failed")
+    claimed = relays_of(stack, ids)
+    # With Redis back, the workers' pass sends them when they are due again.
+    stack.start_workers(WORKERS, CONCURRENCY, SWEEP)
+    seen, _ = wait_final(stack.dsn, ids, 60)
+    report(
+        "12 the broker refuses a pass's publish",
+        {
+            "claimed": dict(claimed),
+            "publishes_tried": len(refused),
+            "unsent_when_stopped": [r.get("unsent") for r in stopped],
+            "pass_s": seconds,
+            "done_after_redis_back": seen["done"],
+        },
+    )
+    assert done.returncode == 0, lines[-20:]
+    assert claimed == Counter({1: REFUSED_ROWS})
+    assert len(refused) == 1, f"{len(refused)} publishes tried with the broker gone"
+    assert [r["unsent"] for r in stopped] == [REFUSED_ROWS]
+    assert seen["done"] == REFUSED_ROWS
