@@ -813,6 +813,9 @@ class Stack:
         """Stop the running workers (warm shutdown: they give their messages back) and start ``count`` new
         ones with ``overrides`` in their environment and ``args`` on their command line (each in a process
         group of its own with ``own_group``); waits until each has its pool."""
+        for w in self.workers:  # all at once: each warm shutdown takes seconds
+            w.wanted = False
+            w.send(signal.SIGTERM)
         for w in self.workers:
             w.close()
         self.worker_overrides = dict(overrides or {})

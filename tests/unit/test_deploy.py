@@ -573,3 +573,15 @@ def test_the_build_context_leaves_out_the_venv_git_caches_tests_and_secrets() ->
     ignored = dockerignore()
     for must in (".git", ".venv", "**/__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "tests", ".env"):
         assert must in ignored, f".dockerignore: {must}"
+
+
+def test_every_worker_of_the_app_gets_the_relay_step_and_its_no_relay_option() -> None:
+    # On the app itself, so `celery -A workers worker` (the compose command) has it as `leadrelay worker` does.
+    from workers import app as celery_app
+    from workers.relay import RelaySweep
+
+    assert RelaySweep in celery_app.steps["worker"]
+    assert any("--no-relay" in option.opts for option in celery_app.user_options["worker"])
+    assert "--no-relay" in " ".join(
+        str(p.opts) for p in typer.main.get_command(leadrelay_cli).commands["worker"].params
+    )
