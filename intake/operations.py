@@ -3,12 +3,14 @@ pipeline done (``/healthz``, ``/readyz``, ``/metrics``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hmac
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Response
@@ -75,6 +77,7 @@ class DatabaseFigures:
             dead = uow.metrics.dead_letters()
             assigned = uow.metrics.assigned_per_agent()
             webhooks = uow.metrics.webhook_deliveries()
+            waiting = uow.relay.oldest_waiting(dt.datetime.now(dt.UTC))
         by_status = GaugeMetricFamily(
             "leadrelay_intakes", "Kept intakes by source and status", labels=["source", "status"]
         )
@@ -111,7 +114,15 @@ class DatabaseFigures:
         )
         for event_type, status, n in webhooks:
             deliveries.add_metric([event_type, status], n)
-        return [by_status, histogram, relay, letters, agents, deliveries]
+        oldest = GaugeMetricFamily(
+            "leadrelay_oldest_waiting_seconds",
+            "Seconds the oldest kept work not done has waited, by kind: since it was stored (a webhook delivery: "
+            "since its try was due); 0 when none waits. Growing means a stuck pipeline",
+            labels=["kind"],
+        )
+        for kind, seconds in waiting.items():
+            oldest.add_metric([kind], round(seconds, 3))
+        return [by_status, histogram, relay, letters, agents, deliveries, oldest]
 
 
 @functools.cache
@@ -213,7 +224,8 @@ def _metrics_token(creds: HTTPAuthorizationCredentials | None = Depends(_metrics
 )
 def metrics() -> Response:
     """Prometheus text format: HTTP answers by route and status; intakes by source and status; the
-    latency from stored to done; the relay's re-sends; dead letters; live leads per agent. With
+    latency from stored to done; the relay's re-sends; dead letters; live leads per agent; the age of the
+    oldest kept work not done, by kind (``leadrelay_oldest_waiting_seconds``). With
     ``LEADRELAY_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``."""
     # With the database down its query raises, and the API's handler answers 503.
     return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
@@ -229,15 +241,21 @@ def healthz() -> dict[str, str]:
     "/readyz",
     responses={503: {"description": "The database or the broker does not answer (problem+json, naming which)"}},
 )
-def readyz() -> dict[str, str]:
+def readyz() -> dict[str, Any]:
     """Ready to take intake: the database answers a query and the broker accepts a connection. A load
     balancer sends no traffic to an API that answers 503 here. (With the broker down intake still answers
-    202, since the relay sends the kept work later; readiness reports it so operators see it.)"""
+    202, since the relay sends the kept work later; readiness reports it so operators see it.) The answer
+    also says how long the oldest kept work not done has waited, in seconds (``oldest_waiting_seconds``; by
+    kind in ``oldest_waiting_by_kind``: since it was stored, a webhook delivery since its try was due; 0
+    when nothing waits), so a stuck pipeline shows whoever runs the relay's pass. A long wait never makes
+    this answer 503: the API still takes intake, and keeps it."""
     checks: dict[str, str] = {}
     failed: list[str] = []
+    waiting: dict[str, float] = {}
     try:
         with UnitOfWork() as uow:
             uow.session.execute(text("SELECT 1"))
+            waiting = uow.relay.oldest_waiting(dt.datetime.now(dt.UTC))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = type(exc).__name__
@@ -253,4 +271,9 @@ def readyz() -> dict[str, str]:
         log.warning("readyz.not_ready", **checks)
         detail = "; ".join(f"{name}: {checks[name]}" for name in failed)
         raise problems.Problem(503, "Unavailable", f"not ready: {detail}", headers={"Retry-After": "5"})
-    return {"status": "ok", **checks}
+    return {
+        "status": "ok",
+        **checks,
+        "oldest_waiting_seconds": round(max(waiting.values(), default=0.0), 1),
+        "oldest_waiting_by_kind": {kind: round(seconds, 1) for kind, seconds in waiting.items()},
+    }

@@ -139,12 +139,28 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 
 
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def worker(ctx: typer.Context, concurrency: int = 2, loglevel: str = "INFO") -> None:
-    """A Celery worker (``celery -A workers worker`` works too). Extra options go to Celery."""
+def worker(
+    ctx: typer.Context,
+    concurrency: int = 2,
+    loglevel: str = "INFO",
+    no_relay: Annotated[
+        bool,
+        typer.Option(
+            "--no-relay",
+            help="do not run the relay's pass in this worker (LEADRELAY_WORKER_RELAY=false does the same); "
+            "run `leadrelay relay` apart then",
+        ),
+    ] = False,
+) -> None:
+    """A Celery worker (``celery -A workers worker`` works too). Its main process also runs the relay's pass
+    every LEADRELAY_RELAY_EVERY_SECONDS, so an API and workers are the whole pipeline. Extra options go to
+    Celery."""
     from workers import app as celery_app
 
     # --quiet: no startup banner (plain text on stdout); the logs say what it said, one record a line.
     argv = ["--quiet", "worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+    if no_relay:
+        argv.append("--no-relay")  # the option the relay's bootstep adds to Celery's worker command
     if get_settings().broker_is_embedded:
         # The filesystem transport has no fanout exchange for gossip, mingle and heartbeats.
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -278,7 +294,9 @@ def relay(
     once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
 ) -> None:
     """Send again the task of kept work not done a while after it was stored (intakes, texts, mail,
-    bulk jobs, imports, webhook deliveries, and those whose retry is due). Safe on several hosts at once (rows are claimed with SKIP LOCKED)."""
+    bulk jobs, imports, webhook deliveries, and those whose retry is due). Every worker runs the same pass
+    itself unless started with --no-relay: this command is for running it apart. Safe on several hosts at
+    once (rows are claimed with SKIP LOCKED)."""
     from workers.relay import run_forever, sweep
 
     if once:

@@ -69,8 +69,13 @@ class Settings(BaseSettings):
     relay_after_seconds: float = 120.0
     """The relay sends again the task of kept work not done this long after it was stored or last relayed
     (each further time it waits twice as long)."""
-    relay_every_seconds: float = 15.0
-    """Seconds between the relay's passes (`leadrelay relay`, or `relay.sweep` under celery beat)."""
+    relay_every_seconds: float = Field(default=15.0, gt=0)
+    """Seconds between the relay's passes: every worker's own (below), `leadrelay relay`'s, or `relay.sweep`'s
+    under celery beat."""
+    worker_relay: bool = True
+    """Every worker (`leadrelay worker`, `celery -A workers worker`) runs the relay's pass itself, in its main
+    process, every `LEADRELAY_RELAY_EVERY_SECONDS`, so an API and workers are the whole pipeline. `false` (or
+    `--no-relay`) leaves it to a `leadrelay relay` apart."""
     log_format: Literal["console", "json"] = "console"
     """`json` for one JSON object a line (production); `console` for people. Emails and phones are masked
     either way."""

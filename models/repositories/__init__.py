@@ -23,7 +23,7 @@ from models.repositories.leads import CLAIMED_COLUMNS, Candidate, ClaimedActivit
 from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsRepository
 from models.repositories.org import OrgRepository
 from models.repositories.outbox import OutboxRepository
-from models.repositories.relay import RELAY_BACKOFF_CAP, RelayRepository
+from models.repositories.relay import RELAY_BACKOFF_CAP, WAITING_WORK, RelayRepository, conditions_at, waiting_since
 from models.repositories.texts import TextRepository
 from models.repositories.webhooks import DELIVERIES, WebhookRepository, delivery_rows
 
@@ -32,6 +32,7 @@ __all__ = [
     "DELIVERIES",
     "LATENCY_BUCKETS",
     "RELAY_BACKOFF_CAP",
+    "WAITING_WORK",
     "Caller",
     "Candidate",
     "ClaimedActivity",
@@ -45,7 +46,9 @@ __all__ = [
     "RelayRepository",
     "TextRepository",
     "WebhookRepository",
+    "conditions_at",
     "delivery_rows",
     "dialect_insert",
     "to_ref",
+    "waiting_since",
 ]

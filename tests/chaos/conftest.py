@@ -91,6 +91,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report: Report) -> Iterator[
                 "LEADRELAY_LOG_FORMAT": "json",
                 "LEADRELAY_RELAY_AFTER_SECONDS": str(RELAY_AFTER_SECONDS),
                 "LEADRELAY_RELAY_EVERY_SECONDS": "1",
+                # The stack's relay is a process apart (``leadrelay relay``), as before workers swept: its
+                # scenarios measure that relay. test_worker_relay turns it off and the workers' own pass on.
+                "LEADRELAY_WORKER_RELAY": "false",
                 "LEADRELAY_TASK_MAX_RETRIES": str(MAX_RETRIES),
                 "LEADRELAY_RETRY_BACKOFF_SECONDS": str(RETRY_BACKOFF),
                 # The load is this suite's own: a per-key rate limit would only slow it down.

@@ -19,12 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from models.secrets import generate_key
-from models.tables import Intake, IntakeStatus
+from models.tables import Intake, IntakeSource, IntakeStatus
 from models.uow import UnitOfWork
+from rules.events import LeadSignup
 from tests.support.client import Brokerage
 from tests.support.processes import api_server, free_port, wait_for
 from tests.support.proxy import Proxy, proxy
 from workers import relay, services
+from workers.app import publish
 
 LONG_AGO = dt.timedelta(minutes=30)
 KNOWN_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
@@ -41,10 +43,64 @@ def samples(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
+WAITING_KINDS = {"intakes", "texts", "mail", "jobs", "imports", "webhooks"}
+
+
 def test_readyz_answers_with_the_database_and_the_broker_up(api: str) -> None:
     r = httpx.get(f"{api}/readyz", timeout=10)
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    body = r.json()
+    assert {k: body.pop(k) for k in ("status", "database", "broker")} == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+    }
+    assert set(body) == {"oldest_waiting_seconds", "oldest_waiting_by_kind"}
+    assert set(body["oldest_waiting_by_kind"]) == WAITING_KINDS
+    assert body["oldest_waiting_seconds"] == max(body["oldest_waiting_by_kind"].values())
+
+
+def test_readyz_and_metrics_show_the_age_of_the_oldest_work_not_done_and_stay_ready(api: str, acme: Brokerage) -> None:
+    # An intake kept "long ago" whose task never reached the broker, and that no relay has sent yet: the
+    # pipeline is stuck for it, and both figures say so, whoever runs (or does not run) the relay's pass.
+    host = acme.host("co")
+    signup = LeadSignup(
+        source_kind="site",
+        page_url=f"https://{host}/",
+        host=host,
+        email="stuck@example.com",
+        email_normalized="stuck@example.com",
+    )
+    with UnitOfWork() as uow:
+        account = uow.orgs.account_by_slug(acme.org["account"])
+        assert account is not None
+        stuck = uow.intakes.add(
+            Intake(
+                account_id=account.id,
+                source=IntakeSource.REGISTRATION,
+                raw_body="{}",
+                payload=signup.to_dict(),
+                created_at=dt.datetime.now(dt.UTC) - LONG_AGO,
+            )
+        )
+        uow.commit()
+        stuck_id = stuck.id
+    try:
+        r = httpx.get(f"{api}/readyz", timeout=10)
+        assert r.status_code == 200, "a long wait is reported, never a reason to take the API out"
+        assert r.json()["oldest_waiting_by_kind"]["intakes"] >= LONG_AGO.total_seconds()
+        assert r.json()["oldest_waiting_seconds"] >= LONG_AGO.total_seconds()
+
+        def gauge() -> float:
+            return samples(api).get(("leadrelay_oldest_waiting_seconds", frozenset({("kind", "intakes")})), 0.0)
+
+        wait_for(lambda: gauge() >= LONG_AGO.total_seconds(), timeout=15, what="the gauge (scrapes share 5 s)")
+        assert {
+            dict(labels)["kind"] for name, labels in samples(api) if name == "leadrelay_oldest_waiting_seconds"
+        } == WAITING_KINDS
+    finally:
+        publish("intake.process", stuck_id)  # the run leaves nothing waiting
+    assert acme.wait_done(str(stuck_id))["status"] == "done"
 
 
 def test_metrics_count_intakes_latency_assignments_and_answers(api: str, acme: Brokerage) -> None:

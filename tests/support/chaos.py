@@ -112,6 +112,8 @@ class Service:
         self.exits: list[Exit] = []
         self._expected = 0
         self.lock = threading.RLock()
+        # In a process group of its own (a new session), so the test can SIGKILL it with its children at once.
+        self.own_group = False
 
     @property
     def pid(self) -> int:
@@ -129,7 +131,14 @@ class Service:
             self._out.flush()
             self.log_offset = self.log.stat().st_size
             self.started_at = dt.datetime.now(dt.UTC)
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=self.own_group,
+            )
             self.starts += 1
             self.wanted = True
 
@@ -248,6 +257,21 @@ class Worker(Service):
         with their start times) are left to notice. Returns them, for :meth:`reap_orphans`."""
         noted = [(pid, start_time(pid)) for pid in self.pool()]
         self.crash(signal.SIGKILL)
+        return noted
+
+    def sigkill_group(self) -> list[tuple[int, int | None]]:
+        """SIGKILL its whole process group, the main process and its pool children at once, as a host or
+        container dying does (the supervisor starts it again). Only for a worker started in a group of its
+        own (``own_group``): the group's id is the main process's pid, a child of this test not yet reaped.
+        Returns the pool children as they were."""
+        assert self.own_group, f"{self.name} shares the test's process group"
+        with self.lock:
+            noted = [(pid, start_time(pid)) for pid in self.pool()]
+            if self.proc is not None and self.proc.poll() is None:
+                assert os.getpgid(self.proc.pid) == self.proc.pid
+                self._expected += 1
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
         return noted
 
     @staticmethod
@@ -760,7 +784,7 @@ class Stack:
         return self.base
 
     # the workers
-    def worker(self, i: int, concurrency: int) -> Worker:
+    def worker(self, i: int, concurrency: int, args: Sequence[str] = (), *, own_group: bool = False) -> Worker:
         argv = python_module(
             "leadrelay",
             "worker",
@@ -770,17 +794,32 @@ class Stack:
             f"chaos{i}-{os.getpid()}@%h",
             "--pool",
             "prefork",
+            *args,
         )
         env = env_for_children({**self.env, **self.worker_overrides})
-        return Worker(f"worker-{i}", argv, env, self.folder / f"worker-{i}.log")
+        w = Worker(f"worker-{i}", argv, env, self.folder / f"worker-{i}.log")
+        w.own_group = own_group
+        return w
 
-    def start_workers(self, count: int, concurrency: int, overrides: Mapping[str, str] | None = None) -> None:
+    def start_workers(
+        self,
+        count: int,
+        concurrency: int,
+        overrides: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        *,
+        own_group: bool = False,
+    ) -> None:
         """Stop the running workers (warm shutdown: they give their messages back) and start ``count`` new
-        ones with ``overrides`` in their environment; waits until each has its pool."""
+        ones with ``overrides`` in their environment and ``args`` on their command line (each in a process
+        group of its own with ``own_group``); waits until each has its pool."""
+        for w in self.workers:  # all at once: each warm shutdown takes seconds
+            w.wanted = False
+            w.send(signal.SIGTERM)
         for w in self.workers:
             w.close()
         self.worker_overrides = dict(overrides or {})
-        self.workers = [self.worker(i, concurrency) for i in range(count)]
+        self.workers = [self.worker(i, concurrency, args, own_group=own_group) for i in range(count)]
         self.concurrency = concurrency
         for w in self.workers:
             w.start()
@@ -806,6 +845,16 @@ class Stack:
         t0 = time.monotonic()
         starts = w.starts
         pool = w.sigkill_main()
+        wait_for(lambda: w.starts > starts, timeout=10, interval=0.02, what=f"{w.name} started again")
+        self.wait_ready(w)
+        return pool, round(time.monotonic() - t0, 2)
+
+    def crash_worker_group(self, w: Worker) -> tuple[list[tuple[int, int | None]], float]:
+        """SIGKILL the worker's whole process group; the supervisor starts it again. Its pool children as they
+        were, and the seconds from the kill until the new main process is ready."""
+        t0 = time.monotonic()
+        starts = w.starts
+        pool = w.sigkill_group()
         wait_for(lambda: w.starts > starts, timeout=10, interval=0.02, what=f"{w.name} started again")
         self.wait_ready(w)
         return pool, round(time.monotonic() - t0, 2)

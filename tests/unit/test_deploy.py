@@ -181,12 +181,17 @@ def test_every_command_and_its_options_exist(name: str, service: dict[str, Any])
             resolve(argv)
 
 
-def test_the_relay_runs_by_default_and_beat_only_under_its_profile() -> None:
+def test_the_workers_sweep_by_default_and_a_relay_apart_or_beat_run_only_under_their_profiles() -> None:
     relay, beat = resolve(SERVICES["relay"]["command"])[-1], resolve(SERVICES["beat"]["command"])[-1]
     assert relay[0].name == "relay"
     assert beat[0].name == "beat"
-    assert "profiles" not in SERVICES["relay"]
+    assert SERVICES["relay"]["profiles"] == ["relay"]
     assert SERVICES["beat"]["profiles"] == ["beat"]
+    # The default stack is the API and the workers: the workers run the relay's pass, so none turns it off.
+    worker = SERVICES["worker"]
+    assert "--no-relay" not in worker["command"]
+    assert environment(worker).get("LEADRELAY_WORKER_RELAY", "true") == "true"
+    assert Settings.model_fields["worker_relay"].default is True
     # The schedule file goes where the image's user can write.
     assert str(beat[1]["schedule"]).startswith("/var/lib/leadrelay/")
 
@@ -568,3 +573,15 @@ def test_the_build_context_leaves_out_the_venv_git_caches_tests_and_secrets() ->
     ignored = dockerignore()
     for must in (".git", ".venv", "**/__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "tests", ".env"):
         assert must in ignored, f".dockerignore: {must}"
+
+
+def test_every_worker_of_the_app_gets_the_relay_step_and_its_no_relay_option() -> None:
+    # On the app itself, so `celery -A workers worker` (the compose command) has it as `leadrelay worker` does.
+    from workers import app as celery_app
+    from workers.relay import RelaySweep
+
+    assert RelaySweep in celery_app.steps["worker"]
+    assert any("--no-relay" in option.opts for option in celery_app.user_options["worker"])
+    assert "--no-relay" in " ".join(
+        str(p.opts) for p in typer.main.get_command(leadrelay_cli).commands["worker"].params
+    )
