@@ -198,4 +198,3 @@ def test_texts_that_come_while_a_task_of_their_accounts_texts_is_queued_publish_
     assert sent[0][2][TEXTS_QUEUED_HEADER] == account
     assert finished_within([later], 30) == [IntakeStatus.DONE]
     assert not client.exists(f"{prefix}{account}")  # the running worker's task cleared it before its claim
-
