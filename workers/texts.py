@@ -142,6 +142,8 @@ def run_batch(
             for e in events
         ],
     )
+    for intake, reason in rejected:
+        webhooks.record_intake(uow, intake, "intake.rejected", reason)
     store.write_texts(account_id, [(intake, p.plan) for intake, p in plans], rejected)
     if any(p.plan.mail is not None for _, p in plans):
         uow.after_commit(notifications.request_flush)

@@ -6,8 +6,10 @@ running workers leave them waiting; each test then runs what a task runs, in thi
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -18,28 +20,30 @@ from models.uow import UnitOfWork
 from rules.texts import InboundText
 from tests.integration.test_batches import counted, finished_within, forget, process, published, rows
 from tests.integration.test_sms_inbound import Texting, fresh_number, texting
+from tests.integration.test_webhooks import account, deliveries, path_of, receiver
 from workers import tasks
 from workers.app import FLAG_TTL_MS, TEXTS, TEXTS_QUEUED_HEADER, claimed_from_now, shared_flags
 from workers.relay import send_text
 
 pytestmark = pytest.mark.integration
-__all__ = ["texting"]  # the fixture, used by name
+__all__ = ["account", "receiver", "texting"]  # the fixtures, used by name
 
 
-def store_texts(t: Texting, texts: list[tuple[str, str, str]]) -> list[uuid.UUID]:
+def store_texts(t: Texting, texts: list[tuple[str | None, str, str]]) -> list[uuid.UUID]:
     """Texts (phone, body, the smart number's entity) stored as the webhook stores them, oldest first, their
-    tasks not published."""
+    tasks not published; a phone of None is a sender that is no phone number (D9)."""
     ids = []
     with UnitOfWork() as uow:
         for phone, body, to in texts:
-            fields = t.inbound(phone, body, to=to)
+            sender = phone or "whatsapp:not-a-number"
+            fields = t.inbound(sender, body, to=to)
             sid = fields["MessageSid"]
             intake = Intake(
                 account_id=t.account_id,
                 source=IntakeSource.SMS,
                 idempotency_key=sid,
                 raw_body=urllib.parse.urlencode(fields),
-                payload=InboundText(sid, fields["To"], phone, phone, body).to_dict(),
+                payload=InboundText(sid, fields["To"], sender, phone, body).to_dict(),
                 content_type="application/x-www-form-urlencoded",
             )
             ids.append(uow.intakes.add(intake).id)
@@ -198,3 +202,18 @@ def test_texts_that_come_while_a_task_of_their_accounts_texts_is_queued_publish_
     assert sent[0][2][TEXTS_QUEUED_HEADER] == account
     assert finished_within([later], 30) == [IntakeStatus.DONE]
     assert not client.exists(f"{prefix}{account}")  # the running worker's task cleared it before its claim
+
+
+def test_a_text_a_batch_rejects_is_an_intake_rejected_webhook_beside_the_others_text_received(account: Any) -> None:
+    t: Texting = account(path_of())
+    phone = fresh_number()
+    t.signup("co", "rejected@example.com", phone)
+    ids = store_texts(t, [(phone, "Hello", "co"), (None, "Hi", "co"), (phone, "Again", "co")])
+    process(ids[0])
+    assert [i.status for i in rows(ids)] == [IntakeStatus.DONE, IntakeStatus.REJECTED, IntakeStatus.DONE]
+    assert rows(ids[1:2])[0].reason.startswith("D9")
+    made = deliveries(t)
+    rejected = [d for d in made if d.event_type == "intake.rejected"]
+    assert len(rejected) == 1
+    assert str(ids[1]) in json.dumps(rejected[0].data)
+    assert Counter(d.event_type for d in made)["text.received"] == 2
