@@ -76,7 +76,7 @@ def _last_outbound(phones: Any = None) -> Any:
 
 
 def _reply_facts() -> Any:
-    """:meth:`TextRepository.reply_facts`'s statement (``:account_id``, ``:phones``: an array of phones)."""
+    """:meth:`TextRepository.reply_facts_of`'s statement (``:account_id``, ``:phones``: the phones, an expanding IN)."""
     phones = bindparam("phones", expanding=True, type_=String())
     last = _last_outbound(phones)
     return (
