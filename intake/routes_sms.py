@@ -34,7 +34,7 @@ from rules.contact import InvalidPhone, mask_phone, normalize_phone
 from rules.texts import InboundText
 from workers import texts
 from workers.gateway import decrypt_auth_tokens
-from workers.relay import send_intake
+from workers.relay import send_text
 
 router = APIRouter(prefix="/v1/intake/sms", tags=["intake"])
 log = structlog.get_logger(__name__)
@@ -239,8 +239,9 @@ def post_twilio_inbound(raw: RawBody, uow: UoW, request: Request, signature: Sig
     uow.commit()
     structlog.contextvars.bind_contextvars(correlation_id=str(intake_id))
     if new:
-        # On the texts queue, so a flood of registrations never delays a reply.
-        send_intake(intake_id, IntakeSource.SMS)
+        # On the texts queue, so a flood of registrations never delays a reply; one task for the texts that
+        # come while a task of the account's texts is queued (a batch takes them all).
+        send_text(intake_id, account_id)
     log.info("intake.accepted", intake_id=str(intake_id), source="sms", replay=not new, sender=mask_phone(sender))
     return _twiml()
 

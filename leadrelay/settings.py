@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1)
     """Connections each process keeps open to PostgreSQL."""
     batch_size: int = Field(default=50, ge=1, le=1000)
-    """A worker's task for one signup also takes up to this many signups waiting beside it and decides them
-    together (one plan, a handful of statements); `1` processes each alone."""
+    """A worker's task for one signup (or one inbound text) also takes up to this many signups (or texts) of
+    its account waiting beside it and decides them together (one plan, a handful of statements; texts in
+    the order they came); `1` processes each alone."""
     secret_key: SecretStr | None = None
     """Fernet keys, comma-separated, newest first, that encrypt the secrets kept in the database (the org
     files' literal Twilio auth tokens). Required in production; elsewhere one is generated once into the data

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Integer,
     String,
     Table,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.orgsnapshot import OrgSnapshot
 from models.repositories import (
@@ -75,6 +77,7 @@ from models.tables import (
     IntakeStatus,
     Lead,
     LeadCampaign,
+    Message,
     Outbox,
     RoutingRule,
     SiteActivity,
@@ -83,16 +86,20 @@ from models.tables import (
 )
 from rules.routing import Rule
 from rules.signups import Contact, Facts, KnownLead, Needs, SignupPlan
+from rules.texts import TextPlan
 
-# The sources a batch takes beside the intake its task was sent for: every one is a signup. (An event
-# intake may hold activity, and a text has its own path: those are taken one at a time.)
+# The sources a batch takes beside the intake its task was sent for, of the intake's own kind: signups
+# (decided together by the signup path), or inbound texts (``workers.texts``, in arrival order). An event
+# intake may hold activity: those are taken one at a time.
 BATCHED_SOURCES = (IntakeSource.REGISTRATION, IntakeSource.PROVIDER)
+TEXT_SOURCES = (IntakeSource.SMS,)
 FINAL = (IntakeStatus.DONE, IntakeStatus.REJECTED)
 # The other tables the writer writes with Core (the shared ones are in models.repositories.common).
 RULES = cast(Table, RoutingRule.__table__)
 ENTITIES = cast(Table, Entity.__table__)
 ACTIVITY = cast(Table, SiteActivity.__table__)
 CAMPAIGNS = cast(Table, LeadCampaign.__table__)
+MESSAGES = cast(Table, Message.__table__)
 # Past this many keys (an import's chunk, never a live batch), the leads are read by a JSON array of keys.
 MANY_KEYS = 1_000
 _KEYS_IN_JSON = text("leads.unique_key = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:keys AS jsonb))))")
@@ -113,38 +120,42 @@ def _claim_statement(batch: bool, skip_locked: bool) -> Any:
         # PostgreSQL's generic plan of it cannot tell "accepted" (a few rows) from "done" (nearly all) when
         # the status is a parameter: it then scans the whole table for the waiting signups.
         accepted = _constant(IntakeStatus.ACCEPTED, Intake.status.type)
-        batched = [_constant(source, Intake.source.type) for source in BATCHED_SOURCES]
         final = [_constant(status, Intake.status.type) for status in FINAL]
         first = _constant(0, Intake.attempts.type)
         this = select(Intake.account_id).where(Intake.id == intake_id).scalar_subquery()
-        # Companions for a signup on its first try, or one already finished (its task stood for the signups
-        # that came while it was queued: ``workers.app.publish_signup``); an intake that failed before is
-        # tried alone.
-        first_try_signup = (
-            select(Intake.id)
-            .where(
-                Intake.id == intake_id,
-                Intake.source.in_(batched),
-                or_(Intake.attempts == first, Intake.status.in_(final)),
+
+        def waiting(sources: Sequence[IntakeSource]) -> Any:
+            kind = [_constant(source, Intake.source.type) for source in sources]
+            # Companions for an intake of this kind on its first try, or one already finished (its task
+            # stood for the intakes that came while it was queued: ``workers.app.publish_shared``); an
+            # intake that failed before is tried alone. Of the two kinds, the one the intake is not of reads
+            # nothing: its condition is a constant of the statement (a one-time filter).
+            first_try = (
+                select(Intake.id)
+                .where(
+                    Intake.id == intake_id,
+                    Intake.source.in_(kind),
+                    or_(Intake.attempts == first, Intake.status.in_(final)),
+                )
+                .exists()
             )
-            .exists()
-        )
-        # The oldest waiting signups of the account, found by the partial index that holds exactly them
-        # (``ix_intakes_waiting_signups``), however many intakes are finished or wait for something else;
-        # twice the batch, as another batch may hold some.
-        waiting = (
-            select(Intake.id)
-            .where(
-                Intake.account_id == this,
-                Intake.status == accepted,
-                Intake.attempts == first,
-                Intake.source.in_(batched),
-                first_try_signup,
+            # The oldest waiting intakes of the kind in the account, found by the partial index that holds
+            # exactly them (``ix_intakes_waiting_signups``, ``ix_intakes_waiting_texts``), however many
+            # intakes are finished or wait for something else; twice the batch, as another batch may hold some.
+            return (
+                select(Intake.id)
+                .where(
+                    Intake.account_id == this,
+                    Intake.status == accepted,
+                    Intake.attempts == first,
+                    Intake.source.in_(kind),
+                    first_try,
+                )
+                .order_by(Intake.created_at)
+                .limit(bindparam("twice", type_=Integer))
             )
-            .order_by(Intake.created_at)
-            .limit(bindparam("twice", type_=Integer))
-        )
-        wanted = union_all(select(intake_id), waiting).subquery()
+
+        wanted = union_all(select(intake_id), waiting(BATCHED_SOURCES), waiting(TEXT_SOURCES)).subquery()
         # The ids as one array (computed once, first), so the rows are found by the primary key: as an IN
         # (semi-join), PostgreSQL may read the intakes through the status index instead, every waiting one.
         ids = select(func.array_agg(wanted.c[0])).scalar_subquery()
@@ -527,6 +538,146 @@ class SignupStore:
         self.session.execute(_plan_statement(shape), params)
         return []
 
+    def write_texts(
+        self,
+        account_id: int,
+        plans: Sequence[tuple[Intake, TextPlan]],
+        rejected: Sequence[tuple[Intake, str]],
+    ) -> None:
+        """Write what a batch of inbound texts decided (``workers.texts``) and end each intake, counted as one
+        more try: ``done`` on its plan's lead, or ``rejected`` with its reason. Every text's message (once
+        per gateway sid), timeline events (once per lead, intake and kind) and mail (once per dedupe key),
+        what they change on their leads (one row a lead, the texts' changes in arrival order), and the
+        intakes' ends: on PostgreSQL one statement, the signups' plan statement (:func:`_plan_statement`),
+        whatever the batch's size; on SQLite one statement per step."""
+        now = dt.datetime.now(dt.UTC)
+        messages = [{"id": uuid.uuid4(), **plan.message} for _, plan in plans]
+        events = [
+            {
+                "account_id": account_id,
+                "lead_id": e.lead_id,
+                "kind": e.kind,
+                "intake_id": e.intake_id,
+                "at": e.at,
+                "summary": e.summary,
+                "data": e.data,
+                "actor": e.actor,
+            }
+            for _, plan in plans
+            for e in plan.events
+        ]
+        texted: dict[uuid.UUID, dict[str, Any]] = {}
+        for _, plan in plans:
+            change = plan.lead_change
+            if change is None:
+                continue
+            row = texted.setdefault(plan.lead_id, {"id": plan.lead_id, "at": None, "unsubscribed": None})
+            if change.activity_at is not None:
+                row["at"] = max(row["at"] or change.activity_at, change.activity_at)
+            if change.sms_unsubscribed is not None:
+                row["unsubscribed"] = change.sms_unsubscribed
+        mails = [
+            {
+                "id": uuid.uuid4(),
+                "account_id": account_id,
+                "kind": "email",
+                "dedupe_key": plan.mail.dedupe_key[:200],
+                "to_address": plan.mail.to_address,
+                "subject": plan.mail.subject[:300],
+                "body": plan.mail.body,
+                "correlation_id": plan.mail.correlation_id[:64] if plan.mail.correlation_id else None,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+            }
+            for _, plan in plans
+            if plan.mail is not None
+        ]
+        finished = [
+            {"id": intake.id, "status": IntakeStatus.DONE, "lead_id": plan.lead_id, "reason": None}
+            for intake, plan in plans
+        ] + [
+            {"id": intake.id, "status": IntakeStatus.REJECTED, "lead_id": None, "reason": why}
+            for intake, why in rejected
+        ]
+        if not self.postgres:
+            self._write_texts_by_steps(messages, events, list(texted.values()), mails, finished, plans, rejected, now)
+            return
+        steps: dict[str, list[dict[str, Any]]] = {
+            "messages": _first_of_each([with_scalar_defaults(MESSAGES, m) for m in messages], ("provider_sid",)),
+            "events": _first_of_each(
+                [with_scalar_defaults(EVENTS, e) for e in events], ("lead_id", "intake_id", "kind")
+            ),
+            "texted": list(texted.values()),
+            "mails": _first_of_each([with_scalar_defaults(OUTBOX, m) for m in mails], ("dedupe_key",)),
+            "finished": finished,
+        }
+        shape = tuple((step, tuple(got[0])) for step, got in steps.items() if got)
+        params: dict[str, Any] = {f"{step}_rows": rows_json(steps[step], names) for step, names in shape}
+        params["now"] = now
+        with self.session.no_autoflush:
+            self.session.execute(_plan_statement(shape), params)
+        # The intake rows now hold these: the session has nothing more to send for them.
+        ends = {row["id"]: row for row in finished}
+        for intake in [intake for intake, _ in plans] + [intake for intake, _ in rejected]:
+            end = ends[intake.id]
+            values = {
+                "status": end["status"],
+                "lead_id": end["lead_id"],
+                "reason": end["reason"],
+                "processed_at": now,
+                "updated_at": now,
+                "attempts": intake.attempts + 1,
+            }
+            for name, value in values.items():
+                set_committed_value(intake, name, value)
+
+    def _write_texts_by_steps(
+        self,
+        messages: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+        texted: list[dict[str, Any]],
+        mails: list[dict[str, Any]],
+        finished: list[dict[str, Any]],
+        plans: Sequence[tuple[Intake, TextPlan]],
+        rejected: Sequence[tuple[Intake, str]],
+        now: dt.datetime,
+    ) -> None:
+        """SQLite (the embedded mode): :meth:`write_texts` one statement per step."""
+        session = self.session
+        if messages:
+            session.execute(
+                dialect_insert(session, MESSAGES).on_conflict_do_nothing(index_elements=["provider_sid"]), messages
+            )
+        if events:
+            session.execute(
+                dialect_insert(session, TimelineEvent).on_conflict_do_nothing(
+                    index_elements=["lead_id", "intake_id", "kind"]
+                ),
+                events,
+            )
+        for row in texted:
+            lead: dict[str, Any] = {"updated_at": now}
+            if row["at"] is not None:
+                # A bind of the column's type, not a CAST: SQLite would cast the text to a number.
+                at = literal(row["at"], LEADS.c.last_activity_at.type)
+                lead["last_activity_at"] = case((LEADS.c.last_activity_at < at, at), else_=LEADS.c.last_activity_at)
+            if row["unsubscribed"] is not None:
+                lead["sms_unsubscribed"] = row["unsubscribed"]
+            session.execute(update(LEADS).where(LEADS.c.id == row["id"]).values(**lead))
+        if mails:
+            session.execute(
+                dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"]), mails
+            )
+        ends = {row["id"]: row for row in finished}
+        for intake in [intake for intake, _ in plans] + [intake for intake, _ in rejected]:
+            end = ends[intake.id]
+            intake.status = IntakeStatus(end["status"])
+            intake.lead_id = end["lead_id"]
+            intake.reason = end["reason"]
+            intake.processed_at = now
+            intake.attempts += 1
+
     def add_events(self, account_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Timeline events in one executemany; an (lead, intake, kind) already there is skipped."""
         if rows:
@@ -604,6 +755,7 @@ _INSERTED: dict[str, tuple[Table, tuple[str, ...]]] = {
     "campaigns": (CAMPAIGNS, ("lead_id", "name")),
     "mails": (OUTBOX, ("dedupe_key",)),
     "deliveries": (DELIVERIES, ()),
+    "messages": (MESSAGES, ("provider_sid",)),
 }
 
 
@@ -633,6 +785,20 @@ def _plan_statement(shape: tuple[tuple[str, tuple[str, ...]], ...]) -> Any:
                     updated_at=now,
                 )
                 .cte("touched_leads")
+            )
+        elif step == "texted":
+            # What texts change on their leads (one row a lead): the last activity moved to at least ``at``,
+            # the texts' subscription set when ``unsubscribed`` is not null (S4).
+            texted = recordset(name, [column("id", Uuid), column("at", AT), column("unsubscribed", Boolean)])
+            ctes.append(
+                update(LEADS)
+                .where(LEADS.c.id == texted.c.id)
+                .values(
+                    last_activity_at=func.greatest(LEADS.c.last_activity_at, texted.c.at),
+                    sms_unsubscribed=func.coalesce(texted.c.unsubscribed, LEADS.c.sms_unsubscribed),
+                    updated_at=now,
+                )
+                .cte("texted_leads")
             )
         elif step in ("rules", "defaults"):
             moved = recordset(name, [column("id", Integer), column("cursor", BigInteger)])

@@ -342,6 +342,7 @@ class Message(Base):
 
 
 WAITING_SIGNUPS = "status = 'accepted' AND attempts = 0 AND source IN ('registration', 'provider')"
+WAITING_TEXTS = "status = 'accepted' AND attempts = 0 AND source IN ('sms')"
 
 
 class Intake(Base):
@@ -359,6 +360,14 @@ class Intake(Base):
             "created_at",
             postgresql_where=text(WAITING_SIGNUPS),
             sqlite_where=text(WAITING_SIGNUPS),
+        ),
+        # The same for inbound texts: what a batch of texts takes (``workers.texts``).
+        Index(
+            "ix_intakes_waiting_texts",
+            "account_id",
+            "created_at",
+            postgresql_where=text(WAITING_TEXTS),
+            sqlite_where=text(WAITING_TEXTS),
         ),
     )
 

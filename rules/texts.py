@@ -4,6 +4,7 @@ delivery reports move an outbound text's status (forward only)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -313,6 +314,129 @@ def plan_text(
     if agent is not None and agent.email:
         mail = _mail(account_id, lead, agent.email, text, reason, action, public_base_url, correlation_id)
     return TextPlan(lead.lead_id, message, tuple(events), change, mail, rule, action)
+
+
+@dataclass(frozen=True)
+class TextIn:
+    """One inbound text of a batch, as the batch plans it: its intake, its time and the smart number's entity."""
+
+    intake_id: uuid.UUID
+    text: InboundText
+    at: dt.datetime
+    number_entity_id: int
+
+
+@dataclass(frozen=True)
+class PhoneFacts:
+    """What the texts from one phone are routed over (S1, S2): its live leads as :func:`choose_reply_lead`
+    compares them and as :func:`plan_text` writes on them, and each one's last outbound text there."""
+
+    candidates: tuple[CandidateLead, ...]
+    leads: Mapping[uuid.UUID, TextLead]
+    last_texts: tuple[OutboundText, ...]
+
+
+@dataclass(frozen=True)
+class MadeLead:
+    """O6: the lead a text's signup made (or joined), and the reason its timeline gives."""
+
+    lead: TextLead
+    created: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class NeedsLead:
+    """O6: the text makes a lead first (``choice``; None for a later text of a phone whose first text
+    makes one: it is planned once that lead is made)."""
+
+    intake_id: uuid.UUID
+    choice: NewTextLead | None
+
+
+@dataclass(frozen=True)
+class PlannedText:
+    """A text's plan, with how it was routed."""
+
+    intake_id: uuid.UUID
+    plan: TextPlan
+    created: bool
+
+
+def plan_texts(
+    items: Sequence[TextIn],
+    facts: Mapping[str, PhoneFacts],
+    made: Mapping[uuid.UUID, MadeLead],
+    *,
+    account_id: int,
+    agents: Mapping[int, Agent],
+    public_base_url: str,
+    correlation_id: str | None,
+) -> list[PlannedText | NeedsLead]:
+    """S1-S4, O6 for a batch of texts, in arrival order, exactly as one by one: each text is routed over its
+    phone's leads as the texts before it left them (a text moves its lead's last activity, which S2
+    compares; STOP and START change the subscription the next one notes). A text whose phone has no lead
+    yet (O6) and is not in ``made`` is :class:`NeedsLead`: the caller makes its lead (the signup path) and
+    plans again with it in ``made`` and the phone's facts read again; the texts after it from that phone
+    then land on that lead. ``facts`` holds every phone's (the phone of a text in ``made``: as read after
+    its lead was made); ``agents`` every agent the facts and the made leads name."""
+    candidates = {phone: list(f.candidates) for phone, f in facts.items()}
+    leads: dict[uuid.UUID, TextLead] = {}
+    for f in facts.values():
+        leads.update(f.leads)
+    for m in made.values():
+        leads.setdefault(m.lead.lead_id, m.lead)
+    waiting: set[str] = set()  # phones whose first text waits for its lead: the later ones wait too
+    out: list[PlannedText | NeedsLead] = []
+    for item in items:
+        phone = item.text.from_e164
+        assert phone is not None, "D9: a text from no possible phone is rejected before it is planned"
+        phone_facts = facts[phone]
+        created = False
+        deciding: OutboundText | None = None
+        seen: list[uuid.UUID]
+        if phone in waiting:
+            out.append(NeedsLead(item.intake_id, None))
+            continue
+        if item.intake_id in made:
+            new = made[item.intake_id]
+            lead, created, rule, reason, seen = leads[new.lead.lead_id], new.created, "O6", new.reason, []
+        else:
+            choice = choose_reply_lead(candidates[phone], phone_facts.last_texts, item.number_entity_id)
+            if isinstance(choice, NewTextLead):
+                waiting.add(phone)
+                out.append(NeedsLead(item.intake_id, choice))
+                continue
+            lead, rule, reason, deciding = leads[choice.lead_id], choice.rule, choice.reason, choice.deciding_text
+            seen = [c.lead_id for c in candidates[phone]]
+        plan = plan_text(
+            item.text,
+            account_id=account_id,
+            intake_id=item.intake_id,
+            at=item.at,
+            lead=lead,
+            rule=rule,
+            reason=reason,
+            deciding=deciding,
+            candidates=seen,
+            agents=agents,
+            public_base_url=public_base_url,
+            correlation_id=correlation_id,
+        )
+        out.append(PlannedText(item.intake_id, plan, created))
+        change = plan.lead_change
+        if change is not None:
+            after = dataclasses.replace(
+                lead,
+                last_activity_at=change.activity_at or lead.last_activity_at,
+                sms_unsubscribed=lead.sms_unsubscribed if change.sms_unsubscribed is None else change.sms_unsubscribed,
+            )
+            leads[lead.lead_id] = after
+            candidates[phone] = [
+                dataclasses.replace(c, last_activity_at=after.last_activity_at) if c.lead_id == lead.lead_id else c
+                for c in candidates[phone]
+            ]
+    return out
 
 
 def _subscription_note(lead: TextLead, intake_id: uuid.UUID, text: InboundText, stop: bool, at: dt.datetime) -> Event:

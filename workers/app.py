@@ -53,14 +53,18 @@ def publish(
     return True
 
 
-# New signups of an account share a queued task (Redis brokers). A signup's task takes the signups waiting
-# beside it (``SignupStore.claim``), so while one task of the account is queued and not yet started, a new
-# signup needs no task of its own: the API publishes one only when it sets the account's flag, and that
-# task clears the flag before it claims. The flag lives in the broker's Redis, beside the message it
-# stands for (a Redis that loses its queue loses the flags with it), and expires after FLAG_TTL_MS, so a
-# task lost on the way (a killed worker holding it) holds back new signups no longer than that; the
-# relay sends what is left waiting.
+# New intakes of an account share a queued task (Redis brokers), one kind at a time: signups, and inbound
+# texts. A task takes the intakes of its kind waiting beside its own (``SignupStore.claim``), so while one
+# task of the account's kind is queued and not yet started, a new intake of that kind needs no task of its
+# own: the API publishes one only when it sets the account's flag of that kind, and that task clears the
+# flag before it claims (the header names the kind and the account). The flag lives in the broker's Redis,
+# beside the message it stands for (a Redis that loses its queue loses the flags with it), and expires after
+# FLAG_TTL_MS, so a task lost on the way (a killed worker holding it) holds back new intakes no longer than
+# that; the relay sends what is left waiting.
+SIGNUPS, TEXTS = "signups", "texts"
 SIGNUPS_QUEUED_HEADER = "leadrelay_signups_queued"
+TEXTS_QUEUED_HEADER = "leadrelay_texts_queued"
+QUEUED_HEADERS = {SIGNUPS: SIGNUPS_QUEUED_HEADER, TEXTS: TEXTS_QUEUED_HEADER}
 FLAG_TTL_MS = 5000
 
 
@@ -69,21 +73,28 @@ def _flags_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def signup_flags() -> tuple[redis.Redis, str] | None:
-    """The broker's Redis and the installation's key prefix, or None when the broker is not Redis."""
+def shared_flags(kind: str) -> tuple[redis.Redis, str] | None:
+    """The broker's Redis and the prefix of ``kind``'s flags (the installation's key prefix first), or None
+    when the broker is not Redis."""
     settings = get_settings()
     url = settings.effective_broker_url
     if not url.startswith(("redis://", "rediss://")):
         return None
-    return _flags_client(url), f"{settings.queue_prefix}signups-queued:"
+    return _flags_client(url), f"{settings.queue_prefix}{kind}-queued:"
 
 
-def publish_signup(intake_id: uuid.UUID, account_id: int) -> bool:
-    """After a new signup intake of ``account_id`` is committed: publish its task, unless a task of the
-    account is queued and not started (it takes this signup too). Whether the signup is covered."""
-    flags = signup_flags()
+def signup_flags() -> tuple[redis.Redis, str] | None:
+    """:func:`shared_flags` of signups."""
+    return shared_flags(SIGNUPS)
+
+
+def publish_shared(intake_id: uuid.UUID, account_id: int, kind: str, *, queue: str | None = None) -> bool:
+    """After a new intake of ``kind`` of ``account_id`` is committed: publish its task (on ``queue`` if
+    given), unless a task of the account's ``kind`` is queued and not started (it takes this intake too).
+    Whether the intake is covered."""
+    flags = shared_flags(kind)
     if flags is None:
-        return publish("intake.process", intake_id)
+        return publish("intake.process", intake_id, queue=queue)
     client, prefix = flags
     key = f"{prefix}{account_id}"
     try:
@@ -91,17 +102,22 @@ def publish_signup(intake_id: uuid.UUID, account_id: int) -> bool:
             return True
     except redis.RedisError as exc:
         log.warning("intake.flag_unset", error=type(exc).__name__)
-    sent = publish("intake.process", intake_id, headers={SIGNUPS_QUEUED_HEADER: account_id})
+    sent = publish("intake.process", intake_id, queue=queue, headers={QUEUED_HEADERS[kind]: account_id})
     if not sent:
         with contextlib.suppress(redis.RedisError):
-            client.delete(key)  # no task stands for the flag: the next signup publishes its own
+            client.delete(key)  # no task stands for the flag: the next intake publishes its own
     return sent
 
 
-def signups_claimed_from_now(account_id: int) -> None:
-    """Before a task that stood for its account's flag claims: a signup committed from now on publishes a
-    task of its own (one committed before is in the claim's snapshot)."""
-    flags = signup_flags()
+def publish_signup(intake_id: uuid.UUID, account_id: int) -> bool:
+    """:func:`publish_shared` of a signup."""
+    return publish_shared(intake_id, account_id, SIGNUPS)
+
+
+def claimed_from_now(account_id: int, kind: str) -> None:
+    """Before a task that stood for its account's flag of ``kind`` claims: an intake of that kind committed
+    from now on publishes a task of its own (one committed before is in the claim's snapshot)."""
+    flags = shared_flags(kind)
     if flags is None:
         return
     client, prefix = flags
@@ -109,6 +125,11 @@ def signups_claimed_from_now(account_id: int) -> None:
         client.delete(f"{prefix}{account_id}")
     except redis.RedisError as exc:  # the flag expires on its own
         log.warning("intake.flag_not_cleared", error=type(exc).__name__)
+
+
+def signups_claimed_from_now(account_id: int) -> None:
+    """:func:`claimed_from_now` of signups."""
+    claimed_from_now(account_id, SIGNUPS)
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]

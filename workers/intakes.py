@@ -7,6 +7,7 @@ Above all three: texts builds on the signup path, so the choice between them is 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import structlog
 
@@ -15,7 +16,7 @@ from models.signups import FINAL, Claimed, SignupStore
 from models.tables import Intake, IntakeSource
 from models.uow import UnitOfWork
 from workers import services, signups, texts
-from workers.app import publish
+from workers.relay import send_intake
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +39,11 @@ def process_intake(uow: UnitOfWork, intake_id: uuid.UUID, *, batch_size: int | N
     if claimed is not None and len(claimed.intakes) >= size > 1:
         # A full batch: more may wait that have no task of their own (they came while a task of their
         # account was queued). Once this batch is over, this intake's task runs again for them.
+        source = claimed.intakes[0].source  # of the batch's kind; read now, before the commit expires it
         try:
             return _process_claimed(uow, store, claimed, intake_id)
         finally:
-            publish("intake.process", intake_id)
+            send_intake(intake_id, source)
     return _process_claimed(uow, store, claimed, intake_id)
 
 
@@ -64,11 +66,9 @@ def _process_claimed(
         else:
             uow.rollback()
         return outcome
-    if this.source is IntakeSource.SMS or _is_activity(this):
+    if _is_activity(this):
         this.attempts += 1
         signups.snapshot_of(uow, store, claimed)
-        if this.source is IntakeSource.SMS:
-            return texts.process_inbound_text(uow, this)
         return services.process_activity(uow, this)
     outcomes = _run_or_split(uow, claimed, claimed.intakes, intake_id)
     return outcomes[intake_id]
@@ -86,12 +86,14 @@ def _run_or_split(
     """Run the batch; if it fails, run each intake alone (see :func:`process_intake`)."""
     store = uow.signups
     try:
-        return signups.run_batch(uow, store, claimed, intakes)
+        return _run(uow, store, claimed, intakes)
     except Exception as exc:
         if len(intakes) == 1:
             uow.rollback()
             raise
-        ids = [intake.id for intake in intakes]  # before the rollback expires them (reading them would load them)
+        # Before the rollback expires them (reading them would load them).
+        ids = [intake.id for intake in intakes]
+        source_of = {intake.id: intake.source for intake in intakes}
         uow.rollback()
         log.warning("intake.batch_split", intakes=len(ids), error=type(exc).__name__)
     outcomes: dict[uuid.UUID, services.Outcome] = {}
@@ -102,7 +104,7 @@ def _run_or_split(
             uow.rollback()
             continue
         try:
-            outcomes.update(signups.run_batch(uow, store, alone, alone.intakes))
+            outcomes.update(_run(uow, store, alone, alone.intakes))
         except Exception as exc:
             uow.rollback()
             if key == intake_id:
@@ -114,7 +116,16 @@ def _run_or_split(
                 store.count_attempt(key)
                 uow.commit()
                 log.warning("intake.failed_alone", intake_id=str(key), error=type(exc).__name__)
-                publish("intake.process", key, countdown=get_settings().retry_backoff_seconds)
+                send_intake(key, source_of[key], countdown=get_settings().retry_backoff_seconds)
     if failure is not None:
         raise failure
     return outcomes
+
+
+def _run(
+    uow: UnitOfWork, store: SignupStore, claimed: Claimed, intakes: Sequence[Intake]
+) -> dict[uuid.UUID, services.Outcome]:
+    """A batch of one kind (a claim takes companions of its intake's kind only): texts, or signups."""
+    if intakes[0].source is IntakeSource.SMS:
+        return texts.run_batch(uow, store, claimed, intakes)
+    return signups.run_batch(uow, store, claimed, intakes)

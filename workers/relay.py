@@ -23,7 +23,7 @@ from leadrelay.settings import get_settings
 from models.repositories import WAITING_WORK, conditions_at
 from models.tables import Intake, IntakeSource
 from models.uow import UnitOfWork
-from workers.app import app, publish
+from workers.app import TEXTS, app, publish, publish_shared
 from workers.celeryconfig import queue_name
 
 log = structlog.get_logger(__name__)
@@ -50,9 +50,16 @@ def intake_queue(source: IntakeSource) -> str | None:
     return queue_name(get_settings(), "texts") if source is IntakeSource.SMS else None
 
 
-def send_intake(key: uuid.UUID, source: IntakeSource) -> None:
-    """Publish a kept intake's task on its source's queue (the SMS webhook, a replay)."""
-    publish("intake.process", key, queue=intake_queue(source))
+def send_intake(key: uuid.UUID, source: IntakeSource, *, countdown: float | None = None) -> None:
+    """Publish a kept intake's task on its source's queue (a replay, a batch's task sent again), ``countdown``
+    seconds later if given."""
+    publish("intake.process", key, queue=intake_queue(source), countdown=countdown)
+
+
+def send_text(key: uuid.UUID, account_id: int) -> bool:
+    """After a new inbound text of ``account_id`` is committed: its task on the texts queue, unless a task
+    of the account's texts is queued and not started, which takes it (``workers.app.publish_shared``)."""
+    return publish_shared(key, account_id, TEXTS, queue=intake_queue(IntakeSource.SMS))
 
 
 def sweep(*, after: dt.timedelta | None = None, limit: int = 1000) -> dict[str, int]:

@@ -122,19 +122,6 @@ def run_batch(
     return planned.outcomes
 
 
-def record_one(uow: UnitOfWork, intake: Intake, signup: LeadSignup, ownership: Ownership) -> Outcome:
-    """Make or join the lead of one signup whose owner its source decided (O6: a text from an unknown
-    phone), routed with its timeline, through the same planner and writer as every batch. Does not
-    commit. ``rejected`` (with the reason) when a replayed intake meets its deleted lead (X4)."""
-    store = uow.signups
-    account = uow.orgs.account(intake.account_id)
-    claimed = Claimed([intake], account.org_version, account.duplication, account.id)
-    snapshot = snapshot_of(uow, store, claimed)
-    items = [signup_in(intake, signup, ownership)]
-    planned = plan_and_write(uow, store, snapshot, claimed, items, finish=False)
-    return planned.outcomes[intake.id]
-
-
 def signup_of(intake: Intake) -> LeadSignup:
     """The signup a stored signup intake holds (an event intake holds it under ``signup``)."""
     if intake.source is IntakeSource.EVENTS:

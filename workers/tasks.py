@@ -12,7 +12,7 @@ from celery import Task
 from leadrelay.settings import get_settings
 from models.uow import UnitOfWork
 from workers import imports, intakes, jobs, notifications, relay, services, texts_outbound, webhooks
-from workers.app import SIGNUPS_QUEUED_HEADER, app, publish, signups_claimed_from_now
+from workers.app import QUEUED_HEADERS, app, claimed_from_now, publish
 from workers.celeryconfig import MAX_RETRY_COUNTDOWN, TASK_QUEUES
 from workers.errors import error_kind, error_reason
 
@@ -71,9 +71,10 @@ def task(name: str, *, max_retries: int = 5, capped_by_setting: bool = False) ->
 @task("intake.process", max_retries=5, capped_by_setting=True)
 def process_intake(self: RetryingTask, intake_id: str) -> str:
     """Process one stored intake. Any failure retries with backoff; past the retries the intake is dead."""
-    account = self.request.get(SIGNUPS_QUEUED_HEADER)
-    if account is not None:  # this task stood for its account's new signups: from now on they publish their own
-        signups_claimed_from_now(int(account))
+    for kind, header in QUEUED_HEADERS.items():
+        account = self.request.get(header)
+        if account is not None:  # this task stood for its account's new intakes: from now on they publish their own
+            claimed_from_now(int(account), kind)
     try:
         with UnitOfWork() as uow:
             outcome = intakes.process_intake(uow, uuid.UUID(intake_id))

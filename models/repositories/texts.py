@@ -4,28 +4,24 @@ that texted that phone last (reply routing S1-S3, O6), and the gateway's deliver
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Integer, Table, Uuid, and_, bindparam, case, func, literal, select, update
-from sqlalchemy import cast as sa_cast
+from sqlalchemy import BigInteger, String, Table, and_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from models.repositories.common import AT, EVENTS, INTAKES, LEADS, OUTBOX, dialect_insert, insert_once
+from models.repositories.common import LEADS, dialect_insert
 from models.tables import (
     Entity,
-    Intake,
-    IntakeStatus,
     LeadStatus,
     Message,
     MessageStatusCallback,
 )
-from rules.texts import CandidateLead, TextLead, TextPlan
+from rules.texts import CandidateLead, TextLead
 
 MESSAGES = cast(Table, Message.__table__)
 
@@ -50,59 +46,28 @@ class ReplyFacts:
     last_texts: list[LastText]
 
 
-def _binds(prefix: str, table: Table, names: Iterable[str]) -> dict[str, Any]:
-    """A bind parameter per column, named ``prefix`` + the column, typed as the column."""
-    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
-
-
-MESSAGE_COLUMNS = (
-    "id",
-    "account_id",
-    "lead_id",
-    "direction",
-    "lead_phone",
-    "smart_number",
-    "body",
-    "agent_id",
-    "provider_sid",
-    "status",
-    "intake_id",
-    "created_at",
-    "updated_at",
-)
-EVENT_COLUMNS = ("account_id", "lead_id", "kind", "intake_id", "at", "summary", "data", "actor")
-MAIL_COLUMNS = (
-    "id",
-    "account_id",
-    "kind",
-    "dedupe_key",
-    "to_address",
-    "subject",
-    "body",
-    "correlation_id",
-    "status",
-    "attempts",
-    "created_at",
-)
-
-
-def _last_outbound() -> Any:
-    """S1: the outbound texts to the phone ``:phone`` of the account ``:account_id``, each numbered by recency
-    within its lead (``n`` = 1 its lead's last): one range of the (account, phone, direction, created_at)
-    index, whatever the size of the table."""
+def _last_outbound(phones: Any = None) -> Any:
+    """S1: the outbound texts to the phone ``:phone`` (or to any of ``phones``) of the account ``:account_id``,
+    each numbered by recency within its lead and phone (``n`` = 1 its lead's last there): one range of the
+    (account, phone, direction, created_at) index a phone, whatever the size of the table."""
+    phone = MESSAGES.c.lead_phone == bindparam("phone") if phones is None else MESSAGES.c.lead_phone.in_(phones)
     return (
         select(
             MESSAGES.c.id,
             MESSAGES.c.lead_id,
+            MESSAGES.c.lead_phone,
             MESSAGES.c.agent_id,
             MESSAGES.c.created_at,
             func.row_number()
-            .over(partition_by=MESSAGES.c.lead_id, order_by=(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc()))
+            .over(
+                partition_by=(MESSAGES.c.lead_id, MESSAGES.c.lead_phone),
+                order_by=(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc()),
+            )
             .label("n"),
         )
         .where(
             MESSAGES.c.account_id == bindparam("account_id"),
-            MESSAGES.c.lead_phone == bindparam("phone"),
+            phone,
             MESSAGES.c.direction == "outbound",
             MESSAGES.c.lead_id.is_not(None),
         )
@@ -111,8 +76,9 @@ def _last_outbound() -> Any:
 
 
 def _reply_facts() -> Any:
-    """:meth:`TextRepository.reply_facts`'s statement (``:account_id``, ``:phone``)."""
-    last = _last_outbound()
+    """:meth:`TextRepository.reply_facts_of`'s statement (``:account_id``, ``:phones``: the phones, an expanding IN)."""
+    phones = bindparam("phones", expanding=True, type_=String())
+    last = _last_outbound(phones)
     return (
         select(
             LEADS.c.id,
@@ -128,10 +94,14 @@ def _reply_facts() -> Any:
             last.c.agent_id,
             last.c.created_at,
         )
-        .select_from(LEADS.outerjoin(last, and_(last.c.lead_id == LEADS.c.id, last.c.n == 1)))
+        .select_from(
+            LEADS.outerjoin(
+                last, and_(last.c.lead_id == LEADS.c.id, last.c.lead_phone == LEADS.c.phone_e164, last.c.n == 1)
+            )
+        )
         .where(
             LEADS.c.account_id == bindparam("account_id"),
-            LEADS.c.phone_e164 == bindparam("phone"),
+            LEADS.c.phone_e164.in_(phones),
             LEADS.c.status.in_([LeadStatus.ACTIVE, LeadStatus.ARCHIVED]),
         )
         .order_by(LEADS.c.created_at, LEADS.c.id)
@@ -141,56 +111,17 @@ def _reply_facts() -> Any:
 # Built once: SQLAlchemy then neither builds nor keys these statements again for each text.
 REPLY_FACTS = _reply_facts()
 XACT_LOCK = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=BigInteger())))
+# Several advisory locks in one statement, in key order (the subquery's order; OFFSET 0 keeps it from being
+# flattened), as ``SignupStore.lock_people`` takes the people's.
+_ORDERED_KEYS = (
+    select(func.unnest(bindparam("lock_keys", type_=ARRAY(BigInteger))).label("k")).order_by("k").offset(0).subquery()
+)
+XACT_LOCKS = select(func.pg_advisory_xact_lock(_ORDERED_KEYS.c.k))
 
 
-@functools.cache
-def _write_statement(events: int, moved: bool, subscription: bool, mail: bool) -> Any:
-    """PostgreSQL: :meth:`TextRepository.write_inbound`'s one statement for a plan of this shape (its events,
-    whether it moves the lead's activity or subscription, whether it mails), each step a data-modifying CTE,
-    its values bind parameters (``m_*`` the message, ``e<n>_*`` the events, ``o_*`` the mail, ``l_*`` the
-    lead's change, ``i_*`` the intake's end, ``t_now``). No parameter is named as a column: SQLAlchemy would
-    take it for a column to set in the UPDATEs. Built once per shape and kept, as SQLAlchemy keeps its
-    compiled form. Each row is inserted once, under the intake's
-    lock (a replay skips what its first run wrote); the statement returns whether the mail is new."""
-    now = bindparam("t_now", type_=AT)
-    ctes: list[Any] = [
-        insert_once(MESSAGES, _binds("m_", MESSAGES, MESSAGE_COLUMNS), ["provider_sid"]).cte("inbound"),
-        *(
-            insert_once(EVENTS, _binds(f"e{n}_", EVENTS, EVENT_COLUMNS), ["lead_id", "intake_id", "kind"]).cte(
-                f"text_event_{n}"
-            )
-            for n in range(events)
-        ),
-    ]
-    if moved or subscription:
-        # updated_at is set here: a column's onupdate default is not evaluated inside a CTE.
-        lead: dict[str, Any] = {"updated_at": now}
-        if moved:
-            # At least: other work on the lead (its site activity) moves it too, without this phone's lock.
-            lead["last_activity_at"] = func.greatest(
-                LEADS.c.last_activity_at, sa_cast(bindparam("l_activity_at", type_=AT), AT)
-            )
-        if subscription:
-            lead["sms_unsubscribed"] = bindparam("l_sms_unsubscribed", type_=LEADS.c.sms_unsubscribed.type)
-        ctes.append(update(LEADS).where(LEADS.c.id == bindparam("l_id", type_=Uuid())).values(**lead).cte("text_lead"))
-    ctes.append(
-        update(INTAKES)
-        .where(INTAKES.c.id == bindparam("i_id", type_=Uuid()))
-        .values(
-            status=IntakeStatus.DONE,
-            lead_id=bindparam("i_lead_id", type_=Uuid()),
-            reason=None,
-            processed_at=now,
-            updated_at=now,
-            attempts=bindparam("i_attempts", type_=Integer()),
-        )
-        .cte("text_intake")
-    )
-    if not mail:
-        return select(literal(0)).add_cte(*ctes)
-    mails = insert_once(OUTBOX, _binds("o_", OUTBOX, MAIL_COLUMNS), ["dedupe_key"]).returning(OUTBOX.c.id)
-    new_mail = mails.cte("text_mail")
-    return select(select(func.count()).select_from(new_mail).scalar_subquery()).add_cte(*ctes, new_mail)
+def _lock_key(key: str) -> int:
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class TextRepository:
@@ -219,12 +150,16 @@ class TextRepository:
         takes one writer at a time."""
         if self.session.get_bind().dialect.name != "postgresql":
             return
-        digest = hashlib.sha256(key.encode()).digest()
-        self.session.execute(XACT_LOCK, {"lock_key": int.from_bytes(digest[:8], "big", signed=True)})
+        self.session.execute(XACT_LOCK, {"lock_key": _lock_key(key)})
 
-    def lock_phone(self, account_id: int, phone_e164: str) -> None:
-        """Serialise the texts of one phone to one account: two first texts at once make one lead (O6)."""
-        self._xact_lock(f"phone:{account_id}:{phone_e164}")
+    def lock_phones(self, account_id: int, phones: Iterable[str]) -> None:
+        """Serialise the texts of each phone to one account: two first texts at once make one lead (O6). The
+        locks are taken in key order in one statement, so two batches never wait for each other in a cycle.
+        Nothing on SQLite, which takes one writer at a time."""
+        keys = sorted({_lock_key(f"phone:{account_id}:{phone}") for phone in phones})
+        if not keys or self.session.get_bind().dialect.name != "postgresql":
+            return
+        self.session.execute(XACT_LOCKS, {"lock_keys": keys}).all()
 
     def lock_text_sid(self, provider_sid: str) -> None:
         """Serialise a status callback and the send that records the gateway's sid for the same text,
@@ -244,20 +179,26 @@ class TextRepository:
         return [(message, name) for message, name in rows]
 
     def reply_facts(self, account_id: int, phone_e164: str) -> ReplyFacts:
-        """What reply routing decides over (S1, S2), in one statement: the account's leads with this phone
-        that are neither merged nor deleted, oldest first, each with its last outbound text there (one
-        range of the messages' (account, phone, direction, created_at) index). Take the phone's lock
-        (:meth:`lock_phone`) first. Sends nothing pending of the session first (no autoflush): the caller
-        writes it with the text (:meth:`write_inbound`)."""
+        """:meth:`reply_facts_of` one phone."""
+        return self.reply_facts_of(account_id, [phone_e164])[phone_e164]
+
+    def reply_facts_of(self, account_id: int, phones: Iterable[str]) -> dict[str, ReplyFacts]:
+        """What reply routing decides over (S1, S2), for each of ``phones``, in one statement: the account's
+        leads with that phone that are neither merged nor deleted, oldest first, each with its last outbound
+        text there (one range of the messages' (account, phone, direction, created_at) index a phone). Take
+        the phones' locks (:meth:`lock_phones`) first. Sends nothing pending of the session first (no
+        autoflush): the caller writes it with the texts."""
+        wanted = sorted(set(phones))
         with self.session.no_autoflush:
-            rows = self.session.execute(REPLY_FACTS, {"account_id": account_id, "phone": phone_e164}).all()
-        candidates, leads, texts = [], {}, []
+            rows = self.session.execute(REPLY_FACTS, {"account_id": account_id, "phones": wanted}).all()
+        facts = {phone: ReplyFacts([], {}, []) for phone in wanted}
         for lead_id, owner, agent, active, created, unsubscribed, first, last_name, phone, text, by, at in rows:
-            candidates.append(CandidateLead(lead_id, owner, agent, active, created))
-            leads[lead_id] = TextLead(lead_id, agent, active, unsubscribed, first, last_name, phone)
+            got = facts[phone]
+            got.candidates.append(CandidateLead(lead_id, owner, agent, active, created))
+            got.leads[lead_id] = TextLead(lead_id, agent, active, unsubscribed, first, last_name, phone)
             if text is not None:
-                texts.append(LastText(text, lead_id, by, at))
-        return ReplyFacts(candidates, leads, texts)
+                got.last_texts.append(LastText(text, lead_id, by, at))
+        return facts
 
     def text_lead(self, lead_id: uuid.UUID) -> TextLead:
         """The lead a text lands on, as :meth:`reply_facts` reads it (a lead the text just made, O6)."""
@@ -274,123 +215,6 @@ class TextRepository:
                 ).where(LEADS.c.id == lead_id)
             ).one()
         return TextLead(*row)
-
-    def write_inbound(self, account_id: int, plan: TextPlan, intake: Intake) -> bool:
-        """Write what a text decided and end its intake ``done`` on the plan's lead: the inbound message (once
-        per gateway sid), its timeline events (once per lead, intake and kind), the lead's change, the agent's
-        mail (once per dedupe key), the intake's status, lead, time and tries. One statement on PostgreSQL
-        (each step a data-modifying CTE), one per step on SQLite. Whether the mail is new (a flush is then
-        due once this commits)."""
-        now = dt.datetime.now(dt.UTC)
-        message = {"id": uuid.uuid4(), **plan.message}
-        events = [
-            {
-                "account_id": account_id,
-                "lead_id": e.lead_id,
-                "kind": e.kind,
-                "intake_id": e.intake_id,
-                "at": e.at,
-                "summary": e.summary,
-                "data": e.data,
-                "actor": e.actor,
-            }
-            for e in plan.events
-        ]
-        mail = (
-            {
-                "id": uuid.uuid4(),
-                "account_id": account_id,
-                "kind": "email",
-                "dedupe_key": plan.mail.dedupe_key[:200],
-                "to_address": plan.mail.to_address,
-                "subject": plan.mail.subject[:300],
-                "body": plan.mail.body,
-                "correlation_id": plan.mail.correlation_id,
-                "status": "pending",
-                "attempts": 0,
-                "created_at": now,
-            }
-            if plan.mail is not None
-            else None
-        )
-        finished = {
-            "status": IntakeStatus.DONE,
-            "lead_id": plan.lead_id,
-            "reason": None,
-            "processed_at": now,
-            "attempts": intake.attempts,
-        }
-        if self.session.get_bind().dialect.name != "postgresql":
-            return self._write_inbound_by_steps(plan, message, events, mail, intake, finished, now)
-        change = plan.lead_change
-        moved = change is not None and change.activity_at is not None
-        subscription = change is not None and change.sms_unsubscribed is not None
-        params: dict[str, Any] = {
-            **{f"m_{name}": message[name] for name in MESSAGE_COLUMNS},
-            **{f"e{n}_{name}": event[name] for n, event in enumerate(events) for name in EVENT_COLUMNS},
-            **({f"o_{name}": mail[name] for name in MAIL_COLUMNS} if mail is not None else {}),
-            "i_id": intake.id,
-            "i_lead_id": plan.lead_id,
-            "i_attempts": intake.attempts,
-            "t_now": now,
-        }
-        if change is not None:
-            params["l_id"] = plan.lead_id
-            if change.activity_at is not None:
-                params["l_activity_at"] = change.activity_at
-            if change.sms_unsubscribed is not None:
-                params["l_sms_unsubscribed"] = change.sms_unsubscribed
-        stmt = _write_statement(len(events), moved, subscription, mail is not None)
-        with self.session.no_autoflush:
-            mailed = bool(self.session.execute(stmt, params).scalar_one())
-        # The intake row now holds these: the session has nothing more to send for it.
-        for name, value in {**finished, "updated_at": now}.items():
-            set_committed_value(intake, name, value)
-        return mailed
-
-    def _write_inbound_by_steps(
-        self,
-        plan: TextPlan,
-        message: dict[str, Any],
-        events: list[dict[str, Any]],
-        mail: dict[str, Any] | None,
-        intake: Intake,
-        finished: dict[str, Any],
-        now: dt.datetime,
-    ) -> bool:
-        """SQLite (the embedded mode): :meth:`write_inbound` one statement per step."""
-        session = self.session
-        session.execute(
-            dialect_insert(session, MESSAGES).values(message).on_conflict_do_nothing(index_elements=["provider_sid"])
-        )
-        session.execute(
-            dialect_insert(session, EVENTS).on_conflict_do_nothing(index_elements=["lead_id", "intake_id", "kind"]),
-            events,
-        )
-        change = plan.lead_change
-        if change is not None:
-            lead: dict[str, Any] = {"updated_at": now}
-            if change.activity_at is not None:
-                # A bind of the column's type, not a CAST: SQLite would cast the text to a number.
-                at = literal(change.activity_at, LEADS.c.last_activity_at.type)
-                lead["last_activity_at"] = case((LEADS.c.last_activity_at < at, at), else_=LEADS.c.last_activity_at)
-            if change.sms_unsubscribed is not None:
-                lead["sms_unsubscribed"] = change.sms_unsubscribed
-            session.execute(update(LEADS).where(LEADS.c.id == plan.lead_id).values(**lead))
-        mailed = False
-        if mail is not None:
-            mailed = (
-                session.execute(
-                    dialect_insert(session, OUTBOX)
-                    .values(mail)
-                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                    .returning(OUTBOX.c.id)
-                ).scalar_one_or_none()
-                is not None
-            )
-        for name, value in finished.items():
-            setattr(intake, name, value)
-        return mailed
 
     def outbound_text_by_sid(self, provider_sid: str) -> Message | None:
         """The outbound text the gateway knows by ``provider_sid``, locked until the transaction ends."""

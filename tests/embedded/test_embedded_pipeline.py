@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from tests.support.chaos import records
 from tests.support.client import Brokerage
@@ -20,6 +21,9 @@ from tests.support.orgs import brokerage
 from tests.support.processes import ROOT, api_server, celery_workers, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.embedded
+
+# Twilio's webhook in the embedded mode: the token the texting account names.
+TOKEN_ENV, TOKEN = "LEADRELAY_EMBEDDED_TWILIO_TOKEN", "embedded-twilio-token"
 
 
 def leadrelay(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -37,7 +41,12 @@ def leadrelay(env: dict[str, str], *args: str, timeout: float = 120) -> subproce
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
     data = tmp_path_factory.mktemp("embedded")
-    env = {"LEADRELAY_DATA_DIR": str(data), "LEADRELAY_ENV": "dev", "COLUMNS": "200"}
+    env = {
+        "LEADRELAY_DATA_DIR": str(data),
+        "LEADRELAY_ENV": "dev",
+        "COLUMNS": "200",
+        TOKEN_ENV: TOKEN,
+    }
     done = leadrelay(env, "db", "upgrade")
     assert done.returncode == 0, done.stderr
     return env, data
@@ -142,3 +151,40 @@ def test_embedded_O1_an_uploaded_import_runs_on_the_worker_on_sqlite(embedded_br
 
         wait_for(finished, timeout=90, interval=0.2, what="the embedded import")
     assert (result["status"], result["created"], result["rejected"]) == ("done", 9, 1), result
+
+
+def test_embedded_S2_S4_texts_to_a_smart_number_are_routed_on_sqlite(
+    embedded: tuple[dict[str, str], Path], embedded_brokerage: Brokerage
+) -> None:
+    """A text's batch on SQLite (one text at a time, its writes one statement per step): two texts from one
+    phone land on its lead, the second (STOP) unsubscribes it, and its agent is mailed each."""
+    env, data = embedded
+    org = brokerage()
+    number, phone = "+15550170001", "+15550170002"
+    for entity in org["entities"]:
+        if entity["id"] == "co":
+            entity["smart_numbers"] = [number]
+    org["sms"] = {"provider": "twilio", "account_sid": "ACembedded", "auth_tokens_env": [TOKEN_ENV]}
+    org_file = data / "texting.yaml"
+    org_file.write_text(yaml.safe_dump(org))
+    applied = leadrelay(env, "org", "apply", str(org_file))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    b = Brokerage(embedded_brokerage.base, org)
+    lead_id = b.register_and_wait("co", "texter@example.com", phone=phone)["lead_id"]
+    for i, body in enumerate(["Is it still available?", "STOP"]):
+        fields = {"MessageSid": f"SMembedded{i}", "From": phone, "To": number, "Body": body, "NumMedia": "0"}
+        path = "/v1/intake/sms/twilio"
+        signature = RequestValidator(TOKEN).compute_signature(b.base + path, fields)  # the API's public URL
+        answer = b.site.post(path, data=fields, headers={"X-Twilio-Signature": signature})
+        assert answer.status_code == 200, answer.text
+
+    def routed() -> bool:
+        kinds = [e["kind"] for e in b.timeline(lead_id)]
+        return kinds.count("text_received") == 2 and "sms_unsubscribed" in kinds
+
+    wait_for(routed, timeout=60)
+    events = [e for e in b.timeline(lead_id) if e["kind"] == "text_received"]
+    assert [e["data"]["rule"] for e in events] == ["S2", "S2"]
+    [note] = [e for e in b.timeline(lead_id) if e["kind"] == "sms_unsubscribed"]
+    assert note["data"]["changed"] is True
+    b.site.close()

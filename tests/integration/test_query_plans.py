@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from models.db import make_engine
 from models.migrate import upgrade
-from models.signups import BATCHED_SOURCES, _claim_statement
-from models.tables import WAITING_SIGNUPS
+from models.signups import BATCHED_SOURCES, TEXT_SOURCES, _claim_statement
+from models.tables import WAITING_SIGNUPS, WAITING_TEXTS
 from tests.integration.conftest import PG_ADMIN
 
 pytestmark = pytest.mark.integration
@@ -131,3 +131,24 @@ def test_a_signups_claim_reads_its_batch_not_the_backlog_of_other_waiting_work(c
 
 def test_the_waiting_signups_index_holds_the_sources_a_batch_takes() -> None:
     assert f"source IN ({', '.join(repr(s.value) for s in BATCHED_SOURCES)})" in WAITING_SIGNUPS
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom plan", "generic plan"])
+def test_a_texts_claim_reads_its_batch_not_every_waiting_text(crowded: Engine, generic: bool) -> None:
+    with crowded.connect() as conn:
+        waiting = (
+            conn.execute(
+                text("SELECT id FROM intakes WHERE status = 'accepted' AND source = 'sms' ORDER BY created_at")
+            )
+            .scalars()
+            .all()
+        )
+    assert len(waiting) > BACKLOG
+    limit = 50
+    params = {"intake_id": waiting[0], "limit": limit, "twice": 2 * limit}
+    read = rows_read(crowded, _claim_statement(True, True), params, generic=generic)
+    assert read <= 4 * 2 * limit, f"{read} rows of intakes read to claim {limit} of {len(waiting)} waiting texts"
+
+
+def test_the_waiting_texts_index_holds_the_sources_a_texts_batch_takes() -> None:
+    assert f"source IN ({', '.join(repr(s.value) for s in TEXT_SOURCES)})" in WAITING_TEXTS

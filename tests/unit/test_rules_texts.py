@@ -19,11 +19,16 @@ from rules.texts import (
     CandidateLead,
     InboundText,
     LeadChange,
+    MadeLead,
+    NeedsLead,
     NewTextLead,
     OutboundText,
+    PhoneFacts,
+    PlannedText,
     ReplyRoute,
     StatusChange,
     StatusReport,
+    TextIn,
     TextLead,
     TextPlan,
     apply_status_reports,
@@ -31,6 +36,7 @@ from rules.texts import (
     excerpt,
     keyword_action,
     plan_text,
+    plan_texts,
 )
 
 # Properties, not timings: no deadline, so a busy machine cannot fail them.
@@ -373,3 +379,67 @@ def test_a_texts_excerpt_is_its_body_on_one_line_cut_to_the_limit(body: str) -> 
     assert f"“{cut}”" in plan.events[0].summary
     assert plan.keyword == keyword_action(body)
     assert len(plan.events) == 1 + (plan.keyword is not None)
+
+
+# --- A batch of texts, in arrival order ------------------------------------------------------------------
+
+
+def batch_of(*bodies_to: tuple[str, int]) -> list[TextIn]:
+    return [
+        TextIn(
+            uuid.UUID(int=100 + i), InboundText(f"SM{i}", NUMBER, PHONE, PHONE, body), NOW + dt.timedelta(minutes=i), to
+        )
+        for i, (body, to) in enumerate(bodies_to)
+    ]
+
+
+def planned_batch(
+    items: list[TextIn], facts: dict[str, PhoneFacts], made: dict[uuid.UUID, MadeLead] | None = None
+) -> list[PlannedText | NeedsLead]:
+    return plan_texts(
+        items,
+        facts,
+        made or {},
+        account_id=7,
+        agents=AGENTS,
+        public_base_url="https://leads.test/",
+        correlation_id=None,
+    )
+
+
+def test_a_batch_routes_each_text_over_its_phones_leads_as_the_texts_before_it_left_them() -> None:
+    """S2 compares the leads' last activity, which each text moves; STOP twice notes that it already was."""
+    johns = CandidateLead(uuid.uuid4(), JOHN, JOHN, YESTERDAY, YESTERDAY)
+    company = CandidateLead(uuid.uuid4(), COMPANY, JILL, YESTERDAY + dt.timedelta(hours=1), YESTERDAY)
+    leads = {c.lead_id: TextLead(c.lead_id, c.assigned_agent_id, c.last_activity_at, False) for c in (johns, company)}
+    facts = {PHONE: PhoneFacts((johns, company), leads, ())}
+    items = batch_of(("Hi", BOB), ("Hi John", JOHN), ("Anyone?", BOB), ("STOP", JOHN), ("STOP", JOHN))
+
+    got = planned_batch(items, facts)
+
+    assert all(isinstance(p, PlannedText) for p in got)
+    plans = [p.plan for p in got if isinstance(p, PlannedText)]
+    assert [p.lead_id for p in plans] == [company.lead_id, johns.lead_id, johns.lead_id, johns.lead_id, johns.lead_id]
+    assert [p.rule for p in plans] == ["S2"] * 5
+    notes = [e.data["changed"] for p in plans for e in p.events if e.kind == "sms_unsubscribed"]
+    assert notes == [True, False]
+    assert [p.lead_change.sms_unsubscribed if p.lead_change else None for p in plans][3:] == [True, None]
+
+
+def test_a_batch_makes_one_lead_for_an_unknown_phones_first_text_and_routes_the_next_to_it() -> None:
+    items = batch_of(("Saw your sign", COMPANY), ("Me again", COMPANY))
+    first = planned_batch(items, {PHONE: PhoneFacts((), {}, ())})
+    assert [type(p) for p in first] == [NeedsLead, NeedsLead]
+    assert [p.choice is not None for p in first if isinstance(p, NeedsLead)] == [True, False]  # the first makes it
+
+    made = CandidateLead(uuid.uuid4(), COMPANY, JILL, NOW, NOW)
+    lead_made = TextLead(made.lead_id, JILL, NOW, False)
+    again = planned_batch(
+        items,
+        {PHONE: PhoneFacts((made,), {made.lead_id: lead_made}, ())},
+        {items[0].intake_id: MadeLead(lead_made, True, "O6: new")},
+    )
+    assert [(p.plan.lead_id, p.plan.rule, p.created) for p in again if isinstance(p, PlannedText)] == [
+        (made.lead_id, "O6", True),
+        (made.lead_id, "S2", False),
+    ]
