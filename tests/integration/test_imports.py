@@ -748,3 +748,32 @@ def test_A2_round_robin_carries_on_from_an_import_to_live_signups_as_one_by_one_
 
     assert assignees(imported) == assignees(alone)
     assert len(set(assignees(imported).values())) > 2  # both rules dealt, to several agents
+
+
+def test_an_imported_lead_and_its_events_are_checked_against_their_owner_and_lead_not_the_account(
+    pg_database: str,
+) -> None:
+    """Every foreign key is a trigger call and an index probe per inserted row, and an import inserts a
+    lead and two or three events per row. A lead's account is its owner entity's, an event's is its lead's:
+    neither ``account_id`` is checked against ``accounts`` again (migration 0012); the keys that say
+    something more stay."""
+    engine = make_engine(pg_database, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            keys = conn.execute(
+                text(
+                    "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text"
+                    " FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+                    " WHERE c.contype = 'f' AND c.conrelid IN ('leads'::regclass, 'timeline_events'::regclass)"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert sorted(tuple(row) for row in keys) == [
+        ("leads", "assigned_agent_id", "entities"),
+        ("leads", "deleted_by_user_id", "users"),
+        ("leads", "merged_into_id", "leads"),
+        ("leads", "owner_entity_id", "entities"),
+        ("leads", "routed_via_entity_id", "entities"),
+        ("timeline_events", "lead_id", "leads"),
+    ]
