@@ -430,6 +430,30 @@ def test_A2_a_signup_routed_while_the_file_is_read_moves_the_import_on_by_one(
     )
 
 
+def test_A7_a_row_routed_again_once_the_file_is_read_explains_the_agent_it_now_has(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The made leads' events are written chunk by chunk as the file is read; when a signup moved the
+    cursors meanwhile, the rows are routed again at the end, and each ``routed`` event then explains the
+    agent its lead has, not the one first planned."""
+    monkeypatch.setattr("workers.imports.STAGE_CHUNK", 2)
+    path = tmp_path / "again.csv"
+    path.write_text(csv_text(people(5, "again")))
+
+    summary = import_in_process(
+        acme, path, "downtown", "oscar", lambda: acme.register_and_wait("downtown", "walkin@example.com")
+    )
+
+    assert (summary.status, summary.created) == ("done", 5)
+    made = [(email, agent) for email, _, agent, _, _ in leads_of(acme) if email and email.startswith("again")]
+    assert [agent for _, agent in made] == ["jill", "bob", "john", "jill", "bob"]  # after the walk-in's john
+    for email, agent in made:
+        events = acme.timeline(_lead_id(acme, email), as_user="oscar")
+        assert [e["kind"] for e in events] == ["created", "routed"]
+        assert events[1]["data"]["agent"] == agent
+        assert events[1]["summary"].startswith(f"Assigned to {agent.title()} ")
+
+
 def test_D4_a_lead_made_while_the_file_is_read_gets_an_event_not_a_twin(
     acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""leads and timeline events without their account foreign keys
+"""leads and timeline events without their account foreign keys; an event's lead checked when deferred
 
 Revision ID: 0012
 Revises: 0011
@@ -24,9 +24,36 @@ def upgrade() -> None:
         batch_op.drop_constraint('fk_timeline_events_account_id_accounts', type_='foreignkey')
     with op.batch_alter_table('leads', schema=None) as batch_op:
         batch_op.drop_constraint('fk_leads_account_id_accounts', type_='foreignkey')
+    # An import writes its new leads' events chunk by chunk as it reads the file, and the leads once their
+    # routing is settled at its end: the event's lead is checked at the commit there (SET CONSTRAINTS ...
+    # DEFERRED), and at once everywhere else, as before (INITIALLY IMMEDIATE).
+    _lead_key(deferrable=True)
+
+
+def _lead_key(*, deferrable: bool) -> None:
+    name = 'fk_timeline_events_lead_id_leads'
+    if op.get_bind().dialect.name == 'postgresql':
+        # Changed in place: no table rewrite, no check of the existing rows.
+        op.execute(
+            f"ALTER TABLE timeline_events ALTER CONSTRAINT {name} "
+            + ('DEFERRABLE INITIALLY IMMEDIATE' if deferrable else 'NOT DEFERRABLE')
+        )
+        return
+    with op.batch_alter_table('timeline_events', schema=None) as batch_op:
+        batch_op.drop_constraint(name, type_='foreignkey')
+        batch_op.create_foreign_key(
+            name,
+            'leads',
+            ['lead_id'],
+            ['id'],
+            ondelete='CASCADE',
+            deferrable=True if deferrable else None,
+            initially='IMMEDIATE' if deferrable else None,
+        )
 
 
 def downgrade() -> None:
+    _lead_key(deferrable=False)
     with op.batch_alter_table('leads', schema=None) as batch_op:
         batch_op.create_foreign_key(
             'fk_leads_account_id_accounts', 'accounts', ['account_id'], ['id'], ondelete='CASCADE'
