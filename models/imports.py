@@ -271,9 +271,10 @@ class ImportStore:
         by: ImportedBy,
         shared: Shared,
     ) -> Staged:
-        """:meth:`prepare_plan`, then :meth:`write_staged` at once."""
+        """:meth:`prepare_plan`, then :meth:`write_rows` and :meth:`write_events` at once."""
         staged, batch = self.prepare_plan(plan, lines, signups, notes, by, shared)
-        self.write_staged(batch)
+        self.write_rows(batch)
+        self.write_events(batch)
         return staged
 
     def prepare_plan(
@@ -286,7 +287,8 @@ class ImportStore:
         shared: Shared,
     ) -> tuple[Staged, StageBatch]:
         """A plan of rows (``lines``, with their signups and notes, in the order planned) as the rows to stage
-        (:meth:`write_staged`, which may run later on another thread): each row that makes or joins a lead,
+        (:meth:`write_rows`, then :meth:`write_events`, which may run on another thread): each row that makes
+        or joins a lead,
         its events worded as the import's (``by``); a refused row is returned with its reason. A made lead's
         events are written with its staged row, before the lead itself (see :meth:`defer_lead_checks`).
 
@@ -395,15 +397,17 @@ class ImportStore:
         notes_there = any(row[1] and row[_NOTE] is not None for row in rows)
         return staged, StageBatch(shared, pending, rows, made=staged.made > 0, notes=notes_there)
 
-    def write_staged(self, batch: StageBatch) -> None:
-        """A prepared plan's rows: the new data values and the staged rows, then the made leads' ``created``,
-        ``routed`` and ``note`` events, one statement each (a lead's events are in that order), from the
-        staged rows of these lines."""
+    def write_rows(self, batch: StageBatch) -> None:
+        """A prepared plan's rows: the new data values and the staged rows."""
         for table, columns, rows in ((DATA, None, batch.data), (STAGE, STAGE_ROW, batch.rows)):
             if rows:
                 with self.writer(table, columns) as write:
                     for row in rows:
                         write(row)
+
+    def write_events(self, batch: StageBatch) -> None:
+        """The made leads' ``created``, ``routed`` and ``note`` events of a plan's rows once they are staged,
+        one statement each (a lead's events are in that order): no Python per row."""
         if not batch.made:
             return
         shared = batch.shared

@@ -467,36 +467,46 @@ class _Run:
         """``plan_chunk(chunk)`` for each chunk of first rows (key -> line, row), in file order: a key an
         earlier chunk had makes a duplicate; the others are planned in file order and the plan staged.
 
-        On PostgreSQL the import's connection is worked by a thread of the import's own, in turn: a chunk's
-        reads (which of its keys are new to the file, the facts of its keys), and the writing of a chunk's
-        plan (its staged rows, its made leads' events), while this thread parses the file and plans the
-        chunk before, so the database and the planner work at once. Only that thread uses the connection
-        while the file is read; a write that failed is raised here at the next chunk, and nothing is left
-        running when this ends, however it ends."""
+        On PostgreSQL a thread of the import's own works its connection while this thread parses the file
+        and plans a chunk, so the database and the planner work at once: the next chunk's reads (which of
+        its keys are new to the file, the facts of its keys) and the chunk before's events (statements
+        from its staged rows, no Python per row). The connection is used by one thread at a time: this
+        thread stages a chunk's rows once everything queued on that thread has run (a failure there is
+        raised here), and nothing is left running when this ends, however it ends."""
         if not self.store.postgres:
+
+            def write_now(batch: StageBatch) -> None:
+                self.store.write_rows(batch)
+                self.store.write_events(batch)
 
             def in_turn(chunk: dict[str, tuple[int, ImportRow]]) -> None:
                 if chunk:
                     asked = self._ask(chunk)
-                    self._decide_and_stage(asked, self._reads(asked), read, self.store.write_staged)
+                    self._decide_and_stage(asked, self._reads(asked), read, write_now)
 
             yield in_turn
             return
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-db")
         ahead: list[tuple[_Asked, Future[_Found]]] = []
-        writes: list[Future[None]] = []
+        queued: list[Future[Any]] = []  # run in this order
+
+        def idle() -> None:
+            """Once everything queued has run (raising what failed), the connection is this thread's."""
+            for job in queued:
+                job.result()
+            queued.clear()
 
         def write(batch: StageBatch) -> None:
-            for done in [w for w in writes if w.done()]:
-                writes.remove(done)
-                done.result()  # raises what the write raised
-            writes.append(worker.submit(self.store.write_staged, batch))
+            idle()
+            self.store.write_rows(batch)
+            queued.append(worker.submit(self.store.write_events, batch))
 
         def plan_chunk(chunk: dict[str, tuple[int, ImportRow]]) -> None:
             if not chunk:
                 return
             asked = self._ask(chunk)
             found = worker.submit(self._reads, asked)
+            queued.append(found)
             if ahead:
                 before, before_found = ahead.pop()
                 self._decide_and_stage(before, before_found.result(), read, write)
@@ -507,8 +517,7 @@ class _Run:
             if ahead:
                 before, before_found = ahead.pop()
                 self._decide_and_stage(before, before_found.result(), read, write)
-            for pending in writes:
-                pending.result()
+            idle()
         finally:
             worker.shutdown(wait=True)
 
