@@ -16,7 +16,7 @@ import operator
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -395,7 +395,8 @@ class ImportStore:
             self._data.clear()
             self._data_seen.clear()
         notes_there = any(row[1] and row[_NOTE] is not None for row in rows)
-        return staged, StageBatch(shared, pending, rows, made=staged.made > 0, notes=notes_there)
+        span = (rows[0][0], rows[-1][0]) if rows else (0, 0)
+        return staged, StageBatch(shared, pending, rows, span, made=staged.made > 0, notes=notes_there)
 
     def write_rows(self, batch: StageBatch) -> None:
         """A prepared plan's rows: the new data values and the staged rows."""
@@ -414,7 +415,7 @@ class ImportStore:
         at = literal(shared.at, UTCDateTime())
         source = literal(shared.source_key, Uuid())
         account = literal(shared.account_id)
-        lines = STAGE.c.line.between(batch.rows[0][0], batch.rows[-1][0])
+        lines = STAGE.c.line.between(*batch.lines)
         # Per made lead, in this order: (its data, kind, actor, summary) of each event.
         events = [
             (STAGE.c.data, STAGE.c.kind, STAGE.c.actor, STAGE.c.summary),
@@ -760,14 +761,19 @@ class ImportStore:
 
 @dataclass
 class StageBatch:
-    """A prepared plan's rows to write (in file order): new data values, staged rows; whether any makes a
-    lead, and any of those has a note."""
+    """A prepared plan's rows to write (in file order): new data values, staged rows, the first and last of
+    their lines; whether any makes a lead, and any of those has a note."""
 
     shared: Shared
     data: list[tuple[int, str]]
     rows: list[tuple[Any, ...]]
+    lines: tuple[int, int]
     made: bool
     notes: bool
+
+    def written(self) -> StageBatch:
+        """What :meth:`ImportStore.write_events` needs once the rows are written (not the rows)."""
+        return replace(self, data=[], rows=[])
 
 
 class _Along:

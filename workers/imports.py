@@ -499,7 +499,7 @@ class _Run:
         def write(batch: StageBatch) -> None:
             idle()
             self.store.write_rows(batch)
-            queued.append(worker.submit(self.store.write_events, batch))
+            queued.append(worker.submit(self.store.write_events, batch.written()))
 
         def plan_chunk(chunk: dict[str, tuple[int, ImportRow]]) -> None:
             if not chunk:
