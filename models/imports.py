@@ -1,5 +1,6 @@
 """CSV imports, the database part: the import's plan, chunk by chunk, staged in a temporary table (PostgreSQL
-``COPY``; batched INSERTs on SQLite), then written set-wise at the end of the import's one transaction.
+``COPY``; batched INSERTs on SQLite), then written set-wise in the import's one transaction: the new leads'
+events from each chunk's staged rows as the file is read, the leads and the rest at the end.
 
 The plan is the signup planner's (:mod:`rules.signups`), worded as an import (:class:`rules.imports.ImportedBy`):
 one staged row per first row of a unique key, which either makes its lead (with its routing, its campaign, its
