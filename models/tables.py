@@ -234,8 +234,8 @@ class Lead(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    # Not a foreign key: the owner entity ties the lead to its account, and a check per inserted lead was a
-    # sixth of an import's lead insert (migration 0012).
+    # Not a foreign key: the owner entity ties the lead to its account, and the check per inserted lead was
+    # a tenth of an import's lead insert (migration 0012).
     account_id: Mapped[int] = mapped_column(Integer)
     owner_entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id"))
     assigned_agent_id: Mapped[int | None] = mapped_column(ForeignKey("entities.id"))

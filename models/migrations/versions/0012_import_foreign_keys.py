@@ -18,7 +18,7 @@ def upgrade() -> None:
     # A lead's owner entity ties it to its account (an entity is of one account), and an event's lead ties
     # the event to it; the account_id columns stay (every index and query starts with them) but are no
     # longer checked against accounts row by row: each check was a trigger call and an index probe per
-    # inserted row, a sixth of a lead's insert and a third of an event's. Accounts are never deleted by
+    # inserted row, a tenth of a lead's insert and a third of an event's. Accounts are never deleted by
     # leadrelay; a lead's events still go with the lead (ON DELETE CASCADE on lead_id).
     with op.batch_alter_table('timeline_events', schema=None) as batch_op:
         batch_op.drop_constraint('fk_timeline_events_account_id_accounts', type_='foreignkey')
