@@ -1,5 +1,6 @@
 """CSV imports, the database part: the import's plan, chunk by chunk, staged in a temporary table (PostgreSQL
-``COPY``; batched INSERTs on SQLite), then written set-wise at the end of the import's one transaction.
+``COPY``; batched INSERTs on SQLite), then written set-wise in the import's one transaction: the new leads'
+events from each chunk's staged rows as the file is read, the leads and the rest at the end.
 
 The plan is the signup planner's (:mod:`rules.signups`), worded as an import (:class:`rules.imports.ImportedBy`):
 one staged row per first row of a unique key, which either makes its lead (with its routing, its campaign, its
@@ -16,7 +17,7 @@ import operator
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -99,6 +100,7 @@ STAGE = Table(
 )
 # The columns a staged row is written with, in this order (the last, ``touch``, is set at the end).
 STAGE_ROW = tuple(c.name for c in STAGE.columns)[:-1]
+_NOTE = STAGE_ROW.index("note")
 
 # The events' data, each distinct value once (a routing decision, the created event's reasons): most rows
 # share a few, so they are sent and parsed once rather than per row.
@@ -268,10 +270,28 @@ class ImportStore:
         signups: Sequence[LeadSignup],
         notes: Sequence[str | None],
         by: ImportedBy,
+        shared: Shared,
     ) -> Staged:
-        """Stage a plan of rows (``lines``, with their signups and notes, in the order planned): each row
-        that makes or joins a lead, its events worded as the import's (``by``); a refused row is returned
-        with its reason.
+        """:meth:`prepare_plan`, then :meth:`write_rows` and :meth:`write_events` at once."""
+        staged, batch = self.prepare_plan(plan, lines, signups, notes, by, shared)
+        self.write_rows(batch)
+        self.write_events(batch)
+        return staged
+
+    def prepare_plan(
+        self,
+        plan: SignupPlan,
+        lines: Sequence[int],
+        signups: Sequence[LeadSignup],
+        notes: Sequence[str | None],
+        by: ImportedBy,
+        shared: Shared,
+    ) -> tuple[Staged, StageBatch]:
+        """A plan of rows (``lines``, with their signups and notes, in the order planned) as the rows to stage
+        (:meth:`write_rows`, then :meth:`write_events`, which may run on another thread): each row that makes
+        or joins a lead,
+        its events worded as the import's (``by``); a refused row is returned with its reason. A made lead's
+        events are written with its staged row, before the lead itself (see :meth:`defer_lead_checks`).
 
         The plan's lists follow its signups' order (each signup is decided in turn): its new leads, and
         their campaigns and claims, in the order of the rows that made them; its events, row by row (a made
@@ -371,11 +391,67 @@ class ImportStore:
                     )
                 )
                 staged.joined += 1
-        self._write_data()
-        with self.writer(STAGE, STAGE_ROW) as write:
-            for row in rows:
-                write(row)
-        return staged
+        pending, self._pending = self._pending, []
+        if len(self._data) + len(self._data_seen) > DATA_KEPT:
+            self._data.clear()
+            self._data_seen.clear()
+        notes_there = any(row[1] and row[_NOTE] is not None for row in rows)
+        span = (rows[0][0], rows[-1][0]) if rows else (0, 0)
+        return staged, StageBatch(shared, pending, rows, span, made=staged.made > 0, notes=notes_there)
+
+    def write_rows(self, batch: StageBatch) -> None:
+        """A prepared plan's rows: the new data values and the staged rows."""
+        for table, columns, rows in ((DATA, None, batch.data), (STAGE, STAGE_ROW, batch.rows)):
+            if rows:
+                with self.writer(table, columns) as write:
+                    for row in rows:
+                        write(row)
+
+    def write_events(self, batch: StageBatch) -> None:
+        """The made leads' ``created``, ``routed`` and ``note`` events of a plan's rows once they are staged,
+        one statement each (a lead's events are in that order): no Python per row."""
+        if not batch.made:
+            return
+        shared = batch.shared
+        at = literal(shared.at, UTCDateTime())
+        source = literal(shared.source_key, Uuid())
+        account = literal(shared.account_id)
+        lines = STAGE.c.line.between(*batch.lines)
+        # Per made lead, in this order: (its data, kind, actor, summary) of each event.
+        events = [
+            (STAGE.c.data, STAGE.c.kind, STAGE.c.actor, STAGE.c.summary),
+            (STAGE.c.routed_data, literal("routed"), STAGE.c.routed_actor, STAGE.c.routed_summary),
+        ]
+        if batch.notes:
+            events.append((STAGE.c.note_data, literal("note"), STAGE.c.note_actor, STAGE.c.note))
+        for data_id, kind, actor, summary in events:
+            self.session.execute(
+                self._insert(TimelineEvent).from_select(
+                    _EVENT_COLUMNS,
+                    select(account, STAGE.c.lead_id, at, kind, actor, summary, DATA.c.data, source)
+                    .select_from(STAGE.join(DATA, DATA.c.id == data_id))
+                    .where(lines, STAGE.c.made),
+                )
+            )
+
+    def defer_lead_checks(self) -> None:
+        """The made leads' events are written chunk by chunk as the file is read, their leads at the end (once
+        their routing is settled): the events' foreign key to their lead is checked when the import commits
+        (it is deferrable, migration 0012), by then every event's lead is there."""
+        if self.postgres:
+            self.session.execute(text("SET CONSTRAINTS fk_timeline_events_lead_id_leads DEFERRED"))
+        else:
+            self.session.execute(text("PRAGMA defer_foreign_keys = ON"))
+
+    def drop_events(self, lines: Sequence[int], source_key: uuid.UUID) -> None:
+        """The events written for the made rows ``lines`` whose lead was not made after all."""
+        for i in range(0, len(lines), SQLITE_IN):
+            leads = select(STAGE.c.lead_id).where(STAGE.c.line.in_(list(lines[i : i + SQLITE_IN])))
+            self.session.execute(
+                delete(TimelineEvent)
+                .where(TimelineEvent.lead_id.in_(leads), TimelineEvent.intake_id == source_key)
+                .execution_options(synchronize_session=False)
+            )
 
     def _data_id(self, data: dict[str, Any], like: Hashable | None = None) -> int:
         """The id in :data:`DATA` of an event's data, given out (and the value sent) once per distinct value.
@@ -499,8 +575,21 @@ class ImportStore:
             for row in rows:
                 write(row)
 
-    def apply_routing(self) -> None:
-        """Each made row's routing as staged in :data:`ROUTED` (then emptied, for a later round)."""
+    def apply_routing(self, source_key: uuid.UUID) -> None:
+        """Each made row's routing as staged in :data:`ROUTED`, and its ``routed`` event, written already
+        (then emptied, for a later round)."""
+        self.session.execute(
+            update(TimelineEvent)
+            .where(
+                TimelineEvent.lead_id == STAGE.c.lead_id,
+                TimelineEvent.intake_id == source_key,
+                TimelineEvent.kind == "routed",
+                STAGE.c.line == ROUTED.c.line,
+                DATA.c.id == ROUTED.c.routed_data,
+            )
+            .values(actor=ROUTED.c.routed_actor, summary=ROUTED.c.routed_summary, data=DATA.c.data)
+            .execution_options(synchronize_session=False)
+        )
         values = {
             name: select(ROUTED.c[name]).where(ROUTED.c.line == STAGE.c.line).scalar_subquery()
             for name in ROUTED_ROW[1:]
@@ -578,30 +667,14 @@ class ImportStore:
         return [int(line) for line in self.session.execute(select(STAGE.c.line).where(~STAGE.c.made, ~live)).scalars()]
 
     def insert_events(self, shared: Shared) -> None:
-        """The timeline: each made lead's ``created``, ``routed`` and ``note`` events, one statement each,
-        so a lead's events are in that order; then one ``import`` event on each joined lead (the first row
-        of the file that joined it), unless this same file already put any event there (importing a file
-        again adds nothing), its row marked to move the lead's last activity (:meth:`touch_joined`)."""
+        """The rest of the timeline (the made leads' events are written already, with their chunks): one
+        ``import`` event on each joined lead (the first row of the file that joined it), unless this same
+        file already put any event there (importing a file again adds nothing), its row marked to move the
+        lead's last activity (:meth:`touch_joined`)."""
         at = literal(shared.at, UTCDateTime())
         source = literal(shared.source_key, Uuid())
         account = literal(shared.account_id)
         made = STAGE.join(DATA, DATA.c.id == STAGE.c.data)
-        # Per made lead, in this order: (its data, kind, actor, summary) of each event.
-        events = [
-            (STAGE.c.data, STAGE.c.kind, STAGE.c.actor, STAGE.c.summary),
-            (STAGE.c.routed_data, literal("routed"), STAGE.c.routed_actor, STAGE.c.routed_summary),
-        ]
-        if "note" in self._staged:
-            events.append((STAGE.c.note_data, literal("note"), STAGE.c.note_actor, STAGE.c.note))
-        for data_id, kind, actor, summary in events:
-            self.session.execute(
-                self._insert(TimelineEvent).from_select(
-                    _EVENT_COLUMNS,
-                    select(account, STAGE.c.lead_id, at, kind, actor, summary, DATA.c.data, source)
-                    .select_from(STAGE.join(DATA, DATA.c.id == data_id))
-                    .where(STAGE.c.made),
-                )
-            )
         if "joined" not in self._staged:
             return
         first = select(func.min(STAGE.c.line)).where(~STAGE.c.made).group_by(STAGE.c.lead_id)
@@ -687,6 +760,23 @@ class ImportStore:
             )
 
 
+@dataclass
+class StageBatch:
+    """A prepared plan's rows to write (in file order): new data values, staged rows, the first and last of
+    their lines; whether any makes a lead, and any of those has a note."""
+
+    shared: Shared
+    data: list[tuple[int, str]]
+    rows: list[tuple[Any, ...]]
+    lines: tuple[int, int]
+    made: bool
+    notes: bool
+
+    def written(self) -> StageBatch:
+        """What :meth:`ImportStore.write_events` needs once the rows are written (not the rows)."""
+        return replace(self, data=[], rows=[])
+
+
 class _Along:
     """(lead id, value) pairs in the order of the rows of their leads: the value of each row's lead, if it has
     one, taken as the rows go by."""
@@ -749,6 +839,7 @@ __all__ = [
     "STAGE_ROW",
     "ImportStore",
     "Shared",
+    "StageBatch",
     "Staged",
     "import_rejections",
     "read_chunks",

@@ -26,7 +26,7 @@ import structlog
 from sqlalchemy import delete, select, text, update
 
 from models.db import get_engine
-from models.imports import ImportStore, Shared, Staged, import_rejections, read_chunks
+from models.imports import ImportStore, Shared, StageBatch, Staged, import_rejections, read_chunks
 from models.repositories import Caller, to_ref
 from models.tables import Import, ImportChunk, ImportStatus, User
 from models.uow import UnitOfWork
@@ -321,6 +321,7 @@ class _Run:
     def execute(self, path: str, sha256: str) -> ImportSummary:
         store = self.store
         store.create_staging()
+        store.defer_lead_checks()
         # The timeline's intake id of this file's events: the same file for the same owner gives the same
         # key, so importing it again adds no event, and a lead it made that was deleted since is not made
         # again (X4: the planner tells that replay from a new signup by this key).
@@ -331,15 +332,18 @@ class _Run:
             {entity.id: self.uow.orgs.routing_rules(entity, lock=False)} if entity is not None else {}
         )
         self.routing = dict(self.routed_from)
+        self.shared = shared = Shared(
+            self.account_id, self.owner.id, self.import_id, self.source_key, "import", self.at
+        )
         read = self._read(path)
         self._phase("saving")
         self._settle_routing(read.made)
-        shared = Shared(self.account_id, self.owner.id, self.import_id, self.source_key, "import", self.at)
         store.free_tombstones()
         raced = store.insert_leads(shared, read.made)
         stale = store.stale_joins() if read.joined else []
         if raced or stale:
             log.info("import.planned_again", import_id=str(self.import_id), rows=len(raced) + len(stale))
+            store.drop_events(raced, self.source_key)  # written with their chunks, for leads not made
             read.made -= len(raced)
             read.joined -= len(stale)
             self._plan_again(sorted([*raced, *stale]), read)
@@ -463,40 +467,59 @@ class _Run:
         """``plan_chunk(chunk)`` for each chunk of first rows (key -> line, row), in file order: a key an
         earlier chunk had makes a duplicate; the others are planned in file order and the plan staged.
 
-        On PostgreSQL a chunk's reads (which of its keys are new to the file, the facts of its keys) run
-        on a thread of the import's own while this thread plans the chunk before it, so the database and
-        the planner work at once. The import's connection is used by one thread at a time: a chunk's plan
-        is staged once the next chunk's reads are done, and nothing is left running when this ends,
-        however it ends."""
+        On PostgreSQL a thread of the import's own works its connection while this thread parses the file
+        and plans a chunk, so the database and the planner work at once: the next chunk's reads (which of
+        its keys are new to the file, the facts of its keys) and the chunk before's events (statements
+        from its staged rows, no Python per row). The connection is used by one thread at a time: this
+        thread stages a chunk's rows once everything queued on that thread has run (a failure there is
+        raised here), and nothing is left running when this ends, however it ends."""
         if not self.store.postgres:
+
+            def write_now(batch: StageBatch) -> None:
+                self.store.write_rows(batch)
+                self.store.write_events(batch)
 
             def in_turn(chunk: dict[str, tuple[int, ImportRow]]) -> None:
                 if chunk:
                     asked = self._ask(chunk)
-                    self._decide_and_stage(asked, self._reads(asked), read)
+                    self._decide_and_stage(asked, self._reads(asked), read, write_now)
 
             yield in_turn
             return
-        reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-reads")
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-db")
         ahead: list[tuple[_Asked, Future[_Found]]] = []
+        queued: list[Future[Any]] = []  # run in this order
+
+        def idle() -> None:
+            """Once everything queued has run (raising what failed), the connection is this thread's."""
+            for job in queued:
+                job.result()
+            queued.clear()
+
+        def write(batch: StageBatch) -> None:
+            idle()
+            self.store.write_rows(batch)
+            queued.append(worker.submit(self.store.write_events, batch.written()))
 
         def plan_chunk(chunk: dict[str, tuple[int, ImportRow]]) -> None:
             if not chunk:
                 return
             asked = self._ask(chunk)
-            found = reads.submit(self._reads, asked)
+            found = worker.submit(self._reads, asked)
+            queued.append(found)
             if ahead:
                 before, before_found = ahead.pop()
-                self._decide_and_stage(before, before_found.result(), read, before_staging=found)
+                self._decide_and_stage(before, before_found.result(), read, write)
             ahead.append((asked, found))
 
         try:
             yield plan_chunk
             if ahead:
                 before, before_found = ahead.pop()
-                self._decide_and_stage(before, before_found.result(), read)
+                self._decide_and_stage(before, before_found.result(), read, write)
+            idle()
         finally:
-            reads.shutdown(wait=True)
+            worker.shutdown(wait=True)
 
     def _ask(self, chunk: dict[str, tuple[int, ImportRow]]) -> _Asked:
         """A chunk's rows as the planner takes them: signups owned as the import decides (O1), and what
@@ -523,18 +546,15 @@ class _Run:
         first = self.store.first_keys(asked.keys) if asked.keys is not None else None
         return _Found(first, self.uow.signups.read_facts(self.account_id, asked.needs, {}, [self.source_key]))
 
-    def _decide_and_stage(
-        self, asked: _Asked, found: _Found, read: _Read, before_staging: Future[_Found] | None = None
-    ) -> None:
-        """Plan the chunk's rows new to the file and stage the plan (once ``before_staging``, the next
-        chunk's reads, are done: they use the same connection)."""
+    def _decide_and_stage(self, asked: _Asked, found: _Found, read: _Read, write: Callable[[StageBatch], None]) -> None:
+        """Plan the chunk's rows new to the file, and have ``write`` stage the plan's rows."""
         if found.first is not None and asked.keys is not None and len(found.first) < len(asked.keys):
             read.duplicates += len(asked.keys) - len(found.first)
             asked = asked.only([key in found.first for key in asked.keys])
         plan = self._decide(asked, found.facts)
-        if before_staging is not None:
-            before_staging.result()
-        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
+        staged, batch = self.store.prepare_plan(plan, asked.lines, asked.signups, asked.notes, self.by, self.shared)
+        write(batch)
+        read.count(staged)
 
     def _decide(self, asked: _Asked, facts: Facts) -> SignupPlan:
         """The signup planner's plan of the rows asked about, from their facts and the round robin as the
@@ -555,7 +575,7 @@ class _Run:
         if plan.leads:
             raise ImportRaced(f"{len(plan.leads)} rows would make leads once their routing was settled")
         self.store.unstage(lines)
-        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by))
+        read.count(self.store.stage_plan(plan, asked.lines, asked.signups, asked.notes, self.by, self.shared))
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -613,7 +633,7 @@ class _Run:
             after_line = batch[-1][0]
             done += len(batch)
             self.report("routing", done, total)
-        self.store.apply_routing()
+        self.store.apply_routing(self.source_key)
 
 
 @dataclass(frozen=True)

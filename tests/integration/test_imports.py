@@ -430,6 +430,30 @@ def test_A2_a_signup_routed_while_the_file_is_read_moves_the_import_on_by_one(
     )
 
 
+def test_A7_a_row_routed_again_once_the_file_is_read_explains_the_agent_it_now_has(
+    acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The made leads' events are written chunk by chunk as the file is read; when a signup moved the
+    cursors meanwhile, the rows are routed again at the end, and each ``routed`` event then explains the
+    agent its lead has, not the one first planned."""
+    monkeypatch.setattr("workers.imports.STAGE_CHUNK", 2)
+    path = tmp_path / "again.csv"
+    path.write_text(csv_text(people(5, "again")))
+
+    summary = import_in_process(
+        acme, path, "downtown", "oscar", lambda: acme.register_and_wait("downtown", "walkin@example.com")
+    )
+
+    assert (summary.status, summary.created) == ("done", 5)
+    made = [(email, agent) for email, _, agent, _, _ in leads_of(acme) if email and email.startswith("again")]
+    assert [agent for _, agent in made] == ["jill", "bob", "john", "jill", "bob"]  # after the walk-in's john
+    for email, agent in made:
+        events = acme.timeline(_lead_id(acme, email), as_user="oscar")
+        assert [e["kind"] for e in events] == ["created", "routed"]
+        assert events[1]["data"]["agent"] == agent
+        assert events[1]["summary"].startswith(f"Assigned to {agent.title()} ")
+
+
 def test_D4_a_lead_made_while_the_file_is_read_gets_an_event_not_a_twin(
     acme: Brokerage, pipeline_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -748,3 +772,32 @@ def test_A2_round_robin_carries_on_from_an_import_to_live_signups_as_one_by_one_
 
     assert assignees(imported) == assignees(alone)
     assert len(set(assignees(imported).values())) > 2  # both rules dealt, to several agents
+
+
+def test_an_imported_lead_and_its_events_are_checked_against_their_owner_and_lead_not_the_account(
+    pg_database: str,
+) -> None:
+    """Every foreign key is a trigger call and an index probe per inserted row, and an import inserts a
+    lead and two or three events per row. A lead's account is its owner entity's, an event's is its lead's:
+    neither ``account_id`` is checked against ``accounts`` again (migration 0012); the keys that say
+    something more stay."""
+    engine = make_engine(pg_database, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            keys = conn.execute(
+                text(
+                    "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text"
+                    " FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+                    " WHERE c.contype = 'f' AND c.conrelid IN ('leads'::regclass, 'timeline_events'::regclass)"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert sorted(tuple(row) for row in keys) == [
+        ("leads", "assigned_agent_id", "entities"),
+        ("leads", "deleted_by_user_id", "users"),
+        ("leads", "merged_into_id", "leads"),
+        ("leads", "owner_entity_id", "entities"),
+        ("leads", "routed_via_entity_id", "entities"),
+        ("timeline_events", "lead_id", "leads"),
+    ]
