@@ -209,10 +209,29 @@ class IntakeEventData(BaseModel):
     explanation: str = Field(description="Why (the intake's reason)")
 
 
+class ImportEventData(BaseModel):
+    """``data`` of ``import.finished``."""
+
+    import_id: uuid.UUID
+    status: Literal["done", "failed"]
+    rows: int = Field(description="Rows read")
+    created: int = Field(description="New leads made")
+    existing: int = Field(description="Rows that joined a lead that existed (a signup on it)")
+    duplicates: int = Field(description="Rows repeating an earlier row of the file")
+    rejected: int = Field(description="Rows refused, each with its reason in GET /v1/imports/{id}")
+    error: str | None = Field(description="Why a failed import failed")
+
+
 def describe_events(app: FastAPI) -> None:
     """One entry per event type in the OpenAPI document's ``webhooks`` section (OpenAPI 3.1)."""
     for event_type, what in EVENT_TYPES.items():
-        data_model: type[BaseModel] = IntakeEventData if event_type.startswith("intake.") else LeadEventData
+        data_model: type[BaseModel] = (
+            IntakeEventData
+            if event_type.startswith("intake.")
+            else ImportEventData
+            if event_type.startswith("import.")
+            else LeadEventData
+        )
         payload = type(
             "Event_" + event_type.replace(".", "_"),
             (BaseModel,),

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 # Every event type, with what it reports (the manual and the OpenAPI description list the same).
 EVENT_TYPES: dict[str, str] = {
-    "lead.created": "A signup, provider lead or text made a new lead (a CSV import sends none: its summary counts them).",
+    "lead.created": "A signup, provider lead or text made a new lead (a CSV import's leads are in its import.finished).",
     "lead.signup": "A signup joined a lead that exists already (D3/D4/D5): no new lead.",
     "lead.activity": "A page view, property view or save landed on a lead (D7).",
     "lead.assigned": "Routing or a person gave the lead an assignee, or put it in a team's pond (A1-A5, T6).",
@@ -33,6 +33,10 @@ EVENT_TYPES: dict[str, str] = {
     "text.status": "The SMS gateway reported an outbound text's delivery status.",
     "intake.rejected": "A kept intake was refused by a rule (O9, X4, ...), with the reason; it can be replayed.",
     "intake.dead": "A kept intake failed past its retries; it can be replayed.",
+    "import.finished": (
+        "A CSV import ended, done or failed, with its counts: one event for the whole file (its leads send no"
+        " lead.created each; GET /v1/imports/{id} and GET /v1/leads give them)."
+    ),
 }
 
 # Timeline kinds and the event each one is. A kind not here (notes, campaigns, edits) sends nothing.
@@ -212,6 +216,19 @@ def intake_event(event_type: str, *, intake_id: uuid.UUID, source: str, reason: 
     """``intake.rejected`` or ``intake.dead``: no lead; the intake and why."""
     rule = reason.split(":", 1)[0] if ":" in reason[:6] else None
     return Event(event_type, at, {"intake_id": str(intake_id), "source": source, "rule": rule, "explanation": reason})
+
+
+def import_event(
+    *,
+    import_id: uuid.UUID,
+    status: str,
+    counts: Mapping[str, int],
+    error: str | None,
+    at: dt.datetime,
+) -> Event:
+    """``import.finished``: no lead; the import, how it ended and what it made of its rows."""
+    data: dict[str, Any] = {"import_id": str(import_id), "status": status, **counts, "error": error}
+    return Event("import.finished", at, data)
 
 
 def address(

@@ -47,6 +47,7 @@ from rules.signups import (
     plan_signups,
 )
 from rules.uniqueness import unique_key
+from workers import webhooks
 from workers.services import claimed_activity_events
 
 log = structlog.get_logger(__name__)
@@ -235,11 +236,13 @@ def _fail(import_id: uuid.UUID, error: str) -> ImportSummary:
             .values(status=ImportStatus.FAILED, error=error[:2000], phase=None, finished_at=dt.datetime.now(dt.UTC))
         )
         uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
-        uow.commit()
-        row = uow.session.get(Import, import_id)
+        row = uow.session.get(Import, import_id, populate_existing=True)
         assert row is not None
+        summary = summary_of(uow, row)
+        webhooks.record_import(uow, row.account_id, import_id, "failed", counts_of(summary), row.error)
+        uow.commit()
         log.warning("import.failed", import_id=str(import_id), error=error)
-        return summary_of(uow, row)
+        return summary
 
 
 def mark_failed(import_id: uuid.UUID, error: str) -> None:
@@ -259,6 +262,17 @@ def summary_of(uow: UnitOfWork, row: Import, listed: int = 100) -> ImportSummary
         rejections=import_rejections(uow.session, row.id, listed),
         error=row.error,
     )
+
+
+def counts_of(summary: ImportSummary) -> dict[str, int]:
+    """What an import made of its rows, as its ``import.finished`` event says it."""
+    return {
+        "rows": summary.rows,
+        "created": summary.created,
+        "existing": summary.existing,
+        "duplicates": summary.duplicates,
+        "rejected": summary.rejected,
+    }
 
 
 class _ProgressRow:
@@ -382,6 +396,7 @@ class _Run:
             )
         )
         self.uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == self.import_id))
+        webhooks.record_import(self.uow, self.account_id, self.import_id, "done", counts_of(summary), None)
         # Last, the statements that hold the account's kept activity until the commit: live activity waits
         # only for these (the claim, its events, the last activity of the leads claimed and joined).
         claimed = store.claim_kept_activity()

@@ -52,6 +52,7 @@ from rules.webhooks import (
     address,
     body,
     excerpt,
+    import_event,
     intake_event,
     lead_data,
     message_id,
@@ -130,6 +131,17 @@ def record_intake(uow: UnitOfWork, intake: Intake, event_type: str, reason: str)
         at=dt.datetime.now(dt.UTC),
     )
     add(uow, intake.account_id, address([event], subs))
+
+
+def record_import(
+    uow: UnitOfWork, account_id: int, import_id: uuid.UUID, status: str, counts: Mapping[str, int], error: str | None
+) -> None:
+    """``import.finished`` for an import that ends (done or failed), in the caller's transaction."""
+    subs = subscriptions_of(uow, account_id)
+    if not subs.wants("import.finished"):
+        return
+    event = import_event(import_id=import_id, status=status, counts=counts, error=error, at=dt.datetime.now(dt.UTC))
+    add(uow, account_id, address([event], subs))
 
 
 def record_text_status(uow: UnitOfWork, message: Message) -> None:

@@ -276,3 +276,33 @@ def test_the_secret_is_stored_encrypted_never_in_clear(account: Any) -> None:
         ).scalar_one()
         assert endpoint.secrets_encrypted
         assert all(SECRET not in value for value in endpoint.secrets_encrypted)
+
+
+def test_an_import_sends_one_import_finished_with_its_counts_and_no_event_per_lead(
+    account: Any, receiver: Receiver
+) -> None:
+    path = path_of()
+    acme: Texting = account(path, events=["import.finished", "lead.created", "lead.assigned"])
+    tag = uuid.uuid4().hex[:8]
+    body = (
+        f"firstName,lastName,emailAddress\nAnn,Lee,ann-{tag}@example.com\nBo,Ray,bo-{tag}@example.com\nBad,Row,nope\n"
+    )
+    with acme.user("olivia") as olivia:
+        r = olivia.post("/v1/imports", data={"owner": "co"}, files={"file": ("leads.csv", body, "text/csv")})
+        assert r.status_code == 202, r.text
+        import_id = r.json()["import_id"]
+        wait_for(
+            lambda: olivia.get(f"/v1/imports/{import_id}").json()["status"] in ("done", "failed"),
+            timeout=60,
+            what="the import",
+        )
+    wait_for(lambda: settled(acme) and receiver.delivered(path), timeout=60, what="the import's delivery")
+
+    got = receiver.delivered(path)
+    assert types(got) == Counter({"import.finished": 1}), "one event for the file, none per imported lead"
+    event = got[0].verified(SECRET)
+    assert event["type"] == "import.finished"
+    data = event["data"]
+    assert (data["import_id"], data["status"], data["error"]) == (import_id, "done", None)
+    assert (data["rows"], data["created"], data["existing"], data["duplicates"], data["rejected"]) == (3, 2, 0, 0, 1)
+    assert "ann-" not in got[0].body.decode(), "the counts, not the leads' contact details"
