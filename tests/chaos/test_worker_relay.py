@@ -222,7 +222,9 @@ def test_redis_killed_with_work_queued_the_workers_sweep_recovers_every_lead(
     assert queued_before >= 1, "the registrations' work was queued in Redis"
     assert queued_after == 0, "persistence off: the restart lost them"
     assert_exactly_once(f)
-    assert o.relayed_intakes == QUEUED, "every lead came back through the workers' pass"
+    # Nothing but the workers' pass publishes lost work (with it off, none of them is ever done), and a task it
+    # sends takes the other signups of its account waiting beside it: fewer than all are sent again themselves.
+    assert o.relayed_intakes >= 1, "the workers' pass sent the lost work again"
 
 
 def queued_intake_ids(stack: Stack) -> Counter[str]:

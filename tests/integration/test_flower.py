@@ -103,12 +103,13 @@ def test_flower_lists_the_intakes_tasks_with_their_ids_and_workers(flower: httpx
         what="both workers alive in flower",
     )
     ids = []
+    # One after the other: signups that arrive while their account's task is still queued share it (they
+    # are in its batch, with no task of their own for flower to list), so each waits for the one before.
     for n in range(3):
         r = acme.register("co", f"flower{n}@example.com")
         assert r.status_code == 202, r.text
         ids.append(r.json()["intake_id"])
-    for intake_id in ids:
-        assert acme.wait_done(intake_id)["status"] == "done"
+        assert acme.wait_done(ids[-1])["status"] == "done"
 
     seen: dict[str, dict[str, Any]] = {}
 
