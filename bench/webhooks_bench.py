@@ -177,14 +177,17 @@ def bare_posts_per_second(url: str, n: int, processes: int = 2) -> dict[str, Any
 
 def registration_rate(stack: Stack, org: dict[str, Any], n: int, tag: str) -> dict[str, Any]:
     """``n`` registrations of distinct people on the company site, posted 8 at a time: finished per second
-    (first processed to last), and, when the account has an endpoint, per second with every delivery
-    delivered too (first processed to last delivered; waited for, so the next round starts on a quiet
+    (first POST to last processed), and, when the account has an endpoint, per second with every delivery
+    delivered too (first POST to last delivered; waited for, so the next round starts on a quiet
     worker)."""
     from tests.support.client import Brokerage, post_all
 
     s = str(org["account"]).removeprefix("acct-")
     bodies = [{"page_url": f"https://co-{s}.test/listings", "email": f"{tag}{i}.{s}@example.com"} for i in range(n)]
     b = Brokerage(stack.base, org)
+    # From the first POST, not the first processed: signups that wait while the workers deliver are taken in
+    # larger batches later, so first-to-last processed would count a backlog's end as speed.
+    started = dt.datetime.now(dt.UTC)
     try:
         ids = asyncio.run(post_all(b, bodies, parallel=8))
     finally:
@@ -192,7 +195,7 @@ def registration_rate(stack: Stack, org: dict[str, Any], n: int, tag: str) -> di
     deadline = time.monotonic() + 300
     with stack.engine().connect() as conn:
         while True:
-            count, first, last = conn.execute(
+            count, _first, last = conn.execute(
                 text(
                     "SELECT count(*), min(processed_at), max(processed_at) FROM intakes "
                     "WHERE id = ANY(CAST(:ids AS uuid[])) AND processed_at IS NOT NULL"
@@ -202,7 +205,7 @@ def registration_rate(stack: Stack, org: dict[str, Any], n: int, tag: str) -> di
             if count >= n or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        out: dict[str, Any] = {"per_s": round(count / max(_epoch(last) - _epoch(first), 1e-6), 1)}
+        out: dict[str, Any] = {"per_s": round(count / max(_epoch(last) - _epoch(started), 1e-6), 1)}
         while time.monotonic() < deadline:
             waiting, delivered_last, total = conn.execute(
                 text(
@@ -217,7 +220,7 @@ def registration_rate(stack: Stack, org: dict[str, Any], n: int, tag: str) -> di
             time.sleep(0.2)
         if total:
             out["deliveries"] = int(total)
-            out["with_deliveries_per_s"] = round(count / max(_epoch(delivered_last) - _epoch(first), 1e-6), 1)
+            out["with_deliveries_per_s"] = round(count / max(_epoch(delivered_last) - _epoch(started), 1e-6), 1)
     return out
 
 
