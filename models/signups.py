@@ -63,6 +63,7 @@ from models.repositories.common import (
     LEADS,
     OUTBOX,
     columns_of,
+    event_row,
     insert_from,
     person_lock_key,
     recordset,
@@ -204,18 +205,7 @@ class _Rows:
         return cls(
             account_id,
             leads=[{"id": lead.id, **lead.values} for lead in plan.leads],
-            events=[
-                {
-                    "lead_id": e.lead_id,
-                    "kind": e.kind,
-                    "intake_id": e.intake_id,
-                    "at": e.at,
-                    "summary": e.summary,
-                    "data": e.data,
-                    "actor": e.actor,
-                }
-                for e in plan.events
-            ],
+            events=[event_row(e) for e in plan.events],
             campaigns=[{"lead_id": lead_id, "name": name, "started_at": now} for lead_id, name in plan.campaigns],
             mails=[
                 {
@@ -552,20 +542,7 @@ class SignupStore:
         whatever the batch's size; on SQLite one statement per step."""
         now = dt.datetime.now(dt.UTC)
         messages = [{"id": uuid.uuid4(), **plan.message} for _, plan in plans]
-        events = [
-            {
-                "account_id": account_id,
-                "lead_id": e.lead_id,
-                "kind": e.kind,
-                "intake_id": e.intake_id,
-                "at": e.at,
-                "summary": e.summary,
-                "data": e.data,
-                "actor": e.actor,
-            }
-            for _, plan in plans
-            for e in plan.events
-        ]
+        events = [{"account_id": account_id, **event_row(e)} for _, plan in plans for e in plan.events]
         texted: dict[uuid.UUID, dict[str, Any]] = {}
         for _, plan in plans:
             change = plan.lead_change

@@ -12,6 +12,7 @@ import structlog
 
 from leadrelay.settings import get_settings
 from models.orgsnapshot import OrgSnapshot
+from models.repositories.common import event_row
 from models.repositories.texts import ReplyFacts
 from models.signups import Claimed, SignupStore
 from models.tables import Intake, Message
@@ -126,22 +127,7 @@ def run_batch(
         made.update({key: MadeLead(known[lead_id], created, why) for key, (lead_id, created, why) in leads.items()})
     plans = [(by_id[p.intake_id], p) for p in planned if isinstance(p, PlannedText)]
     events = [e for _, p in plans for e in p.plan.events]
-    webhooks.record_timeline(
-        uow,
-        account_id,
-        [
-            {
-                "lead_id": e.lead_id,
-                "kind": e.kind,
-                "intake_id": e.intake_id,
-                "at": e.at,
-                "summary": e.summary,
-                "data": e.data,
-                "actor": e.actor,
-            }
-            for e in events
-        ],
-    )
+    webhooks.record_timeline(uow, account_id, [event_row(e) for e in events])
     for intake, reason in rejected:
         webhooks.record_intake(uow, intake, "intake.rejected", reason)
     store.write_texts(account_id, [(intake, p.plan) for intake, p in plans], rejected)

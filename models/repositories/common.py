@@ -44,6 +44,20 @@ INTAKES = cast(Table, Intake.__table__)
 AT = UTCDateTime()
 
 
+def event_row(event: Any) -> dict[str, Any]:
+    """A planned timeline event (a signup plan's or a text plan's: they share these fields) as a row of
+    ``EVENTS`` without its account, which the writer adds."""
+    return {
+        "lead_id": event.lead_id,
+        "kind": event.kind,
+        "intake_id": event.intake_id,
+        "at": event.at,
+        "summary": event.summary,
+        "data": event.data,
+        "actor": event.actor,
+    }
+
+
 def dialect_insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite both do)."""
     name = session.get_bind().dialect.name
