@@ -80,7 +80,10 @@ def test_poison_intakes_end_dead_after_their_retries_while_the_others_are_done(s
     assert dead_logged == set(fed.poison)
     short = {i: sorted(retried[i]) for i in fed.poison if not set(range(MAX_RETRIES)) <= retried[i]}
     assert not short, f"poison intakes dead before their {MAX_RETRIES} retries: {short}"
-    assert inside >= len(retries) // 2, "the poison retried while the others were being processed"
+    # At least one retry while the others were processed: the poison was tried alone beside them, not
+    # holding its batch. Not a share of them: the faster the others go, the fewer of the poison's retries
+    # (0.3 s apart, doubling) fall inside their window (7 of 20 in a run at 208 a second).
+    assert inside >= 1, "the poison retried while the others were being processed"
     assert f["normal_done"] == f["leads"] == NORMAL
     assert f["duplicates"] == 0
     assert f["rr_spread"] <= 1, o.agents
