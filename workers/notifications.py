@@ -7,6 +7,8 @@ Backends: SMTP when ``LEADRELAY_SMTP_URL`` is set, else the log (the mail's mask
 from __future__ import annotations
 
 import datetime as dt
+import email.policy
+import functools
 import smtplib
 import ssl
 import threading
@@ -14,8 +16,8 @@ import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formatdate
 from types import TracebackType
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -354,12 +356,31 @@ def header_text(text: str) -> str:
     return " ".join(cleaned.split())
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The standard library's header registry, each header's class made once: its own makes a new class for
+    every header it parses (a tenth of a mail's cost, nine headers a mail). The classes are the same."""
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one registry for the process, never freed
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        return super().__getitem__(name)
+
+
+MAIL_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
+
+
+@functools.lru_cache(maxsize=8)
+def _from_header(mail_from: str) -> BaseHeader:
+    """The sender's header, parsed once: every mail has the same (a header object is used as it is)."""
+    header: BaseHeader = MAIL_POLICY.header_factory("From", mail_from)
+    return header
+
+
 def mail_message(row: Outbox, mail_from: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = mail_from
+    message = EmailMessage(policy=MAIL_POLICY)
+    message["From"] = _from_header(mail_from)
     message["To"] = row.to_address
     message["Subject"] = header_text(row.subject)
-    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Date"] = dt.datetime.now(dt.UTC)  # rendered as RFC 5322 wants it, "+0000"; no string to parse back
     # One id per outbox row: a mail sent again after a lost answer can be recognised by the receiver.
     message["Message-ID"] = f"<{row.id}@leadrelay>"
     message.set_content(row.body)
