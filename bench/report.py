@@ -162,6 +162,28 @@ def rows_of(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_verdict(rate >= TARGETS['import_rows_per_s'] if rate else None)}, "
             f"{_verdict(copy_ratio <= TARGETS['copy_ratio'] if copy_ratio else None)}",
         )
+        cpu = (imp.get("import") or {}).get("cpu_seconds")
+        if cpu and imp.get("copy_seconds"):
+            add(
+                "3",
+                "the import process's own CPU (parsing, planning, staging)",
+                f"{cpu:.2f} s",
+                f"{imp['copy_seconds']:.3f} s bare COPY",
+                f"{cpu / imp['copy_seconds']:.1f}x slower",
+                "",
+                "",
+            )
+        floor = imp.get("write_floor")
+        if floor:
+            add(
+                "3",
+                f"PostgreSQL alone writing the import's {floor['leads']:,} leads and {floor['events']:,} events",
+                f"{floor['seconds']:.2f} s",
+                f"{imp.get('copy_seconds', 0):.3f} s bare COPY",
+                f"{floor['copy_ratio']:.1f}x slower",
+                "the least an import can take",
+                "",
+            )
         mem = imp.get("memory_run")
         if mem:
             add(
