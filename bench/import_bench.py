@@ -148,7 +148,7 @@ def write_floor(url: str, leads: int, notes: int) -> dict[str, Any]:
         args.update(agents=[slugs["ann"], slugs["bob"], slugs["cat"]])
         lead_id = "('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid"
         started = time.perf_counter()
-        conn.execute("SET CONSTRAINTS fk_timeline_events_lead_id_leads DEFERRED")
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")  # as the import defers its events' lead check
         conn.execute(
             "INSERT INTO timeline_events (account_id, lead_id, at, kind, actor, summary, data, intake_id) "
             f"SELECT %(account)s, {lead_id}, now(), k.kind, k.actor, k.summary, k.data, "
