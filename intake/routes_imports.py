@@ -16,7 +16,6 @@ from intake.deps import CurrentUser, UoW
 from intake.links import public_url_for
 from intake.problems import Problem, invalid
 from intake.schemas import storable, unstorable
-from models.tables import Import, User
 from workers import imports
 from workers.app import publish
 
@@ -122,7 +121,7 @@ def post_import(
 )
 def get_import(import_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> ImportOut:
     """An import's progress and summary, to the user who ran it and the owner's side (the agent, its admins)."""
-    row = uow.session.get(Import, import_id)
+    row = uow.imports.get(import_id)
     allowed = (
         row is not None
         and row.account_id == caller.account_id
@@ -135,14 +134,13 @@ def get_import(import_id: uuid.UUID, caller: CurrentUser, uow: UoW) -> ImportOut
     if row is None or not allowed:
         raise Problem(404, "Not found", "no such import")
     summary = imports.summary_of(uow, row)
-    user = uow.session.get(User, row.by_user_id)
     return ImportOut(
         id=row.id,
         status=row.status.value,
         phase=row.phase,
         filename=row.filename,
         owner=uow.orgs.entity(row.owner_entity_id).slug,
-        by=user.slug if user else "",
+        by=uow.imports.user_slug(row.by_user_id) or "",
         rows=row.rows_read,
         created=row.created,
         existing=row.existing,

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from models.base import UTCDateTime
 from models.repositories import CLAIMED_COLUMNS, ClaimedActivity
 from models.repositories.common import activity_lock_key
-from models.tables import ImportChunk, ImportRejection, Lead, LeadCampaign, LeadStatus, SiteActivity, TimelineEvent
+from models.tables import ImportRejection, Lead, LeadCampaign, LeadStatus, SiteActivity, TimelineEvent
 from rules.events import LeadSignup
 from rules.imports import ImportedBy
 from rules.signups import NewLead, SignupPlan
@@ -808,29 +808,6 @@ def _tags_json(tags: tuple[str, ...]) -> str:
     return _encode(list(tags))
 
 
-def read_chunks(session: Session, import_id: uuid.UUID) -> Iterator[bytes]:
-    """An uploaded file, one stored piece at a time."""
-    seq = 0
-    while True:
-        data = session.execute(
-            select(ImportChunk.data).where(ImportChunk.import_id == import_id, ImportChunk.seq == seq)
-        ).scalar_one_or_none()
-        if data is None:
-            return
-        yield data
-        seq += 1
-
-
-def import_rejections(session: Session, import_id: uuid.UUID, limit: int) -> list[tuple[int, str]]:
-    rows = session.execute(
-        select(ImportRejection.line, ImportRejection.reason)
-        .where(ImportRejection.import_id == import_id)
-        .order_by(ImportRejection.line)
-        .limit(limit)
-    ).all()
-    return [(int(line), reason) for line, reason in rows]
-
-
 __all__ = [
     "DATA",
     "KEYS",
@@ -841,6 +818,4 @@ __all__ = [
     "Shared",
     "StageBatch",
     "Staged",
-    "import_rejections",
-    "read_chunks",
 ]

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory
 from models.repositories import (
+    ImportRepository,
     IntakeRepository,
     JobRepository,
     LeadRepository,
@@ -29,6 +30,7 @@ class UnitOfWork:
     leads: LeadRepository
     texts: TextRepository
     jobs: JobRepository
+    imports: ImportRepository
     signups: SignupStore
     relay: RelayRepository
     outbox: OutboxRepository
@@ -46,6 +48,7 @@ class UnitOfWork:
         self.leads = LeadRepository(self.session)
         self.texts = TextRepository(self.session)
         self.jobs = JobRepository(self.session)
+        self.imports = ImportRepository(self.session)
         self.signups = SignupStore(self.session, self.orgs)
         self.relay = RelayRepository(self.session)
         self.outbox = OutboxRepository(self.session)

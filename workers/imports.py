@@ -23,12 +23,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, text, update
 
-from models.db import get_engine
-from models.imports import ImportStore, Shared, StageBatch, Staged, import_rejections, read_chunks
-from models.repositories import Caller, to_ref
-from models.tables import Import, ImportChunk, ImportStatus, User
+from models.imports import ImportStore, Shared, StageBatch, Staged
+from models.repositories import Caller, set_at_once, to_ref
+from models.tables import Import, ImportStatus
 from models.uow import UnitOfWork
 from rules.entities import EntityRef
 from rules.events import LeadSignup
@@ -122,17 +120,14 @@ def create_import(
         mapping=mapping,
         status=ImportStatus.QUEUED,
     )
-    uow.session.add(row)
-    uow.session.flush()
-    return row.id
+    return uow.imports.add(row)
 
 
 def store_upload(uow: UnitOfWork, import_id: uuid.UUID, chunks: Iterable[bytes]) -> int:
     """Keep an uploaded file in the database, piece by piece; its size."""
     size = 0
     for seq, data in enumerate(chunks):
-        uow.session.add(ImportChunk(import_id=import_id, seq=seq, data=data))
-        uow.session.flush()
+        uow.imports.add_chunk(import_id, seq, data)
         size += len(data)
     return size
 
@@ -162,7 +157,7 @@ def spooled_upload(import_id: uuid.UUID) -> Iterator[str]:
     and SQLite lets one transaction write at a time). The path; the file is removed afterwards."""
     with tempfile.NamedTemporaryFile(prefix="leadrelay-import-", suffix=".csv") as spool:
         with UnitOfWork() as uow:
-            for data in read_chunks(uow.session, import_id):
+            for data in uow.imports.chunks(import_id):
                 spool.write(data)
         spool.flush()
         yield spool.name
@@ -172,10 +167,8 @@ def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progr
     """Import a stored import's file. A finished import is not run again (a redelivered task)."""
     report = progress or (lambda _phase, _done, _total: None)
     with UnitOfWork() as uow:
-        if uow.session.get_bind().dialect.name == "postgresql":
-            # One run at a time per import: a second (a redelivery while the first still runs) waits here.
-            uow.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"import:{import_id}"})
-        row = uow.session.execute(select(Import).where(Import.id == import_id)).scalar_one_or_none()
+        uow.imports.lock_run(import_id)
+        row = uow.imports.get(import_id)
         if row is None:
             raise ImportInvalid("import_id", "no such import")
         if row.status in (ImportStatus.DONE, ImportStatus.FAILED):
@@ -185,7 +178,7 @@ def run_import(import_id: uuid.UUID, chunks: Iterable[bytes], *, progress: Progr
             try:
                 summary = run.execute(path, sha256)
             except MappingError as exc:
-                uow.session.rollback()
+                uow.rollback()
                 return _fail(import_id, str(exc))
         uow.commit()
     log.info(
@@ -230,13 +223,11 @@ def _spooled(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
 def _fail(import_id: uuid.UUID, error: str) -> ImportSummary:
     """An import that cannot succeed however often it is tried (its header, say) ends failed."""
     with UnitOfWork() as uow:
-        uow.session.execute(
-            update(Import)
-            .where(Import.id == import_id)
-            .values(status=ImportStatus.FAILED, error=error[:2000], phase=None, finished_at=dt.datetime.now(dt.UTC))
+        uow.imports.set(
+            import_id, status=ImportStatus.FAILED, error=error[:2000], phase=None, finished_at=dt.datetime.now(dt.UTC)
         )
-        uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
-        row = uow.session.get(Import, import_id, populate_existing=True)
+        uow.imports.delete_chunks(import_id)
+        row = uow.imports.get(import_id, fresh=True)
         assert row is not None
         summary = summary_of(uow, row)
         webhooks.record_import(uow, row.account_id, import_id, "failed", counts_of(summary), row.error)
@@ -259,7 +250,7 @@ def summary_of(uow: UnitOfWork, row: Import, listed: int = 100) -> ImportSummary
         existing=row.existing,
         duplicates=row.duplicates,
         rejected=row.rejected,
-        rejections=import_rejections(uow.session, row.id, listed),
+        rejections=uow.imports.rejections(row.id, listed),
         error=row.error,
     )
 
@@ -286,8 +277,7 @@ class _ProgressRow:
     def __call__(self, **values: Any) -> None:
         if not self.enabled:
             return
-        with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(update(Import).where(Import.id == self.import_id).values(**values))
+        set_at_once(self.import_id, **values)
 
 
 class ImportRaced(RuntimeError):
@@ -317,8 +307,7 @@ class _Run:
         self.filename = row.filename
         self.mapping = dict(row.mapping)
         self.owner: EntityRef = uow.orgs.entity_ref(row.owner_entity_id)
-        user = uow.session.get(User, row.by_user_id)
-        self.actor = user.slug if user else "import"
+        self.actor = uow.imports.user_slug(row.by_user_id) or "import"
         self.duplication = uow.orgs.account(row.account_id).duplication
         self.ownership: Ownership = decide_import_owner(self.owner, self.filename)
         self.by = ImportedBy(row.id, self.filename, self.actor)
@@ -327,8 +316,7 @@ class _Run:
         self.report = report
         self.at = dt.datetime.now(dt.UTC)
         self.new_id = lead_ids()
-        postgres = uow.session.get_bind().dialect.name == "postgresql"
-        self.progress_row = _ProgressRow(row.id, postgres)
+        self.progress_row = _ProgressRow(row.id, uow.imports.postgres)
         self.store = ImportStore(uow.session, account_id=row.account_id, import_id=row.id)
         self.progress_row(status=ImportStatus.RUNNING, phase="reading", started_at=self.at, rows_read=0)
 
@@ -378,24 +366,21 @@ class _Run:
             rejections=rejections[:100],
             ignored_columns=read.ignored,
         )
-        self.uow.session.execute(
-            update(Import)
-            .where(Import.id == self.import_id)
-            .values(
-                status=ImportStatus.DONE,
-                phase=None,
-                file_sha256=sha256,
-                rows_read=read.rows,
-                created=made,
-                existing=joined,
-                duplicates=read.duplicates,
-                rejected=read.rejected,
-                started_at=self.at,
-                finished_at=dt.datetime.now(dt.UTC),
-                error=None,
-            )
+        self.uow.imports.set(
+            self.import_id,
+            status=ImportStatus.DONE,
+            phase=None,
+            file_sha256=sha256,
+            rows_read=read.rows,
+            created=made,
+            existing=joined,
+            duplicates=read.duplicates,
+            rejected=read.rejected,
+            started_at=self.at,
+            finished_at=dt.datetime.now(dt.UTC),
+            error=None,
         )
-        self.uow.session.execute(delete(ImportChunk).where(ImportChunk.import_id == self.import_id))
+        self.uow.imports.delete_chunks(self.import_id)
         webhooks.record_import(self.uow, self.account_id, self.import_id, "done", counts_of(summary), None)
         # Last, the statements that hold the account's kept activity until the commit: live activity waits
         # only for these (the claim, its events, the last activity of the leads claimed and joined).

@@ -7,6 +7,7 @@ the unit of work (``models.uow``) holds one of each on its session and commits o
 - ``leads``: the leads, their timeline, site activity, shares, campaigns, facts for the rules, V1 and export.
 - ``texts``: outbound and inbound texts (reply routing S1-S3), the gateway's delivery reports.
 - ``jobs``: the bulk jobs and the leads they did not change.
+- ``imports``: the CSV imports' rows, their uploaded files and the rows they refused.
 - ``webhooks``: outbound webhooks' deliveries (written with a change, claimed, settled, listed, replayed).
 - ``relay``, ``outbox``, ``metrics``: the relay's claims, the mail outbox, what ``GET /metrics`` reads.
 - ``common``: what they share (the dialect's INSERT, entities as values, the caller).
@@ -17,6 +18,7 @@ class, helper and constant of the modules."""
 from __future__ import annotations
 
 from models.repositories.common import Caller, dialect_insert, to_ref
+from models.repositories.imports import ImportRepository, set_at_once
 from models.repositories.intakes import IntakeRepository
 from models.repositories.jobs import JobRepository
 from models.repositories.leads import CLAIMED_COLUMNS, Candidate, ClaimedActivity, LeadRepository
@@ -36,6 +38,7 @@ __all__ = [
     "Caller",
     "Candidate",
     "ClaimedActivity",
+    "ImportRepository",
     "IntakeRepository",
     "JobRepository",
     "Latency",
@@ -49,6 +52,7 @@ __all__ = [
     "conditions_at",
     "delivery_rows",
     "dialect_insert",
+    "set_at_once",
     "to_ref",
     "waiting_since",
 ]
