@@ -4,6 +4,7 @@ the test says (200 by default; a status for the next few requests; 410)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -13,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema_rs
 from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
+from intake.api import create_app
 from tests.support.processes import wait_for
 
 
@@ -30,7 +33,8 @@ class Received:
 
     @property
     def payload(self) -> dict[str, Any]:
-        return dict(json.loads(self.body))
+        """The body, checked against its event's schema in the OpenAPI document's ``webhooks`` section."""
+        return documented(dict(json.loads(self.body)))
 
     @property
     def webhook_id(self) -> str:
@@ -38,7 +42,33 @@ class Received:
 
     def verified(self, secret: str) -> dict[str, Any]:
         """The body, verified with ``secret`` by the ``standardwebhooks`` package as a receiver does."""
-        return dict(Webhook(secret).verify(self.body, self.headers))
+        return documented(dict(Webhook(secret).verify(self.body, self.headers)))
+
+
+@functools.cache
+def _event_schemas() -> dict[str, Any]:
+    """A validator per event type, of the body the OpenAPI document's ``webhooks`` section gives it."""
+    document = create_app().openapi()
+    validators = {}
+    for event_type, item in document["webhooks"].items():
+        schema = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        root = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **schema,
+            "components": document["components"],
+        }
+        validators[event_type] = jsonschema_rs.validator_for(root, validate_formats=True)
+    return validators
+
+
+def documented(event: dict[str, Any]) -> dict[str, Any]:
+    """``event``, once it is shown to be what the document says its type sends (a receiver generated from the
+    document would parse it); a delivery the document does not describe fails the test that received it."""
+    validator = _event_schemas().get(event.get("type", ""))
+    assert validator is not None, f"{event.get('type')!r} is not an event type of the OpenAPI document"
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(event)]
+    assert not errors, f"{event['type']} does not match its schema in the OpenAPI document: {errors}"
+    return event
 
 
 class Receiver:
