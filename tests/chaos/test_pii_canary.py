@@ -281,7 +281,16 @@ def test_canaries_through_every_source_appear_in_no_log_task_event_or_flower(
     assert reached == {s for s in SOURCES if s not in ("candidates", "lead_filter")}, reached
     assert tap_events.events
     assert messages_with_our_ids > 0
-    assert len(flower_ours) >= len(our_ids), "Flower listed the intakes' tasks"
+    # Not every intake has a task of its own (a signup that comes while its account's task is queued is taken
+    # by that task, and no message names it): Flower lists every task the broker carried for them.
+    carried = {
+        i
+        for i in our_ids
+        if any(i in v for cmd in tap.commands if "PUSH" in cmd.upper() for v in decoded_variants(cmd))
+    }
+    listed = {i for i in our_ids if any(i in str(t.get("args", "")) for t in flower_ours)}
+    assert carried, "the broker carried tasks of the intakes"
+    assert listed >= carried, f"Flower listed the intakes' tasks: missing {sorted(carried - listed)}"
 
 
 def follow_up(stack: Stack, send: Sender, birds: dict[str, Canary]) -> dict[str, Any]:
