@@ -510,6 +510,9 @@ class Outbox(Base):
     # How many times the relay sent it again (GET /metrics: leadrelay_relay_resends_total).
     relays: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     sent_at: Mapped[dt.datetime | None]
+    # Until when a flush holds it (it claimed it with others and sends them in turn); another flush leaves it
+    # alone until then, and takes it after (a flush killed mid-batch).
+    claimed_until: Mapped[dt.datetime | None]
     # The correlation id (an intake's id) of the work that queued it: one flush sends the mail of many
     # intakes, and each mail's log lines name its own.
     correlation_id: Mapped[str | None] = mapped_column(String(64))

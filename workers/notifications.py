@@ -15,7 +15,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from types import TracebackType
@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import structlog
 
 from leadrelay.settings import get_settings
+from models.repositories import ClaimedMail
 from models.tables import Outbox
 from models.uow import UnitOfWork
 from rules.contact import mask_email
@@ -39,6 +40,9 @@ FLUSH_TASK = "notifications.flush"
 FLUSH_BUDGET_SECONDS = 120.0
 # A first try and eight retries (notifications.send's max_retries), then the mail is a dead letter.
 MAIL_ATTEMPTS = 9
+# A flush claims this many mails at once, for this long (it gives back what it has not sent by half of it).
+CLAIM_BATCH = 50
+CLAIM_LEASE = dt.timedelta(minutes=5)
 
 # Until when (time.monotonic) the flush this process last published covers what it commits; see request_flush.
 _flush_lock = threading.Lock()
@@ -167,112 +171,123 @@ class Mailer:
 
 def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
     """Send the pending mail that is due, oldest first, over one SMTP connection, until none is left (or
-    ``budget`` seconds are spent: ``more`` then). Each mail is claimed, sent and marked ``sent`` in a
-    transaction of its own: its row stays locked from the claim until that commit, so a second flush
-    skips it and never sends it twice, and a worker killed mid-flush sends at most the one mail in hand
-    again (a larger claim would send its whole batch again). A mail that fails keeps its row pending
-    with the error and one more attempt (``failed`` after the last), and the others are still sent; it
-    is not tried again by this flush."""
+    ``budget`` seconds are spent: ``more`` then).
+
+    Mail is claimed :data:`CLAIM_BATCH` at a time, for :data:`CLAIM_LEASE`, in one committed UPDATE: no
+    other flush takes a claimed mail meanwhile, so none is sent twice. Each mail is then marked ``sent`` in
+    one statement that commits as the server has taken it, so a worker killed mid-batch sends at most the
+    one mail in hand again; the rest of its batch is sent by the first flush after the lease (the relay
+    publishes one for pending mail). A flush whose batch runs past half the lease gives the rest back
+    rather than send a mail another flush may take. A mail that fails stays pending with the error and
+    one more attempt (``failed`` after the last), and the others are still sent; it is not tried again by
+    this flush."""
     settings = get_settings()
     server = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
     schedule = retry_schedule()
     result = Flushed()
     tried: set[uuid.UUID] = set()
     started = time.monotonic()
-    with Mailer(server) as mailer:
+    with Mailer(server) as mailer, UnitOfWork() as uow:
         while True:
-            with UnitOfWork() as uow:
-                now = dt.datetime.now(dt.UTC)
-                rows = uow.outbox.claim_pending(now=now, retry_after=schedule, exclude=tried, limit=1)
-                if not rows:
+            now = dt.datetime.now(dt.UTC)
+            claimed_at = time.monotonic()
+            uow.each_statement_commits()
+            mails = uow.outbox.claim(
+                now=now, retry_after=schedule, until=now + CLAIM_LEASE, exclude=tried, limit=CLAIM_BATCH
+            )
+            uow.commit()
+            if not mails:
+                return result
+            for index, mail in enumerate(mails):
+                if time.monotonic() - claimed_at > CLAIM_LEASE.total_seconds() / 2:
+                    uow.each_statement_commits()
+                    uow.outbox.release([m.id for m in mails[index:]])
+                    uow.commit()
+                    break
+                with structlog.contextvars.bound_contextvars(**_correlation_of(mail)):
+                    outcome = try_mail(mailer, mail, settings.mail_from, schedule)
+                _settle(uow, mail, outcome, result)
+                if outcome.status == "pending":
+                    tried.add(mail.id)
+                if not outcome.reachable:
+                    # The server is down: the rest of the batch is given back untried; the retry is scheduled.
+                    uow.each_statement_commits()
+                    uow.outbox.release([m.id for m in mails[index + 1 :]])
+                    uow.commit()
                     return result
-                reachable = _send_pass(mailer, rows, settings.mail_from, schedule, now, result)
-                uow.commit()
-            tried.update(row.id for row in rows if row.status == "pending")
-            if not reachable:
-                return result  # the server is down: the retry of what failed is scheduled
             if time.monotonic() - started > budget:
                 result.more = True
                 return result
 
 
-def _send_pass(
-    mailer: Mailer, rows: list[Outbox], mail_from: str, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed
-) -> bool:
-    """Send the claimed rows over ``mailer``, marking each sent or failed; whether the server could be reached.
-    Each mail's lines carry the correlation id of the work that queued it, not the flush's."""
-    for index, row in enumerate(rows):
-        with structlog.contextvars.bound_contextvars(**_correlation_of(row)):
-            if not _send_one(mailer, rows, index, mail_from, schedule, now, result):
-                return False
-    return True
+def _correlation_of(mail: ClaimedMail) -> dict[str, str]:
+    return {"correlation_id": mail.correlation_id} if mail.correlation_id else {}
 
 
-def _correlation_of(row: Outbox) -> dict[str, str]:
-    return {"correlation_id": row.correlation_id} if row.correlation_id else {}
+@dataclass(frozen=True)
+class Tried:
+    """How one try of a mail went, as its row is to say it: ``sent``, ``pending`` (with the error, for a later
+    try ``retry_in`` seconds from now) or ``failed``; ``reachable``: whether the server could be reached."""
+
+    status: str
+    attempts: int
+    error: str | None = None
+    retry_in: float | None = None
+    reachable: bool = True
 
 
-def _send_one(
-    mailer: Mailer,
-    rows: list[Outbox],
-    index: int,
-    mail_from: str,
-    schedule: list[dt.timedelta],
-    now: dt.datetime,
-    result: Flushed,
-) -> bool:
-    """Send ``rows[index]``; False when the server cannot be reached (the rest of the rows then failed)."""
-    row = rows[index]
-    row.attempts += 1
+def _settle(uow: UnitOfWork, mail: ClaimedMail, tried: Tried, result: Flushed) -> None:
+    """Write a try's outcome on the mail's row, committed at once, and count it."""
+    uow.each_statement_commits()
+    sent_at = dt.datetime.now(dt.UTC) if tried.status == "sent" else None
+    uow.outbox.settle(mail.id, attempts=tried.attempts, status=tried.status, error=tried.error, sent_at=sent_at)
+    uow.commit()
+    if tried.status == "sent":
+        result.sent += 1
+    elif tried.status == "failed":
+        result.failed += 1
+    elif tried.retry_in is not None:
+        result.retry_in = tried.retry_in if result.retry_in is None else min(result.retry_in, tried.retry_in)
+
+
+def try_mail(mailer: Mailer, mail: Outbox | ClaimedMail, mail_from: str, schedule: list[dt.timedelta]) -> Tried:
+    """Send one mail over ``mailer``; how it went (nothing is written here)."""
+    attempts = mail.attempts + 1
     try:
         mailer.connect()
     except Exception as exc:
-        for rest in rows[index:]:
-            if rest is not row:
-                rest.attempts += 1
-            _failed(rest, exc, schedule, now, result)
-        return False
+        return replace(_failure(mail, attempts, exc, schedule), reachable=False)
     try:
-        message = mail_message(row, mail_from)
+        message = mail_message(mail, mail_from)
     except (ValueError, TypeError) as exc:
         # The mail itself cannot be written (an address no header may hold): no later try would differ.
-        _failed(row, exc, schedule, now, result, final=True)
-        return True
+        return _failure(mail, attempts, exc, schedule, final=True)
     try:
-        # The row stays locked while the server takes the mail: another flush skips it, a redelivered
-        # notifications.send waits, then finds it sent.
         mailer.send(message)
     except Exception as exc:
-        _failed(row, exc, schedule, now, result)
-        return True
+        return _failure(mail, attempts, exc, schedule)
     log.info(
         "notification.mail",
-        outbox_id=str(row.id),
+        outbox_id=str(mail.id),
         backend=mailer.backend,
-        to=mask_email(row.to_address),
-        subject=row.subject,
+        to=mask_email(mail.to_address),
+        subject=mail.subject,
     )
-    row.status = "sent"
-    row.sent_at = dt.datetime.now(dt.UTC)
-    row.error = None
-    result.sent += 1
-    return True
+    return Tried("sent", attempts)
 
 
-def _failed(
-    row: Outbox, exc: Exception, schedule: list[dt.timedelta], now: dt.datetime, result: Flushed, *, final: bool = False
-) -> None:
-    """Keep the error on the row: pending for a later try, or ``failed`` after the last one (or at once, ``final``)."""
-    row.error = error_reason(exc)[:2000]
-    if final or row.attempts >= MAIL_ATTEMPTS:
-        row.status = "failed"
-        result.failed += 1
-        log.error("notification.failed", outbox_id=str(row.id), error=error_kind(exc))
-        return
-    due = row.created_at + schedule[min(row.attempts, len(schedule) - 1)]
-    wait = max((due - now).total_seconds(), 0.0)
-    result.retry_in = wait if result.retry_in is None else min(result.retry_in, wait)
-    log.warning("notification.retry", outbox_id=str(row.id), attempts=row.attempts, error=error_kind(exc))
+def _failure(
+    mail: Outbox | ClaimedMail, attempts: int, exc: Exception, schedule: list[dt.timedelta], *, final: bool = False
+) -> Tried:
+    """A failed try: pending for a later one, or ``failed`` after the last one (or at once, ``final``)."""
+    error = error_reason(exc)[:2000]
+    if final or attempts >= MAIL_ATTEMPTS:
+        log.error("notification.failed", outbox_id=str(mail.id), error=error_kind(exc))
+        return Tried("failed", attempts, error)
+    due = mail.created_at + schedule[min(attempts, len(schedule) - 1)]
+    wait = max((due - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
+    log.warning("notification.retry", outbox_id=str(mail.id), attempts=attempts, error=error_kind(exc))
+    return Tried("pending", attempts, error, wait)
 
 
 def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
@@ -283,6 +298,8 @@ def send(uow: UnitOfWork, outbox_id: uuid.UUID) -> str:
     row = uow.outbox.get_for_update(outbox_id)
     if row is None or row.status == "sent":
         return "skipped"
+    if row.claimed_until is not None and row.claimed_until > dt.datetime.now(dt.UTC):
+        return "skipped"  # a flush holds it and sends it
     row.attempts += 1
     settings = get_settings()
     if settings.smtp_url:
@@ -375,7 +392,7 @@ def _from_header(mail_from: str) -> BaseHeader:
     return header
 
 
-def mail_message(row: Outbox, mail_from: str) -> EmailMessage:
+def mail_message(row: Outbox | ClaimedMail, mail_from: str) -> EmailMessage:
     message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = _from_header(mail_from)
     message["To"] = row.to_address

@@ -24,7 +24,7 @@ from models.repositories.jobs import JobRepository
 from models.repositories.leads import CLAIMED_COLUMNS, Candidate, ClaimedActivity, LeadRepository
 from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsRepository
 from models.repositories.org import OrgRepository
-from models.repositories.outbox import OutboxRepository
+from models.repositories.outbox import ClaimedMail, OutboxRepository
 from models.repositories.relay import RELAY_BACKOFF_CAP, WAITING_WORK, RelayRepository, conditions_at, waiting_since
 from models.repositories.texts import TextRepository
 from models.repositories.webhooks import DELIVERIES, WebhookRepository, delivery_rows
@@ -38,6 +38,7 @@ __all__ = [
     "Caller",
     "Candidate",
     "ClaimedActivity",
+    "ClaimedMail",
     "ImportRepository",
     "IntakeRepository",
     "JobRepository",

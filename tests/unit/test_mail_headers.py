@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 
 from models.tables import Outbox
-from workers.notifications import Flushed, Mailer, _send_one, header_text, mail_message, retry_schedule
+from workers.notifications import Mailer, header_text, mail_message, retry_schedule, try_mail
 
 
 def row(*, to: str = "john@co.test", subject: str = "New lead assigned to you: Ann Lee") -> Outbox:
@@ -40,9 +40,9 @@ def test_a_lead_name_with_a_line_break_writes_no_header_of_its_own() -> None:
 
 def test_a_mail_no_header_can_hold_fails_on_its_first_try_and_asks_for_no_retry() -> None:
     bad = row(to="john@co.test\r\nBcc: spy@example.com")
-    result = Flushed()
     with Mailer(None) as mailer:
-        assert _send_one(mailer, [bad], 0, "lr <lr@localhost>", retry_schedule(), dt.datetime.now(dt.UTC), result)
-    assert (bad.status, bad.attempts, result.failed, result.retry_in) == ("failed", 1, 1, None)
-    assert bad.error is not None
-    assert "ValueError" in bad.error
+        tried = try_mail(mailer, bad, "lr <lr@localhost>", retry_schedule())
+    assert tried.reachable, "the server is fine: the next mail is sent"
+    assert (tried.status, tried.attempts, tried.retry_in) == ("failed", 1, None)
+    assert tried.error is not None
+    assert "ValueError" in tried.error
