@@ -40,7 +40,8 @@ FLUSH_TASK = "notifications.flush"
 FLUSH_BUDGET_SECONDS = 120.0
 # A first try and eight retries (notifications.send's max_retries), then the mail is a dead letter.
 MAIL_ATTEMPTS = 9
-# A flush claims this many mails at once, for this long (it gives back what it has not sent by half of it).
+# A flush claims this many mails at once, for this long (longer than FLUSH_BUDGET_SECONDS and one mail's
+# SMTP timeouts: a flush gives back what it has not sent when its budget is spent).
 CLAIM_BATCH = 50
 CLAIM_LEASE = dt.timedelta(minutes=5)
 
@@ -177,8 +178,9 @@ def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
     other flush takes a claimed mail meanwhile, so none is sent twice. Each mail is then marked ``sent`` in
     one statement that commits as the server has taken it, so a worker killed mid-batch sends at most the
     one mail in hand again; the rest of its batch is sent by the first flush after the lease (the relay
-    publishes one for pending mail). A flush whose batch runs past half the lease gives the rest back
-    rather than send a mail another flush may take. A mail that fails stays pending with the error and
+    publishes one for pending mail). A flush whose ``budget`` is spent gives the rest of its batch back;
+    the lease outlasts the budget and one mail's SMTP timeouts, so no mail a flush still sends is taken by
+    another. A mail that fails stays pending with the error and
     one more attempt (``failed`` after the last), and the others are still sent; it is not tried again by
     this flush."""
     settings = get_settings()
@@ -190,7 +192,6 @@ def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
     with Mailer(server) as mailer, UnitOfWork() as uow:
         while True:
             now = dt.datetime.now(dt.UTC)
-            claimed_at = time.monotonic()
             uow.each_statement_commits()
             mails = uow.outbox.claim(
                 now=now, retry_after=schedule, until=now + CLAIM_LEASE, exclude=tried, limit=CLAIM_BATCH
@@ -199,11 +200,13 @@ def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
             if not mails:
                 return result
             for index, mail in enumerate(mails):
-                if time.monotonic() - claimed_at > CLAIM_LEASE.total_seconds() / 2:
+                if time.monotonic() - started > budget:
+                    # Its time is up: the rest is given back for the next flush, well before the lease ends.
                     uow.each_statement_commits()
                     uow.outbox.release([m.id for m in mails[index:]])
                     uow.commit()
-                    break
+                    result.more = True
+                    return result
                 with structlog.contextvars.bound_contextvars(**_correlation_of(mail)):
                     outcome = try_mail(mailer, mail, settings.mail_from, schedule)
                 _settle(uow, mail, outcome, result)

@@ -114,3 +114,9 @@ def test_a_mail_whose_claim_is_given_back_is_sent_by_the_next_flush(outbox: Call
         uow.outbox.release([m.id for m in claimed])
         uow.commit()
     assert notifications.flush().sent == 3
+
+
+def test_a_flush_whose_time_is_up_gives_its_batch_back_for_the_next(outbox: Callable[[], UnitOfWork]) -> None:
+    spent = notifications.flush(budget=0)
+    assert (spent.sent, spent.more) == (0, True), "nothing sent once the budget is spent, and more to do"
+    assert notifications.flush().sent == 3, "the batch given back is not held by a lease"
