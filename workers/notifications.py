@@ -180,9 +180,9 @@ def flush(*, budget: float = FLUSH_BUDGET_SECONDS) -> Flushed:
     one mail in hand again; the rest of its batch is sent by the first flush after the lease (the relay
     publishes one for pending mail). A flush whose ``budget`` is spent gives the rest of its batch back;
     the lease outlasts the budget and one mail's SMTP timeouts, so no mail a flush still sends is taken by
-    another. A mail that fails stays pending with the error and
-    one more attempt (``failed`` after the last), and the others are still sent; it is not tried again by
-    this flush."""
+    another. A mail that fails stays pending with the error and one more attempt (``failed`` after the
+    last), and the others are still sent; it is not tried again by this flush. Should the flush itself
+    fail mid-batch (the database gone), the rest of its batch waits for the lease to end."""
     settings = get_settings()
     server = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
     schedule = retry_schedule()
