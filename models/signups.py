@@ -86,8 +86,8 @@ from models.tables import (
     User,
 )
 from rules.routing import Rule
-from rules.signups import Contact, Facts, KnownLead, Needs, SignupPlan
-from rules.texts import TextPlan
+from rules.signups import Contact, Facts, KnownLead, Mail, Needs, SignupPlan
+from rules.texts import TextMail, TextPlan
 
 # The sources a batch takes beside the intake its task was sent for, of the intake's own kind: signups
 # (decided together by the signup path), or inbound texts (``workers.texts``, in arrival order). An event
@@ -207,24 +207,26 @@ class _Rows:
             leads=[{"id": lead.id, **lead.values} for lead in plan.leads],
             events=[event_row(e) for e in plan.events],
             campaigns=[{"lead_id": lead_id, "name": name, "started_at": now} for lead_id, name in plan.campaigns],
-            mails=[
-                {
-                    "id": uuid.uuid4(),
-                    "account_id": account_id,
-                    "kind": "email",
-                    "dedupe_key": m.dedupe_key[:200],
-                    "to_address": m.to_address,
-                    "subject": m.subject[:300],
-                    "body": m.body,
-                    "correlation_id": m.correlation_id[:64],
-                    "status": "pending",
-                    "attempts": 0,
-                    "created_at": now,
-                }
-                for m in plan.mails
-            ],
+            mails=[mail_row(account_id, m, now) for m in plan.mails],
             deliveries=delivery_rows(account_id, plan.deliveries, now),
         )
+
+
+def mail_row(account_id: int, mail: Mail | TextMail, now: dt.datetime) -> dict[str, Any]:
+    """The outbox row of a planned mail (a signup's or a text's), pending, cut to the columns' lengths."""
+    return {
+        "id": uuid.uuid4(),
+        "account_id": account_id,
+        "kind": "email",
+        "dedupe_key": mail.dedupe_key[:200],
+        "to_address": mail.to_address,
+        "subject": mail.subject[:300],
+        "body": mail.body,
+        "correlation_id": mail.correlation_id[:64] if mail.correlation_id is not None else None,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -553,23 +555,7 @@ class SignupStore:
                 row["at"] = max(row["at"] or change.activity_at, change.activity_at)
             if change.sms_unsubscribed is not None:
                 row["unsubscribed"] = change.sms_unsubscribed
-        mails = [
-            {
-                "id": uuid.uuid4(),
-                "account_id": account_id,
-                "kind": "email",
-                "dedupe_key": plan.mail.dedupe_key[:200],
-                "to_address": plan.mail.to_address,
-                "subject": plan.mail.subject[:300],
-                "body": plan.mail.body,
-                "correlation_id": plan.mail.correlation_id[:64] if plan.mail.correlation_id else None,
-                "status": "pending",
-                "attempts": 0,
-                "created_at": now,
-            }
-            for _, plan in plans
-            if plan.mail is not None
-        ]
+        mails = [mail_row(account_id, plan.mail, now) for _, plan in plans if plan.mail is not None]
         finished = [
             {"id": intake.id, "status": IntakeStatus.DONE, "lead_id": plan.lead_id, "reason": None}
             for intake, plan in plans

@@ -83,11 +83,6 @@ def shared_flags(kind: str) -> tuple[redis.Redis, str] | None:
     return _flags_client(url), f"{settings.queue_prefix}{kind}-queued:"
 
 
-def signup_flags() -> tuple[redis.Redis, str] | None:
-    """:func:`shared_flags` of signups."""
-    return shared_flags(SIGNUPS)
-
-
 def publish_shared(intake_id: uuid.UUID, account_id: int, kind: str, *, queue: str | None = None) -> bool:
     """After a new intake of ``kind`` of ``account_id`` is committed: publish its task (on ``queue`` if
     given), unless a task of the account's ``kind`` is queued and not started (it takes this intake too).
@@ -125,11 +120,6 @@ def claimed_from_now(account_id: int, kind: str) -> None:
         client.delete(f"{prefix}{account_id}")
     except redis.RedisError as exc:  # the flag expires on its own
         log.warning("intake.flag_not_cleared", error=type(exc).__name__)
-
-
-def signups_claimed_from_now(account_id: int) -> None:
-    """:func:`claimed_from_now` of signups."""
-    claimed_from_now(account_id, SIGNUPS)
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]

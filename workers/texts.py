@@ -12,8 +12,7 @@ import structlog
 
 from leadrelay.settings import get_settings
 from models.orgsnapshot import OrgSnapshot
-from models.repositories.common import event_row
-from models.repositories.texts import ReplyFacts
+from models.repositories import ReplyFacts, event_row
 from models.signups import Claimed, SignupStore
 from models.tables import Intake, Message
 from models.uow import UnitOfWork
@@ -70,6 +69,7 @@ def run_batch(
         else:
             items.append(TextIn(intake.id, text, intake.created_at, number_entity_id))
     by_id = {intake.id: intake for intake in intakes}
+    item_of = {item.intake_id: item for item in items}
     phones = sorted({item.text.from_e164 for item in items if item.text.from_e164 is not None})
     uow.texts.lock_phones(account_id, phones)
     facts = uow.texts.reply_facts_of(account_id, phones)
@@ -92,7 +92,7 @@ def run_batch(
         # its rules, through the signup path (all of them together); then their phones are read again.
         signed: list[tuple[Intake, SignupIn, str]] = []
         for intake_id, choice in new:
-            item = next(i for i in items if i.intake_id == intake_id)
+            item = item_of[intake_id]
             ownership = decide_number_owner(uow.orgs.entity_ref(item.number_entity_id), item.text.to)
             signup = LeadSignup(
                 source_kind="sms",

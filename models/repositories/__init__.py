@@ -17,7 +17,7 @@ class, helper and constant of the modules."""
 
 from __future__ import annotations
 
-from models.repositories.common import Caller, dialect_insert, to_ref
+from models.repositories.common import Caller, dialect_insert, event_row, to_ref
 from models.repositories.imports import ImportRepository, set_at_once
 from models.repositories.intakes import IntakeRepository
 from models.repositories.jobs import JobRepository
@@ -26,7 +26,7 @@ from models.repositories.metrics import LATENCY_BUCKETS, Latency, MetricsReposit
 from models.repositories.org import OrgRepository
 from models.repositories.outbox import ClaimedMail, OutboxRepository
 from models.repositories.relay import RELAY_BACKOFF_CAP, WAITING_WORK, RelayRepository, conditions_at, waiting_since
-from models.repositories.texts import TextRepository
+from models.repositories.texts import ReplyFacts, TextRepository
 from models.repositories.webhooks import DELIVERIES, WebhookRepository, delivery_rows
 
 __all__ = [
@@ -48,11 +48,13 @@ __all__ = [
     "OrgRepository",
     "OutboxRepository",
     "RelayRepository",
+    "ReplyFacts",
     "TextRepository",
     "WebhookRepository",
     "conditions_at",
     "delivery_rows",
     "dialect_insert",
+    "event_row",
     "set_at_once",
     "to_ref",
     "waiting_since",

@@ -7,12 +7,12 @@ import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.repositories.common import dialect_insert
+from models.repositories.common import OUTBOX, dialect_insert
 from models.tables import Outbox
 
 
@@ -96,15 +96,14 @@ class OutboxRepository:
     def release(self, mail_ids: Sequence[uuid.UUID]) -> None:
         """Claimed mails this flush will not try after all (its time is up): any flush may take them now."""
         if mail_ids:
-            self.session.execute(update(Outbox).where(Outbox.id.in_(list(mail_ids))).values(claimed_until=None))
+            self.session.execute(update(OUTBOX).where(OUTBOX.c.id.in_(list(mail_ids))).values(claimed_until=None))
 
 
 # Settling a mail, built once (a statement per mail sent): on the table, not the mapped class, as no loaded
 # row is to be kept in step.
-_OUTBOX = cast(Table, Outbox.__table__)
 _SETTLE = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id == bindparam("mail_id"))
+    update(OUTBOX)
+    .where(OUTBOX.c.id == bindparam("mail_id"))
     .values(
         attempts=bindparam("attempts"),
         status=bindparam("status"),

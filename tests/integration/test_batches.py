@@ -26,10 +26,11 @@ from tests.support.client import Brokerage
 from workers import intakes
 from workers.app import (
     FLAG_TTL_MS,
+    SIGNUPS,
     SIGNUPS_QUEUED_HEADER,
+    claimed_from_now,
     publish_signup,
-    signup_flags,
-    signups_claimed_from_now,
+    shared_flags,
 )
 
 pytestmark = pytest.mark.usefixtures("api")
@@ -269,7 +270,7 @@ def test_signups_that_come_while_a_task_of_their_account_is_queued_publish_none_
 ) -> None:
     ids = store(acme, [body(acme, "co", f"q{i}@example.com") for i in range(4)])
     account = rows(ids[:1])[0].account_id
-    flags = signup_flags()
+    flags = shared_flags(SIGNUPS)
     assert flags is not None, "the integration broker is Redis"
     client, prefix = flags
     client.set(f"{prefix}{account}", str(ids[0]), px=FLAG_TTL_MS)  # ids[0]'s task: queued
@@ -281,7 +282,7 @@ def test_signups_that_come_while_a_task_of_their_account_is_queued_publish_none_
     process(ids[0])  # the queued task runs: it takes the signups that came while it waited
     assert [i.status for i in rows(ids)] == [IntakeStatus.DONE] * 4
 
-    signups_claimed_from_now(account)  # what that task did first; from now on a signup publishes again
+    claimed_from_now(account, SIGNUPS)  # what that task did first; from now on a signup publishes again
     (later,) = store(acme, [body(acme, "co", "after@example.com")])
     with published() as sent:
         assert publish_signup(later, account)
